@@ -1,0 +1,1 @@
+"""Attack-risk and representation checks. Each returns a :class:`guards.checks.base.CheckResult`."""

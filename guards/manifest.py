@@ -1,0 +1,115 @@
+"""Parquet schemas (pyarrow) of the instance manifest and the private crosswalk.
+
+Every input file gets exactly one manifest row, whatever becomes of it: ``status`` is one of
+``indexed`` (ingest read it), ``published`` (it is in the release), ``quarantined`` (unusable or risky, with a
+``reason``; the file is copied under ``quarantine/``) or ``excluded`` (deliberately left out: a sidecar table,
+a DICOMDIR, a dropped study, with a ``reason``). Counts in reports are computed from these rows, so
+``files seen = indexed + quarantined + excluded`` can always be checked.
+
+The crosswalk (original value -> pseudonym) is private: it is written outside every release folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+Status = Literal["indexed", "published", "quarantined", "excluded"]
+STATUSES: tuple[str, ...] = ("indexed", "published", "quarantined", "excluded")
+
+# Header attributes indexed per instance, by DICOM keyword (the column name is the keyword).
+HEADER_KEYWORDS: tuple[str, ...] = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "Modality",
+    "PatientSex",
+    "PatientAge",
+    "PatientBirthDate",
+    "EthnicGroup",
+    "PatientSize",
+    "PatientWeight",
+    "StudyDate",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "BodyPartExamined",
+    "BurnedInAnnotation",
+    "PhotometricInterpretation",
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),  # relative to the tree's root, POSIX separators
+        pa.field("source_path", pa.string()),  # relative path in the source (ingest's path), for lineage
+        pa.field("size", pa.int64()),
+        pa.field("sha256", pa.string()),  # of the file as written in this tree
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),  # why quarantined/excluded; empty otherwise
+        pa.field("TransferSyntaxUID", pa.string()),
+        pa.field("Rows", pa.int32()),
+        pa.field("Columns", pa.int32()),
+        pa.field("NumberOfFrames", pa.int32()),
+        pa.field("BitsAllocated", pa.int32()),
+        pa.field("SamplesPerPixel", pa.int32()),
+        pa.field("has_pixels", pa.bool_()),
+        pa.field("is_dicomdir", pa.bool_()),
+        *[pa.field(k, pa.string()) for k in HEADER_KEYWORDS],
+    ]
+)
+
+CROSSWALK_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # "uid", "PatientID", "PatientName", "AccessionNumber", ...
+        pa.field("original", pa.string(), nullable=False),
+        pa.field("pseudonym", pa.string(), nullable=False),
+    ]
+)
+
+
+def empty_row(path: str) -> dict[str, Any]:
+    """A manifest row with every column present and ``None`` values (status to be set by the caller)."""
+    row: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
+    row["path"] = path
+    row["source_path"] = path
+    return row
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema = MANIFEST_SCHEMA) -> pa.Table:
+    """Rows (dicts) to a table of ``schema``; unknown keys are an error, missing keys are null."""
+    rows = list(rows)
+    names = set(schema.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise ValueError(f"manifest row has columns not in the schema: {sorted(extra)}")
+        status = row.get("status")
+        if schema is MANIFEST_SCHEMA and status not in STATUSES:
+            raise ValueError(f"manifest row {row.get('path')!r} has status {status!r}; allowed: {STATUSES}")
+    return pa.Table.from_pylist([{n: row.get(n) for n in schema.names} for row in rows], schema=schema)
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write Parquet atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def read_table(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+def status_counts(table: pa.Table) -> dict[str, int]:
+    """Rows per status, every status present (zeros included)."""
+    counts = {s: 0 for s in STATUSES}
+    for s in table.column("status").to_pylist():
+        counts[s] += 1
+    return counts
