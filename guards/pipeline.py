@@ -1,0 +1,347 @@
+"""The release pipeline, step by step, in-process (used by the CLI, the DAG and the tests).
+
+ingest -> deid -> protect -> cohort -> checks -> gate + report -> stage -> publish (ARCHITECTURE.md, Data flow).
+Every step reads and writes under one run folder (:class:`RunPaths`); each is idempotent: re-running it replaces
+its own outputs and gives the same result for the same input, key and seed. The Airflow DAG calls the same
+step functions, one task each; ``run_pipeline`` calls them in order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from guards.checks.base import CheckResult
+from guards.errors import InputError
+from guards.keys import PseudonymKey
+from guards.manifest import read_table, status_counts, write_table
+from guards.policy import ReleasePolicy
+
+logger = logging.getLogger(__name__)
+
+CHECK_IDS: tuple[str, ...] = ("representation", "reid", "phi", "membership", "unlearnability", "attribute")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The folders of one run under ``OUT/runs/<run_id>/``, the private side and the releases root."""
+
+    out: Path
+    run_id: str
+
+    @property
+    def run(self) -> Path:
+        return self.out / "runs" / self.run_id
+
+    @property
+    def ingest(self) -> Path:
+        return self.run / "ingest"
+
+    @property
+    def deid(self) -> Path:
+        return self.run / "deid"
+
+    @property
+    def protect(self) -> Path:
+        return self.run / "protect"
+
+    @property
+    def cohort(self) -> Path:
+        return self.run / "cohort"
+
+    @property
+    def checks(self) -> Path:
+        return self.run / "checks"
+
+    @property
+    def report(self) -> Path:
+        return self.run / "report"
+
+    @property
+    def staging(self) -> Path:
+        return self.run / "staging"
+
+    @property
+    def private(self) -> Path:
+        return self.out / "private"
+
+    @property
+    def releases(self) -> Path:
+        return self.out / "releases"
+
+    def release_tree(self, policy: ReleasePolicy) -> Path:
+        """The tree that is released: the protected one, or the de-identified one when protection is off."""
+        return self.protect if policy.protect.enabled else self.deid
+
+
+def new_run_id() -> str:
+    return "run-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def read_labels(path: Path) -> dict[str, int]:
+    """``StudyInstanceUID,label`` rows (original UIDs, private side). A missing file means no labels."""
+    if not path.is_file():
+        logger.warning("no labels table at %s: protection will use pseudo-labels", path)
+        return {}
+    labels: dict[str, int] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"StudyInstanceUID", "label"} <= set(reader.fieldnames):
+            raise InputError(f"labels table {path} needs the columns StudyInstanceUID,label; got {reader.fieldnames}")
+        for n, row in enumerate(reader, start=2):
+            try:
+                labels[row["StudyInstanceUID"].strip()] = int(row["label"])
+            except ValueError as e:
+                raise InputError(f"labels table {path} line {n}: label {row['label']!r} is not an integer") from e
+    return labels
+
+
+def step_deid(source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> dict[str, Any]:
+    """Ingest and de-identify the source (PS3.15 Annex E) into ``run/deid``; the crosswalk goes to ``private/``."""
+    from guards.deid import deidentify_tree
+
+    if paths.deid.exists():
+        shutil.rmtree(paths.deid)
+    result = deidentify_tree(
+        source, paths.deid, policy=policy, key=key, crosswalk=paths.private / f"crosswalk-{paths.run_id}.parquet"
+    )
+    return {"counts": dict(result.counts), "manifest": str(result.manifest_path)}
+
+
+def pseudonymous_labels(labels: dict[str, int], key: PseudonymKey, policy: ReleasePolicy) -> dict[str, int]:
+    """Labels re-keyed by the pseudonymous StudyInstanceUID that the de-identified files carry."""
+    from guards.deid.pseudonyms import pseudo_uid
+
+    if policy.deid.retain_uids:
+        return dict(labels)
+    return {pseudo_uid(key, uid, root=policy.deid.uid_root): label for uid, label in labels.items()}
+
+
+def step_protect(
+    source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey, device: str = "cpu"
+) -> dict[str, Any]:
+    """Add SALM noise to the de-identified pixels (skipped, loudly, when the policy turns protection off)."""
+    if not policy.protect.enabled:
+        logger.warning("protection is OFF by policy: the release carries no unlearnable noise")
+        return {"skipped": True}
+    from guards.protect import protect_tree
+
+    if paths.protect.exists():
+        shutil.rmtree(paths.protect)
+    labels = pseudonymous_labels(read_labels(_source_root(source) / policy.ingest.labels), key, policy)
+    result = protect_tree(paths.deid, paths.protect, policy=policy, labels=labels or None, device=device)
+    return {"counts": dict(result.counts), "manifest": str(result.manifest_path)}
+
+
+def _source_root(source: str | Path) -> Path:
+    root = Path(str(source).removeprefix("file://"))
+    if not root.exists():
+        raise InputError(f"source {str(source)!r} does not exist")
+    return root
+
+
+def step_cohort(source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> dict[str, Any]:
+    """Build the study table every check reads (one row per study, subgroup columns, label)."""
+    from guards.cohort import build_cohort, patients_view
+
+    index = read_table(paths.deid / ".ingest" / "index.parquet")
+    deid_manifest = read_table(paths.deid / "manifest.parquet")
+    root = _source_root(source)
+    labels = read_labels(root / policy.ingest.labels)
+    demographics = None
+    if policy.cohort.demographics:
+        import pyarrow.csv as pacsv
+
+        demographics = pacsv.read_csv(root / policy.cohort.demographics)
+    cohort = build_cohort(
+        index, deid_manifest=deid_manifest, labels=labels, policy=policy, key=key, demographics=demographics
+    )
+    write_table(cohort, paths.cohort / "cohort.parquet")
+    write_table(patients_view(cohort), paths.cohort / "patients.parquet")
+    return {"studies": cohort.num_rows}
+
+
+def run_check(
+    check_id: str, source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, device: str = "cpu"
+) -> dict[str, Any]:
+    """Run one check and write ``checks/<id>.json``; checks are independent of each other."""
+    cohort = read_table(paths.cohort / "cohort.parquet")
+    tree = paths.release_tree(policy)
+    result: CheckResult
+    if check_id == "representation":
+        from guards.checks import representation
+
+        index = read_table(paths.deid / ".ingest" / "index.parquet")
+        result = representation.run(cohort, source_index=index, policy=policy, report_dir=paths.report)
+    elif check_id == "reid":
+        from guards.checks import reid
+
+        result = reid.run(cohort, policy=policy)
+    elif check_id == "phi":
+        from guards.checks import phi
+
+        result = phi.run(tree, source_dir=_source_root(source), policy=policy)
+    elif check_id == "membership":
+        from guards.checks import membership
+
+        result = membership.run(tree, source_dir=paths.deid, cohort=cohort, policy=policy, device=device)
+    elif check_id == "unlearnability":
+        from guards.checks import unlearnability
+
+        result = unlearnability.run(tree, source_dir=paths.deid, cohort=cohort, policy=policy, device=device)
+    elif check_id == "attribute":
+        from guards.checks import attribute
+
+        result = attribute.run(tree, cohort=cohort, policy=policy)
+    else:
+        raise InputError(f"unknown check {check_id!r}; known checks: {list(CHECK_IDS)}")
+    result.write(paths.checks / f"{check_id}.json")
+    return {"id": check_id, "status": result.status}
+
+
+def enabled_checks(policy: ReleasePolicy) -> tuple[str, ...]:
+    """Checks the policy asks for (blocking or advisory), in a stable order."""
+    wanted = set(policy.gate.blocking) | set(policy.gate.advisory)
+    return tuple(c for c in CHECK_IDS if c in wanted)
+
+
+def step_gate(paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
+    """Turn the check results into a GateDecision and write the report (index.html, gate.json)."""
+    from guards.gate import decide
+    from guards.report import write_report
+
+    results = [CheckResult.read(p) for p in sorted(paths.checks.glob("*.json"))]
+    decision = decide(results, policy=policy)
+    context = {"run_id": paths.run_id, "counts": input_counts(paths, policy)}
+    write_report(decision, results, paths.report, policy=policy, context=context)
+    return {"passed": decision.passed, "report": str(paths.report / "index.html")}
+
+
+def input_counts(paths: RunPaths, policy: ReleasePolicy) -> dict[str, int]:
+    """Every input file's fate, from the last manifest of the run: seen = published + quarantined + excluded."""
+    manifest = paths.release_tree(policy) / "manifest.parquet"
+    if not manifest.is_file():
+        manifest = paths.deid / "manifest.parquet"
+    counts = status_counts(read_table(manifest))
+    counts["seen"] = sum(counts[s] for s in ("indexed", "published", "quarantined", "excluded"))
+    return counts
+
+
+def datasheet(paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> str:
+    """The release's datasheet (Markdown): verdict, counts, waivers, seed, policy."""
+    gate = json.loads((paths.report / "gate.json").read_text(encoding="utf-8"))
+    counts = input_counts(paths, policy)
+    p = policy.protect
+    noise = f"SALM, epsilon {p.epsilon:.5f}, rho {p.rho:.3f}, seed {policy.release.seed}" if p.enabled else "OFF"
+    lines = [
+        f"# Datasheet: {policy.release.name}",
+        "",
+        f"- Verdict: {'PASSED' if gate['passed'] else 'FAILED'}",
+        f"- Run: {paths.run_id}",
+        f"- Seed: {policy.release.seed}",
+        f"- Pseudonym key fingerprint (not the key): {key.fingerprint()}",
+        f"- De-identification: DICOM PS3.15 Annex E Basic Profile; options: {_options(policy)}",
+        f"- Unlearnable noise: {noise}",
+        "",
+        "## Input files",
+        "",
+        "| seen | published | quarantined | excluded |",
+        "|---|---|---|---|",
+        f"| {counts['seen']} | {counts['published']} | {counts['quarantined']} | {counts['excluded']} |",
+        "",
+        "## Waivers",
+        "",
+    ]
+    waivers = gate.get("waivers", [])
+    lines += [f"- `{w['check']}`: {w['reason']}" for w in waivers] or ["None."]
+    lines += ["", "## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def _options(policy: ReleasePolicy) -> str:
+    d = policy.deid
+    on = [name for name in ("retain_safe_private", "retain_uids", "retain_device_identity",
+                            "retain_institution_identity", "retain_patient_characteristics",
+                            "clean_descriptors", "clean_structured_content", "clean_graphics", "clean_pixel_data")
+          if getattr(d, name)]
+    if d.retain_longitudinal != "off":
+        on.append(f"retain_longitudinal={d.retain_longitudinal}")
+    return ", ".join(on) or "none"
+
+
+def step_publish(paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> dict[str, Any]:
+    """Stage the release and publish it atomically, only when gate.json says the gate passed."""
+    from guards.publish import publish, stage_release
+
+    gate = json.loads((paths.report / "gate.json").read_text(encoding="utf-8"))
+    if not gate["passed"]:
+        logger.error("gate failed: nothing is published; report: %s", paths.report / "index.html")
+        return {"published": False, "report": str(paths.report / "index.html")}
+    tree = paths.release_tree(policy)
+    stage_release(
+        tree=tree,
+        manifest=tree / "manifest.parquet",
+        report_dir=paths.report,
+        staging=paths.staging,
+        datasheet=datasheet(paths, policy=policy, key=key),
+    )
+    target = publish(paths.staging, paths.releases, name=policy.release.name)
+    return {"published": True, "release": str(target)}
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    passed: bool
+    paths: RunPaths
+    release: Path | None
+    counts: dict[str, int]
+
+    @property
+    def report(self) -> Path:
+        return self.paths.report / "index.html"
+
+
+Step = Callable[[], dict[str, Any]]
+
+
+def _check_step(check_id: str, source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, device: str) -> Step:
+    return lambda: run_check(check_id, source, paths, policy=policy, device=device)
+
+
+def run_pipeline(
+    source: str | Path,
+    out: Path,
+    *,
+    policy: ReleasePolicy,
+    key: PseudonymKey,
+    device: str = "cpu",
+    run_id: str | None = None,
+) -> PipelineResult:
+    """All steps in order, in-process. Publishes under ``out/releases`` only when the gate passes."""
+    paths = RunPaths(out=Path(out), run_id=run_id or new_run_id())
+    paths.run.mkdir(parents=True, exist_ok=True)
+    steps: list[tuple[str, Step]] = [
+        ("deid", lambda: step_deid(source, paths, policy=policy, key=key)),
+        ("protect", lambda: step_protect(source, paths, policy=policy, key=key, device=device)),
+        ("cohort", lambda: step_cohort(source, paths, policy=policy, key=key)),
+    ]
+    for check_id in enabled_checks(policy):
+        steps.append((f"check:{check_id}", _check_step(check_id, source, paths, policy=policy, device=device)))
+    steps.append(("gate", lambda: step_gate(paths, policy=policy)))
+    outcome: dict[str, Any] = {}
+    for n, (name, step) in enumerate(steps, start=1):
+        logger.info("step %d/%d: %s", n, len(steps), name)
+        outcome = step()
+        logger.info("step %s: %s", name, json.dumps(outcome, default=str))
+    published = step_publish(paths, policy=policy, key=key)
+    release = Path(published["release"]) if published.get("published") else None
+    return PipelineResult(
+        passed=bool(outcome.get("passed")), paths=paths, release=release, counts=input_counts(paths, policy)
+    )
