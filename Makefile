@@ -41,10 +41,10 @@ lint: setup
 	$(BIN)/mypy
 
 demo: setup
-	$(BIN)/python -m guards.demo
+	$(BIN)/python scripts/demo.py
 
 ui: setup
-	$(BIN)/python -m guards.demo --ui
+	$(BIN)/python scripts/demo.py --ui
 
 clean:
 	rm -rf demo .airflow .pytest_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from guards.checks.base import CheckResult
 from guards.errors import InputError
 from guards.keys import PseudonymKey
 from guards.manifest import read_table, status_counts, write_table
-from guards.policy import ReleasePolicy
+from guards.policy import ReleasePolicy, load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,24 @@ class RunPaths:
     def release_tree(self, policy: ReleasePolicy) -> Path:
         """The tree that is released: the protected one, or the de-identified one when protection is off."""
         return self.protect if policy.protect.enabled else self.deid
+
+
+def safe_run_id(run_id: str) -> str:
+    """A folder name from an Airflow run id (``scheduled__2026-11-23T02:00:00+00:00`` -> safe characters)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_") or "run"
+
+
+def policy_for_run(policy_file: str | Path | None, params: dict[str, Any]) -> ReleasePolicy:
+    """The policy of one run: the file (or defaults), then the steward's form overrides and waivers."""
+    overrides: dict[str, Any] = {}
+    for param, dotted in (("epsilon", "protect.epsilon"), ("reid_max_risk", "reid.max_risk"), ("reid_k", "reid.k")):
+        if params.get(param) is not None:
+            overrides[dotted] = params[param]
+    policy = load_policy(policy_file)
+    waivers = [dict(w) for w in params.get("waivers") or []]
+    if waivers:
+        overrides["gate.waivers"] = list(policy.to_dict()["gate"]["waivers"]) + waivers
+    return policy.with_overrides(overrides) if overrides else policy
 
 
 def new_run_id() -> str:
@@ -221,7 +240,7 @@ def step_gate(paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
     decision = decide(results, policy=policy)
     context = {"run_id": paths.run_id, "counts": input_counts(paths, policy)}
     write_report(decision, results, paths.report, policy=policy, context=context)
-    return {"passed": decision.passed, "report": str(paths.report / "index.html")}
+    return {"passed": decision.passed, "report": str(paths.report / "index.html"), "reasons": list(decision.reasons)}
 
 
 def input_counts(paths: RunPaths, policy: ReleasePolicy) -> dict[str, int]:
