@@ -141,6 +141,9 @@ class MembershipSection:
     tpr_at_1pct_fpr_max: float = 0.10
     auc_max: float = 0.65
     bonferroni_alpha: float = 0.05
+    image_size: int = 64  # images are resized to image_size x image_size for the proxy and reference models
+    bootstrap: int = 200  # bootstrap resamples (of patients) for the confidence intervals
+    min_top_k: int = 10  # the over-representation test looks at max(1% of members, min_top_k) patients
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class UnlearnabilitySection:
 
     margin: float = 0.10  # balanced accuracy must be within this of chance
     epochs: int = 15
+    image_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ class AttributeSection:
 
     targets: tuple[str, ...] = ("ethnic_group", "sex")
     auc_margin: float = 0.10
+    image_size: int = 16  # released images are downsampled to this size and used as features
+    folds: int = 5  # patient-level cross-validation folds
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,16 @@ _RANGES: dict[str, tuple[float, float]] = {
     "membership.tpr_at_1pct_fpr_max": (0.0, 1.0),
     "membership.auc_max": (0.0, 1.0),
     "membership.reference_models": (1, 64),
+    "membership.bonferroni_alpha": (0.0, 1.0),
+    "membership.bootstrap": (0, 10_000),
+    "membership.min_top_k": (1, 1_000_000),
+    "membership.image_size": (8, 1024),
+    "membership.epochs": (1, 10_000),
+    "unlearnability.image_size": (8, 1024),
+    "unlearnability.epochs": (1, 10_000),
+    "attribute.auc_margin": (0.0, 0.5),
+    "attribute.image_size": (4, 1024),
+    "attribute.folds": (2, 100),
     "protect.steps": (0, 10_000),
     "protect.image_size": (8, 4096),
 }
