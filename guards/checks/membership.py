@@ -1,0 +1,359 @@
+"""Membership inference per subgroup: LiRA offline (arXiv 2112.03570) or RMIA (arXiv 2312.03262).
+
+The attacker's view of a release: a proxy model is trained on the released images of a random half of the
+patients (the members; the other half are non-members), as an attacker fitting the release would (no
+augmentation, no early stopping). ``policy.membership.reference_models`` reference models are trained on other
+random halves of the population. Each image is queried twice, as released and as clean (``source_dir``), and
+each patient gets the score of their most exposed image (patient-level, as in Knolle et al., "Disparate privacy
+risks from medical AI", Nature 2026, where averages look like chance while the most exposed patients
+concentrate in minority and rare-finding groups).
+
+Scores:
+- ``lira``: offline LiRA with a fixed (global) variance: ``(phi_target - mean(phi_out)) / sigma`` where ``phi`` is
+  the logit-scaled confidence of the true label and ``phi_out`` comes from the reference models that did not see
+  the patient (arXiv 2112.03570, sec. VI-C "offline" and "fixed variance").
+- ``rmia``: ``Pr(x|theta) / Pr(x)`` against population samples ``z`` (the non-members' images),
+  ``score(x) = P_z[LR(x, z) > gamma]`` with offline ``Pr(x) = ((1 + a) Pr_out(x) + (1 - a)) / 2``
+  (arXiv 2312.03262, eq. 4 and appendix B.2.2).
+
+Per subgroup ("column=value") the subgroup's members are scored against the whole non-member population: the
+attacker sets one threshold for everyone. Overall figures fail above their policy thresholds; a subgroup fails
+when the lower end of its 95 % interval is above the threshold (many subgroups are tested, some small), and
+warns when only its point estimate is. Reported: TPR at 1 % and 0.1 % FPR and AUC with bootstrap 95 %
+intervals (patients resampled, seeded), and whether a subgroup is over-represented among the most vulnerable
+members (chi-squared, or Fisher's exact test when expected counts are under 5, Bonferroni-corrected).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from scipy import stats
+
+from guards.checks.base import CheckResult, Finding, Status
+from guards.checks.models import SmallCNN, balanced_accuracy, logits, train, true_label_margin, true_label_prob
+from guards.images import align, label_images, load_images
+from guards.policy import ReleasePolicy
+
+logger = logging.getLogger(__name__)
+
+CHECK_ID = "membership"
+RMIA_A = 0.3  # offline RMIA's linear approximation of Pr_in from Pr_out (arXiv 2312.03262, app. B.2.2)
+RMIA_GAMMA = 1.0
+MIN_SUBGROUP_MEMBERS = 5
+ROC_POINTS = 200
+
+
+@dataclass(frozen=True)
+class AttackMetrics:
+    """TPR at 1 % and 0.1 % FPR and AUC of patient-level scores, each with a bootstrap 95 % interval."""
+
+    tpr_1pct: float
+    tpr_01pct: float
+    auc: float
+    ci: dict[str, tuple[float, float]]
+    members: int
+    non_members: int
+
+
+def tpr_at_fpr(member: np.ndarray, non_member: np.ndarray, fpr: float) -> float:
+    """Share of members scored strictly above the threshold that lets at most ``fpr`` of non-members through."""
+    if len(member) == 0 or len(non_member) == 0:
+        return float("nan")
+    allowed = int(math.floor(fpr * len(non_member)))
+    threshold = np.sort(non_member)[::-1][min(allowed, len(non_member) - 1)]
+    return float(np.mean(member > threshold))
+
+
+def auc(member: np.ndarray, non_member: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U; ties count half)."""
+    if len(member) == 0 or len(non_member) == 0:
+        return float("nan")
+    ranks = stats.rankdata(np.concatenate([member, non_member]))
+    u = ranks[: len(member)].sum() - len(member) * (len(member) + 1) / 2
+    return float(u / (len(member) * len(non_member)))
+
+
+def roc_curve(member: np.ndarray, non_member: np.ndarray, *, points: int = ROC_POINTS) -> dict[str, list[float]]:
+    """ROC points (fpr, tpr), thinned to at most ``points``, for the report's log-axis plots."""
+    thresholds = np.unique(np.concatenate([member, non_member]))[::-1]
+    if len(thresholds) > points:
+        thresholds = thresholds[np.linspace(0, len(thresholds) - 1, points).astype(int)]
+    fpr = [0.0] + [float(np.mean(non_member >= t)) for t in thresholds] + [1.0]
+    tpr = [0.0] + [float(np.mean(member >= t)) for t in thresholds] + [1.0]
+    return {"fpr": [round(v, 5) for v in fpr], "tpr": [round(v, 5) for v in tpr]}
+
+
+def attack_metrics(member: np.ndarray, non_member: np.ndarray, *, rng: np.random.Generator,
+                   bootstrap: int) -> AttackMetrics:
+    """Point estimates and percentile bootstrap intervals (members and non-members resampled separately)."""
+    def measure(m: np.ndarray, n: np.ndarray) -> tuple[float, float, float]:
+        return tpr_at_fpr(m, n, 0.01), tpr_at_fpr(m, n, 0.001), auc(m, n)
+
+    point = measure(member, non_member)
+    samples = np.array([
+        measure(rng.choice(member, len(member)), rng.choice(non_member, len(non_member)))
+        for _ in range(bootstrap)
+    ]).reshape(-1, 3)
+    names = ("tpr_1pct", "tpr_01pct", "auc")
+    ci = {
+        name: (
+            (round(float(np.nanpercentile(samples[:, j], 2.5)), 4),
+             round(float(np.nanpercentile(samples[:, j], 97.5)), 4))
+            if bootstrap else (float("nan"), float("nan"))
+        )
+        for j, name in enumerate(names)
+    }
+    return AttackMetrics(point[0], point[1], point[2], ci, len(member), len(non_member))
+
+
+def _status(value: float, ci_low: float, threshold: float, *, overall: bool) -> Status:
+    """Overall: fail above the threshold. A subgroup (many are tested, some small): fail when even the lower end
+    of its 95 % interval is above the threshold, warn when only the point estimate is."""
+    if value <= threshold:
+        return "pass"
+    if overall or (not math.isnan(ci_low) and ci_low > threshold):
+        return "fail"
+    return "warn"
+
+
+def _halves(patients: np.ndarray, rng: np.random.Generator) -> set[str]:
+    chosen = rng.permutation(len(patients))[: len(patients) // 2]
+    return set(patients[chosen].tolist())
+
+
+def _lira(target: np.ndarray, refs: np.ndarray, out_mask: np.ndarray) -> np.ndarray:
+    """Offline LiRA, fixed variance: standardised distance of the target's phi above the OUT references' mean."""
+    any_out = out_mask.any(axis=0)
+    use = np.where(any_out[None, :], out_mask, True)  # no OUT reference: fall back to all (counted as a warning)
+    mu = (refs * use).sum(axis=0) / use.sum(axis=0)
+    resid = (refs - mu[None, :])[use]
+    sigma = float(np.std(resid)) if resid.size > 1 else 1.0
+    return (target - mu) / max(sigma, 1e-6)
+
+
+def _rmia(target: np.ndarray, refs: np.ndarray, out_mask: np.ndarray, population: np.ndarray) -> np.ndarray:
+    """Offline RMIA: share of population samples z with LR(x, z) > gamma (arXiv 2312.03262, eq. 4)."""
+    any_out = out_mask.any(axis=0)
+    use = np.where(any_out[None, :], out_mask, True)
+    pr_out = (refs * use).sum(axis=0) / use.sum(axis=0)
+    pr_x = 0.5 * ((1 + RMIA_A) * pr_out + (1 - RMIA_A))
+    ratio = target / np.maximum(pr_x, 1e-12)
+    z = np.sort(ratio[population])
+    return np.searchsorted(z, ratio / RMIA_GAMMA, side="left") / max(len(z), 1)
+
+
+def over_representation(
+    scores: np.ndarray, groups: dict[str, np.ndarray], *, k: int, alpha: float
+) -> list[dict[str, float | int | str]]:
+    """For each subgroup: is it over-represented among the top-``k`` scored members? (Bonferroni over subgroups)."""
+    top = np.zeros(len(scores), dtype=bool)
+    top[np.argsort(-scores, kind="stable")[:k]] = True
+    tests = len(groups)
+    rows: list[dict[str, float | int | str]] = []
+    for name, in_group in groups.items():
+        a = int((top & in_group).sum())
+        b = int((top & ~in_group).sum())
+        c = int((~top & in_group).sum())
+        d = int((~top & ~in_group).sum())
+        expected = k * in_group.mean()
+        table = np.array([[a, b], [c, d]])
+        row_sums, col_sums = table.sum(axis=1), table.sum(axis=0)
+        exp_cells = np.outer(row_sums, col_sums) / max(table.sum(), 1)
+        if (exp_cells >= 5).all():
+            chi2, p_two, _, _ = stats.chi2_contingency(table, correction=False)
+            p = float(p_two / 2) if a > expected else 1.0
+            test = f"chi-squared {chi2:.2f}"
+        else:
+            p = float(stats.fisher_exact(table, alternative="greater")[1])
+            test = "Fisher's exact (expected counts < 5)"
+        rows.append({"subgroup": name, "observed": a, "expected": round(float(expected), 2), "p": p,
+                     "threshold": alpha / max(tests, 1), "test": test})
+    return rows
+
+
+def run(
+    release_dir: Path,
+    *,
+    source_dir: Path,
+    cohort: pa.Table,
+    policy: ReleasePolicy,
+    device: str = "cpu",
+) -> CheckResult:
+    """Train the attacker's proxy and reference models on the release and measure membership risk per subgroup."""
+    t0 = time.monotonic()
+    sec = policy.membership
+    seed = policy.release.seed
+    rng = np.random.default_rng([seed, 0x3E3B])
+    release, source = align(
+        load_images(Path(release_dir), size=sec.image_size), load_images(Path(source_dir), size=sec.image_size)
+    )
+    rel = label_images(release, cohort, subgroups=policy.cohort.subgroups)
+    src = label_images(source, cohort, subgroups=policy.cohort.subgroups)
+    keep = np.flatnonzero(rel.labels >= 0)
+    classes = np.unique(rel.labels[keep])
+    pids = np.array(rel.patient_ids)[keep]
+    patients = np.array(sorted(set(pids.tolist())))
+    examined = {"images": len(rel.images), "labelled_images": len(keep), "patients": len(patients),
+                "reference_models": sec.reference_models}
+    if len(classes) < 2 or len(patients) < 8:
+        msg = f"{len(classes)} label classes over {len(patients)} patients with known labels"
+        return CheckResult(
+            id=CHECK_ID,
+            findings=(Finding("labelled_data", len(keep), ">= 2 classes, >= 8 patients", "fail", evidence=msg),),
+            examined=examined, summary=f"Membership risk could not be measured: {msg}.",
+            advice="Provide labels for at least two classes and eight patients so that an attacker's proxy can"
+                   " be trained.",
+        )
+    index = {int(c): i for i, c in enumerate(classes)}
+    y = torch.tensor([index[int(v)] for v in rel.labels[keep]], dtype=torch.long)
+    x_rel, x_src = rel.images.pixels[keep], src.images.pixels[keep]
+    n_classes = len(classes)
+
+    members = _halves(patients, rng)
+    is_member_img = np.array([p in members for p in pids])
+
+    def evaluate_on(mask: np.ndarray) -> Callable[[SmallCNN], float]:
+        def evaluate(model: SmallCNN) -> float:
+            pred = logits(model, x_rel[mask], device=device).argmax(1).numpy()
+            return balanced_accuracy(y.numpy()[mask], pred)
+        return evaluate
+
+    eval_members, eval_non = evaluate_on(is_member_img), evaluate_on(~is_member_img)
+    curve_non: list[float] = []
+
+    def evaluate_both(model: SmallCNN) -> float:
+        curve_non.append(eval_non(model))
+        return eval_members(model)
+
+    proxy = train(x_rel[is_member_img], y[is_member_img], n_classes=n_classes, epochs=sec.epochs,
+                  seed=seed + 101, device=device, evaluate=evaluate_both)
+    logger.info("membership: proxy trained on %d member images, balanced accuracy members %.3f non-members %.3f",
+                int(is_member_img.sum()), proxy.curve[-1], curve_non[-1])
+    score_fn = true_label_prob if sec.attack == "rmia" else true_label_margin
+    views = {"release": x_rel, "source": x_src}
+    target = {v: score_fn(logits(proxy.model, x, device=device), y) for v, x in views.items()}
+    refs = {v: np.zeros((sec.reference_models, len(y))) for v in views}
+    out_mask = np.zeros((sec.reference_models, len(y)), dtype=bool)
+    for r in range(sec.reference_models):
+        ref_in = _halves(patients, rng)
+        in_img = np.array([p in ref_in for p in pids])
+        out_mask[r] = ~in_img
+        model = train(x_rel[in_img], y[in_img], n_classes=n_classes, epochs=sec.epochs, seed=seed + 1000 + r,
+                      device=device).model
+        for v, x in views.items():
+            refs[v][r] = score_fn(logits(model, x, device=device), y)
+        logger.info("membership: reference model %d/%d trained", r + 1, sec.reference_models)
+    no_out = int((~out_mask.any(axis=0)).sum())
+    image_scores = np.full(len(y), -np.inf)
+    for v in views:
+        if sec.attack == "rmia":
+            s = _rmia(target[v], refs[v], out_mask, population=~is_member_img)
+        else:
+            s = _lira(target[v], refs[v], out_mask)
+        image_scores = np.maximum(image_scores, s)
+
+    # Patient level: the worst (highest-scored) image of each patient.
+    order = {p: i for i, p in enumerate(patients)}
+    patient_score = np.full(len(patients), -np.inf)
+    np.maximum.at(patient_score, np.array([order[p] for p in pids]), image_scores)
+    patient_member = np.array([p in members for p in patients])
+    patient_groups: dict[str, np.ndarray] = {}
+    first_row = {p: i for i, p in reversed(list(enumerate(pids)))}
+    for column, values in rel.subgroups.items():
+        vals = np.array(values)[keep]
+        per_patient = np.array([vals[first_row[p]] for p in patients])
+        for value in sorted(set(per_patient.tolist())):
+            patient_groups[f"{column}={value}"] = per_patient == value
+
+    findings: list[Finding] = []
+    roc: dict[str, dict[str, list[float]]] = {}
+    metrics: dict[str, dict[str, object]] = {}
+    non_scores = patient_score[~patient_member]
+    groups = {"all": np.ones(len(patients), dtype=bool), **patient_groups}
+    for name, in_group in groups.items():
+        m_scores = patient_score[patient_member & in_group]
+        if len(m_scores) < MIN_SUBGROUP_MEMBERS:
+            findings.append(Finding("tpr_at_1pct_fpr", None, sec.tpr_at_1pct_fpr_max, "warn", subgroup=name,
+                                    evidence=f"only {len(m_scores)} member patients (< {MIN_SUBGROUP_MEMBERS}):"
+                                             " too few to measure"))
+            continue
+        am = attack_metrics(m_scores, non_scores, rng=rng, bootstrap=sec.bootstrap)
+        roc[name] = roc_curve(m_scores, non_scores)
+        metrics[name] = {"tpr_1pct": am.tpr_1pct, "tpr_01pct": am.tpr_01pct, "auc": am.auc, "ci": am.ci,
+                         "members": am.members, "non_members": am.non_members}
+        base = f"{am.members} member vs {am.non_members} non-member patients"
+        findings.append(Finding(
+            "tpr_at_1pct_fpr", round(am.tpr_1pct, 4), sec.tpr_at_1pct_fpr_max,
+            _status(am.tpr_1pct, am.ci["tpr_1pct"][0], sec.tpr_at_1pct_fpr_max, overall=name == "all"),
+            subgroup=name,
+            evidence=f"{base}; 95% CI {am.ci['tpr_1pct']}; {sec.attack} with {sec.reference_models} reference models"
+                     + (f" (1% FPR over {am.non_members} non-members allows {int(0.01 * am.non_members)} false"
+                        " positives)" if am.non_members < 100 else ""),
+        ))
+        findings.append(Finding(
+            "tpr_at_0.1pct_fpr", round(am.tpr_01pct, 4), None, "pass", subgroup=name,
+            evidence=f"{base}; 95% CI {am.ci['tpr_01pct']} (reported, no threshold)",
+        ))
+        findings.append(Finding(
+            "auc", round(am.auc, 4), sec.auc_max, _status(am.auc, am.ci["auc"][0], sec.auc_max, overall=name == "all"),
+            subgroup=name,
+            evidence=f"{base}; 95% CI {am.ci['auc']}",
+        ))
+
+    member_scores = patient_score[patient_member]
+    n_members = len(member_scores)
+    k_one_pct = math.ceil(0.01 * n_members)
+    k = max(k_one_pct, min(sec.min_top_k, n_members))
+    member_groups = {g: mask[patient_member] for g, mask in patient_groups.items()}
+    tests = over_representation(member_scores, member_groups, k=k, alpha=sec.bonferroni_alpha)
+    note = (f"top {k} members (1% of {n_members} members is {k_one_pct}; the minimum top-k {sec.min_top_k} is"
+            " used for a small cohort)") if k > k_one_pct else f"top 1% = {k} of {n_members} members"
+    for t in tests:
+        over = float(t["p"]) < float(t["threshold"])
+        findings.append(Finding(
+            "top_vulnerable_over_representation", round(float(t["p"]), 6), round(float(t["threshold"]), 6),
+            "fail" if over else "pass", subgroup=str(t["subgroup"]),
+            evidence=f"{t['observed']} of the {note} are in this subgroup, expected {t['expected']};"
+                     f" {t['test']}, Bonferroni over {len(tests)} subgroups",
+        ))
+    if no_out:
+        findings.append(Finding("images_without_out_reference", no_out, 0, "warn",
+                                evidence=f"{no_out} images had no reference model that left them out; raise"
+                                         " membership.reference_models"))
+    failed = sorted({f.subgroup for f in findings if f.status == "fail"})
+    overall = metrics.get("all", {})
+    summary = (
+        f"An attacker's {sec.attack.upper()} attack on a model trained on the release reaches TPR "
+        f"{overall.get('tpr_1pct', float('nan')):.2f} at 1% FPR and AUC {overall.get('auc', float('nan')):.2f}"
+        f" over {len(patients)} patients" + (f"; elevated risk for: {', '.join(failed)}." if failed else
+                                              "; no subgroup exceeds the thresholds.")
+    )
+    examined.update({"member_patients": n_members, "non_member_patients": int((~patient_member).sum()),
+                     "subgroups": len(patient_groups), "top_k": k})
+    return CheckResult(
+        id=CHECK_ID,
+        findings=tuple(findings),
+        examined=examined,
+        summary=summary,
+        advice=("Remove duplicated or near-duplicate studies, check that the flagged subgroup's images carry the"
+                " protective noise (protect.epsilon, protect.rho), or release fewer images of those patients."
+                ) if failed else "",
+        details={
+            "roc": roc,
+            "curves": {"proxy_members": proxy.curve, "proxy_non_members": curve_non},
+            "metrics": metrics,
+            "over_representation": tests,
+            "attack": sec.attack,
+            "seed": seed,
+            "seconds": round(time.monotonic() - t0, 2),
+        },
+    )
