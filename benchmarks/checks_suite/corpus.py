@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 MAX_VALUE = 4095
 
@@ -36,7 +36,7 @@ class Corpus:
 
 
 def _uid(*parts: object) -> str:
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    return str(generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=[str(p) for p in parts]))  # deterministic
 
 
 def _texture(rng: np.random.Generator, size: int, *, scale: int) -> np.ndarray:
