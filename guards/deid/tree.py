@@ -1,0 +1,258 @@
+"""De-identify a source tree: ingest, then every indexed instance through :func:`deidentify_dataset`.
+
+Outputs under ``dst`` (docs/CONTRACTS.md, docs/ARCHITECTURE.md):
+
+- ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with the pseudonymous UIDs as names: no
+  original file name or folder (which can carry PHI) survives into the tree;
+- ``manifest.parquet`` (MANIFEST_SCHEMA), one row per input file: ``published`` for written files,
+  ``quarantined`` / ``excluded`` with a reason; ``source_path`` keeps the ingest path for lineage (the manifest is
+  a private run artefact; publish drops the column);
+- ``quarantine/``: instances that must not be published (e.g. pixel cleaning could not clean them), written
+  de-identified in their headers for a steward to review;
+- the private crosswalk (CROSSWALK_SCHEMA), only to ``crosswalk`` when given, which must lie outside ``dst``.
+
+Every file is written to a temporary name and renamed; pixel data is copied byte for byte unless pixel
+cleaning changed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from guards.deid.engine import InstanceQuarantined, _deidentify
+from guards.errors import InputError
+from guards.keys import PseudonymKey
+from guards.manifest import CROSSWALK_SCHEMA, HEADER_KEYWORDS, MANIFEST_SCHEMA, STATUSES, to_table, write_table
+from guards.policy import ReleasePolicy
+from guards.progress import progress
+
+log = logging.getLogger(__name__)
+
+QUARANTINE = "quarantine"
+INGEST_DIR = ".ingest"
+# Errors pydicom raises on a file it cannot decode or encode: the file is quarantined with the message.
+_FILE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError,
+                struct.error, OverflowError, EOFError)
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    """What :func:`deidentify_tree` wrote: the tree, its manifest, and rows per status."""
+
+    root: Path
+    manifest_path: Path
+    counts: dict[str, int]  # seen, published, quarantined, excluded
+    table: pa.Table = field(repr=False)
+    crosswalk_path: Path | None = None
+
+
+def _atomic_write_dataset(ds: Dataset, path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        data = tmp.read_bytes()
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return data
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    if keyword not in ds:
+        return None
+    value = ds[keyword].value
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _row(path: str, source_path: str, ds: Dataset, data: bytes, status: str, reason: str) -> dict[str, Any]:
+    row: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
+    meta = getattr(ds, "file_meta", None)
+    row.update(
+        path=path,
+        source_path=source_path,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        status=status,
+        reason=reason,
+        TransferSyntaxUID=str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None,
+        Rows=_int(ds, "Rows"),
+        Columns=_int(ds, "Columns"),
+        NumberOfFrames=_int(ds, "NumberOfFrames"),
+        BitsAllocated=_int(ds, "BitsAllocated"),
+        SamplesPerPixel=_int(ds, "SamplesPerPixel"),
+        has_pixels="PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds,
+        is_dicomdir=False,
+    )
+    for keyword in HEADER_KEYWORDS:
+        row[keyword] = _text(ds, keyword)
+    return row
+
+
+def _out_name(ds: Dataset, source_path: str, key: PseudonymKey) -> str:
+    parts = []
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if not value:
+            value = "x" + key.hmac(f"{keyword}:{source_path}", purpose="path").hex()[:24]
+        parts.append(value)
+    return f"{parts[0]}/{parts[1]}/{parts[2]}.dcm"
+
+
+def _index(src: str | Path, dst: Path, policy: ReleasePolicy) -> tuple[Path, list[dict[str, Any]]]:
+    """The ingest index of ``src`` (guards.ingest), as rows; its work files go under ``dst/.ingest``.
+
+    Until guards.ingest is installed, a local walk of a local folder stands in for it (same row shape).
+    """
+    try:
+        from guards.ingest import ingest
+    except ImportError:
+        log.warning("guards.ingest is not available: indexing %s with the local walk of guards.deid.tree", src)
+        return _local_index(Path(src), policy)
+    result = ingest(src, out_dir=dst / INGEST_DIR, policy=policy.ingest)
+    return Path(result.root), result.table.to_pylist()
+
+
+def _local_index(src: Path, policy: ReleasePolicy) -> tuple[Path, list[dict[str, Any]]]:
+    if not src.is_dir():
+        raise InputError(f"source {str(src)!r} is not a folder; pass the root of a DICOM tree")
+    rows: list[dict[str, Any]] = []
+    for p in sorted(q for q in src.rglob("*") if q.is_file()):
+        rel = p.relative_to(src).as_posix()
+        row: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
+        row.update(path=rel, source_path=rel, size=p.stat().st_size, status="indexed", reason="")
+        if p.name in policy.ingest.sidecars:
+            row.update(status="excluded", reason="sidecar table, not an instance")
+        else:
+            try:
+                ds = dcmread(p, stop_before_pixels=True)
+                if "DirectoryRecordSequence" in ds:
+                    row.update(status="excluded", reason="DICOMDIR: rebuilt by readers, not published")
+                elif "SOPInstanceUID" not in ds:
+                    row.update(status="quarantined", reason="no SOPInstanceUID: not a composite instance")
+            except (*_FILE_ERRORS, OSError) as e:
+                row.update(status="quarantined", reason=f"not readable as DICOM: {type(e).__name__}: {e}")
+        rows.append(row)
+    return src, rows
+
+
+def deidentify_tree(
+    src: str | Path, dst: Path, *, policy: ReleasePolicy, key: PseudonymKey, crosswalk: Path | None = None
+) -> DeidResult:
+    """Ingest ``src`` and write every indexed instance de-identified under ``dst`` (PS3.15 Annex E).
+
+    Returns a :class:`DeidResult`; ``dst/manifest.parquet`` has one row per input file.
+    """
+    dst = Path(dst).resolve()
+    if crosswalk is not None:
+        crosswalk = Path(crosswalk).resolve()
+        if crosswalk == dst or dst in crosswalk.parents:
+            raise InputError(
+                f"crosswalk {str(crosswalk)!r} lies inside the de-identified tree {str(dst)!r}; "
+                "write it outside (e.g. OUT/private/crosswalk.parquet)"
+            )
+    dst.mkdir(parents=True, exist_ok=True)
+    _remove_partial(dst)
+    root, index_rows = _index(src, dst, policy)
+    pairs: dict[tuple[str, str], str] | None = {} if crosswalk is not None else None
+    rows: list[dict[str, Any]] = []
+    written: dict[str, str] = {}
+    indexed = [r for r in index_rows if r["status"] == "indexed"]
+    for r in index_rows:
+        if r["status"] != "indexed":  # already quarantined / excluded by ingest: carried over with its reason
+            rows.append({**r, "path": r.get("source_path") or r["path"]})
+    for r in progress(indexed, total=len(indexed), what="deid", logger=log):
+        source_path = r.get("source_path") or r["path"]
+        rows.append(_one(root / r["path"], source_path, dst, policy=policy, key=key, pairs=pairs, written=written))
+    table = to_table(rows)
+    manifest_path = dst / "manifest.parquet"
+    write_table(table, manifest_path)
+    if crosswalk is not None and pairs is not None:
+        cw = to_table(
+            [{"kind": k, "original": o, "pseudonym": p} for (k, o), p in sorted(pairs.items())], CROSSWALK_SCHEMA
+        )
+        write_table(cw, crosswalk)
+    counts = {s: 0 for s in STATUSES if s != "indexed"}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts["seen"] = len(rows)
+    log.info("deid: %s", counts)
+    return DeidResult(root=dst, manifest_path=manifest_path, counts=counts, table=table, crosswalk_path=crosswalk)
+
+
+def _one(
+    path: Path,
+    source_path: str,
+    dst: Path,
+    *,
+    policy: ReleasePolicy,
+    key: PseudonymKey,
+    pairs: dict[tuple[str, str], str] | None,
+    written: dict[str, str],
+) -> dict[str, Any]:
+    """De-identify and write one instance; a manifest row whatever happens to it."""
+    def failed(reason: str) -> dict[str, Any]:
+        row: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
+        first_line = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+        row.update(path=source_path, source_path=source_path, status="quarantined", reason=first_line[:500])
+        return row
+
+    try:
+        ds = dcmread(path)
+    except (*_FILE_ERRORS, OSError) as e:
+        return failed(f"unreadable at deid: {type(e).__name__}: {e}")
+    try:
+        _deidentify(ds, policy=policy, key=key, crosswalk=pairs)
+    except InstanceQuarantined as e:
+        rel = f"{QUARANTINE}/{_out_name(ds, source_path, key)}"
+        try:
+            data = _atomic_write_dataset(ds, dst / rel)
+        except _FILE_ERRORS as we:
+            return failed(f"{e.reason}; and not writable: {type(we).__name__}: {we}")
+        return _row(rel, source_path, ds, data, "quarantined", e.reason)
+    except _FILE_ERRORS as e:
+        return failed(f"cannot be de-identified: {type(e).__name__}: {e}")
+    rel = _out_name(ds, source_path, key)
+    if rel in written:
+        row = failed(f"duplicate SOPInstanceUID: the same instance as {written[rel]!r}, which is published")
+        row["status"] = "excluded"
+        return row
+    try:
+        data = _atomic_write_dataset(ds, dst / rel)
+    except _FILE_ERRORS as e:
+        return failed(f"cannot be written as DICOM Part 10: {type(e).__name__}: {e}")
+    written[rel] = source_path
+    return _row(rel, source_path, ds, data, "published", "")
+
+
+def _remove_partial(dst: Path) -> None:
+    """Remove temporary files a crashed run left behind (they never carry a final name)."""
+    for p in dst.rglob(".*.tmp"):
+        os.unlink(p)
+
+
+__all__ = ["DeidResult", "deidentify_tree"]
