@@ -39,6 +39,7 @@ from guards.policy import ReleasePolicy
 log = logging.getLogger(__name__)
 
 SCRUB = "***"
+SCRUB_CS = "XXX"  # CS allows only upper case letters, digits, space and underscore (PS3.5 6.2)
 DUMMIES: dict[str, object] = {
     "AE": "ANONYMOUS",
     "AS": "000D",
@@ -55,7 +56,7 @@ DUMMIES: dict[str, object] = {
     "TM": "000000",
     "UC": "ANONYMIZED",
     "UT": "ANONYMIZED",
-    "UR": "",
+    "UR": "http://anonymized.invalid",
     "FL": 0.0,
     "FD": 0.0,
     "SL": 0,
@@ -145,13 +146,13 @@ class _Context:
             self.crosswalk[("uid", original)] = new
         return new
 
-    def scrub(self, text: str) -> str:
+    def scrub(self, text: str, *, replacement: str = SCRUB) -> str:
         if not self._scrubber_built:
             self._scrubber_built = True
             if self.tokens:
                 alternatives = "|".join(re.escape(t) for t in sorted(set(self.tokens), key=len, reverse=True))
                 self._scrubber = re.compile(alternatives, re.IGNORECASE)
-        return text if self._scrubber is None else self._scrubber.sub(SCRUB, text)
+        return text if self._scrubber is None else self._scrubber.sub(replacement, text)
 
 
 def _text(value: object) -> str:
@@ -243,15 +244,16 @@ def _scrub(elem: DataElement, ctx: _Context) -> None:
     value = elem.value
     if value is None:
         return
+    replacement = SCRUB_CS if _vr(elem) == "CS" else SCRUB
     if isinstance(value, MultiValue | list):
-        elem.value = [ctx.scrub(str(v)) for v in value]
+        elem.value = [ctx.scrub(str(v), replacement=replacement) for v in value]
     elif isinstance(value, str):
-        new = ctx.scrub(value)
+        new = ctx.scrub(value, replacement=replacement)
         if new != value:
             elem.value = new
     else:
         text = str(value)
-        new = ctx.scrub(text)
+        new = ctx.scrub(text, replacement=replacement)
         if new != text:
             elem.value = new
 
