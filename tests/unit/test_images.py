@@ -1,0 +1,136 @@
+"""guards.images: DICOM trees to tensors, manifests honoured, images joined to the cohort."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pyarrow as pa
+import pydicom
+import pytest
+
+from guards.errors import InputError
+from guards.images import align, label_images, load_images
+from guards.manifest import empty_row, to_table, write_table
+
+
+def corpus_module() -> ModuleType:
+    """The synthetic corpus writer shared with benchmarks/checks_suite (no real patient data)."""
+    name = "checks_suite_corpus"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / "checks_suite" / "corpus.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return corpus_module().make_corpus(tmp_path_factory.mktemp("img") / "src", patients=6, size=24, seed=3)
+
+
+def test_load_images_shapes_range_order(corpus) -> None:  # type: ignore[no-untyped-def]
+    images = load_images(corpus.root, size=16)
+    assert images.pixels.shape == (12, 1, 16, 16)
+    assert images.pixels.dtype.is_floating_point
+    assert float(images.pixels.min()) >= 0.0 and float(images.pixels.max()) <= 1.0
+    assert list(images.sop_uids) == sorted(images.sop_uids)
+    assert images.examined == {"files": 12, "loaded": 12, "skipped": 0}
+    ds = pydicom.dcmread(corpus.root / images.paths[0])
+    assert str(ds.SOPInstanceUID) == images.sop_uids[0]
+    assert str(ds.StudyInstanceUID) == images.study_uids[0]
+
+
+def test_load_images_same_tree_same_tensor(corpus) -> None:  # type: ignore[no-untyped-def]
+    a, b = load_images(corpus.root, size=16), load_images(corpus.root, size=16)
+    assert a.pixels.numpy().tobytes() == b.pixels.numpy().tobytes()
+
+
+def test_non_dicom_file_is_skipped_and_counted(tmp_path: Path, corpus) -> None:  # type: ignore[no-untyped-def]
+    mod = corpus_module()
+    one = mod.make_corpus(tmp_path / "t", patients=2, size=8, seed=1, images_per_study=1)
+    (one.root / "notes.bin").write_bytes(b"not a dicom file")
+    images = load_images(one.root, size=8)
+    assert len(images) == 2
+    assert images.examined == {"files": 3, "loaded": 2, "skipped": 1}
+
+
+def test_manifest_rows_decide_which_files(tmp_path: Path) -> None:
+    mod = corpus_module()
+    c = mod.make_corpus(tmp_path / "t", patients=3, size=8, seed=2, images_per_study=1)
+    rels = sorted(p.relative_to(c.root).as_posix() for p in c.files)
+    rows = []
+    for i, rel in enumerate(rels):
+        row = empty_row(rel)
+        row["status"] = "quarantined" if i == 0 else "published"
+        row["reason"] = "burned-in text" if i == 0 else ""
+        rows.append(row)
+    write_table(to_table(rows), c.root / "manifest.parquet")
+    images = load_images(c.root, size=8)
+    assert sorted(images.paths) == rels[1:]
+    assert images.examined["files"] == 2
+
+
+def test_monochrome1_is_inverted(tmp_path: Path) -> None:
+    mod = corpus_module()
+    ramp = np.tile(np.linspace(0, 1, 8), (8, 1))
+    for name, photometric in (("m2.dcm", "MONOCHROME2"), ("m1.dcm", "MONOCHROME1")):
+        mod.write_instance(tmp_path / name, ramp, patient="P", study="1.2.3", sop=f"1.2.3.{len(name) + len(photometric)}",
+                           series="1.2.3.9")
+        ds = pydicom.dcmread(tmp_path / name)
+        ds.PhotometricInterpretation = photometric
+        ds.save_as(tmp_path / name)
+    images = load_images(tmp_path, size=8)
+    by_path = {p: images.pixels[i, 0] for i, p in enumerate(images.paths)}
+    assert float(by_path["m2.dcm"][0, -1]) == pytest.approx(1.0, abs=1e-3)
+    assert float(by_path["m1.dcm"][0, -1]) == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: p / "missing", "does not exist"),  # no such folder
+        (lambda p: p, "no usable image"),  # an empty folder
+    ],
+)
+def test_unusable_trees_raise(tmp_path: Path, make, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match=match):
+        load_images(make(tmp_path), size=8)
+
+
+def test_label_images_joins_cohort_and_counts_dropped(corpus) -> None:  # type: ignore[no-untyped-def]
+    images = load_images(corpus.root, size=8)
+    rows = corpus.cohort.to_pylist()
+    dropped = rows[0]["StudyInstanceUID"]
+    rows[1]["included"] = False
+    cohort = pa.Table.from_pylist(rows[2:] + [rows[1]])
+    data = label_images(images, cohort, subgroups=("sex", "ethnic_group", "not_a_column"))
+    assert len(data.images) == 8 and data.examined["images_without_study"] == 4
+    assert dropped not in data.images.study_uids
+    assert set(data.subgroups) == {"sex", "ethnic_group"}
+    truth = {r["StudyInstanceUID"]: r for r in rows}
+    for i, study in enumerate(data.images.study_uids):
+        assert data.labels[i] == truth[study]["label"]
+        assert data.patient_ids[i] == truth[study]["PatientID"]
+        assert data.subgroups["sex"][i] == truth[study]["sex"]
+
+
+def test_label_images_needs_cohort_columns(corpus) -> None:  # type: ignore[no-untyped-def]
+    images = load_images(corpus.root, size=8)
+    with pytest.raises(InputError, match="label"):
+        label_images(images, corpus.cohort.drop_columns(["label"]), subgroups=())
+
+
+def test_align_joins_on_sop_uid(corpus) -> None:  # type: ignore[no-untyped-def]
+    full = load_images(corpus.root, size=8)
+    part = full.subset([5, 1, 3])
+    a, b = align(part, full)
+    assert a.sop_uids == b.sop_uids == part.sop_uids
+    with pytest.raises(InputError, match="share no SOPInstanceUID"):
+        align(full.subset([0]), full.subset([1]))
