@@ -81,8 +81,8 @@ def test_monochrome1_is_inverted(tmp_path: Path) -> None:
     mod = corpus_module()
     ramp = np.tile(np.linspace(0, 1, 8), (8, 1))
     for name, photometric in (("m2.dcm", "MONOCHROME2"), ("m1.dcm", "MONOCHROME1")):
-        mod.write_instance(tmp_path / name, ramp, patient="P", study="1.2.3", sop=f"1.2.3.{len(name) + len(photometric)}",
-                           series="1.2.3.9")
+        sop = f"1.2.3.{photometric[-1]}"
+        mod.write_instance(tmp_path / name, ramp, patient="P", study="1.2.3", sop=sop, series="1.2.3.9")
         ds = pydicom.dcmread(tmp_path / name)
         ds.PhotometricInterpretation = photometric
         ds.save_as(tmp_path / name)
