@@ -429,7 +429,7 @@ def _record_method(ds: Dataset, policy: ReleasePolicy) -> None:
 _META_REMOVE = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 
 
-def _clean_file_meta(ds: Dataset, original_sop: str, ctx: _Context) -> None:
+def _clean_file_meta(ds: Dataset, ctx: _Context) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         return
@@ -443,8 +443,8 @@ def _clean_file_meta(ds: Dataset, original_sop: str, ctx: _Context) -> None:
             meta.MediaStorageSOPInstanceUID = ctx.uid(str(meta.MediaStorageSOPInstanceUID))
 
 
-def _pixel_step(ds: Dataset, policy: ReleasePolicy) -> None:
-    """Clean Pixel Data Option (PS3.15 E.3.1), by guards.deid.pixels; "quarantine" stops the instance."""
+def _pixel_step(ds: Dataset, policy: ReleasePolicy) -> str | None:
+    """Clean Pixel Data Option (PS3.15 E.3.1), by guards.deid.pixels; the reason when it says "quarantine"."""
     try:
         from guards.deid.pixels import clean_pixel_data
     except ImportError as e:
@@ -454,13 +454,15 @@ def _pixel_step(ds: Dataset, policy: ReleasePolicy) -> None:
         ) from e
     outcome = clean_pixel_data(ds, policy=policy.pixels)
     if outcome.action == "quarantine":
-        raise InstanceQuarantined(f"pixel data: {outcome.reason}")
+        return f"pixel data: {outcome.reason}"
+    return None
 
 
 def deidentify_dataset(ds: Dataset, *, policy: ReleasePolicy, key: PseudonymKey) -> Dataset:
     """De-identify ``ds`` in place under ``policy.deid`` and return it (PS3.15 Annex E, Table E.1-1).
 
-    Raises :class:`InstanceQuarantined` when pixel cleaning says the instance must not be published.
+    Raises :class:`InstanceQuarantined` when pixel cleaning says the instance must not be published; the
+    headers of ``ds`` are de-identified all the same, so that the quarantined copy carries no header PHI.
     """
     return _deidentify(ds, policy=policy, key=key, crosswalk=None)
 
@@ -469,8 +471,7 @@ def _deidentify(
     ds: Dataset, *, policy: ReleasePolicy, key: PseudonymKey, crosswalk: dict[tuple[str, str], str] | None
 ) -> Dataset:
     deid = policy.deid
-    if deid.clean_pixel_data and "PixelData" in ds:
-        _pixel_step(ds, policy)
+    quarantine = _pixel_step(ds, policy) if deid.clean_pixel_data and "PixelData" in ds else None
     sop_class = _text(ds["SOPClassUID"].value).strip(" \x00") if "SOPClassUID" in ds else ""
     profile = compile_profile(deid, sop_class)
     patient = _patient_key(ds)
@@ -482,10 +483,11 @@ def _deidentify(
         key=key, profile=profile, uid_root=deid.uid_root, offset_days=offset, tokens=_identifier_tokens(ds),
         crosswalk=crosswalk,
     )
-    original_sop = _text(ds["SOPInstanceUID"].value) if "SOPInstanceUID" in ds else ""
     _clean_dataset(ds, ctx)
-    _clean_file_meta(ds, original_sop, ctx)
+    _clean_file_meta(ds, ctx)
     _record_method(ds, policy)
+    if quarantine is not None:
+        raise InstanceQuarantined(quarantine)
     return ds
 
 

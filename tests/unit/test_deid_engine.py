@@ -242,6 +242,7 @@ def test_pixel_cleaning_quarantine_is_raised(key: PseudonymKey, monkeypatch: pyt
     with pytest.raises(InstanceQuarantined, match="burned-in text"):
         deidentify_dataset(ds, policy=policy, key=key)
     assert seen == [policy.pixels]
+    assert ds.PatientName != "Smithson^Alice" and ds.PatientIdentityRemoved == "YES"  # headers cleaned anyway
 
 
 def test_pixel_cleaning_missing_module_is_a_clear_error(key: PseudonymKey, monkeypatch: pytest.MonkeyPatch) -> None:
