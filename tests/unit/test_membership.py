@@ -1,0 +1,156 @@
+"""guards.checks.membership: metrics, the over-representation test, and detection of a minority subgroup whose
+duplicated, atypical studies a proxy memorises (Knolle et al., Nature 2026), with LiRA and RMIA."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from test_images import corpus_module
+
+from guards.checks import membership
+from guards.checks.base import CheckResult
+from guards.policy import ReleasePolicy, policy_from_dict
+
+
+def _policy(attack: str, **extra: object) -> ReleasePolicy:
+    return policy_from_dict({"membership": {"image_size": 32, "attack": attack, "bootstrap": 100, **extra},
+                             "release": {"seed": 20260101}})
+
+
+@pytest.fixture(scope="module")
+def duplicated(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """100 patients; 20 minority patients with atypical images, each study duplicated 4 times."""
+    root = tmp_path_factory.mktemp("mem") / "dup"
+    return corpus_module().make_corpus(root, patients=100, size=32, seed=1, signal=0.09, minority_share=0.2,
+                                       minority_duplicated=True)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """200 patients with one typical image each: nothing to memorise beyond the task."""
+    root = tmp_path_factory.mktemp("mem") / "clean"
+    return corpus_module().make_corpus(root, patients=200, size=32, seed=1, signal=0.2, minority_share=0.2,
+                                       images_per_study=1)
+
+
+@pytest.fixture(scope="module")
+def rmia_duplicated(duplicated) -> CheckResult:  # type: ignore[no-untyped-def]
+    return membership.run(duplicated.root, source_dir=duplicated.root, cohort=duplicated.cohort,
+                          policy=_policy("rmia"))
+
+
+def _f(result: CheckResult, metric: str, subgroup: str):  # type: ignore[no-untyped-def]
+    return next(f for f in result.findings if f.metric == metric and f.subgroup == subgroup)
+
+
+# --- metrics on known scores ------------------------------------------------------------------------------------
+
+def test_metrics_on_known_scores() -> None:
+    members, non = np.arange(100, 200, dtype=float), np.arange(0, 100, dtype=float)
+    assert membership.auc(members, non) == 1.0
+    assert membership.tpr_at_fpr(members, non, 0.01) == 1.0
+    same = np.zeros(50)
+    assert membership.auc(same, same) == 0.5
+    assert membership.tpr_at_fpr(same, same, 0.01) == 0.0
+    # 1% of 200 non-members lets 2 through: the threshold is the third-highest non-member score
+    non2 = np.arange(200, dtype=float)
+    assert membership.tpr_at_fpr(np.array([196.5, 197.5, 198.5]), non2, 0.01) == pytest.approx(2 / 3)
+    roc = membership.roc_curve(members, non)
+    assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0 and len(roc["fpr"]) == len(roc["tpr"])
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_estimate() -> None:
+    rng = np.random.default_rng(0)
+    m, n = rng.normal(0.5, 1, 80), rng.normal(0, 1, 80)
+    a = membership.attack_metrics(m, n, rng=np.random.default_rng(3), bootstrap=200)
+    b = membership.attack_metrics(m, n, rng=np.random.default_rng(3), bootstrap=200)
+    assert a == b
+    assert a.ci["auc"][0] <= a.auc <= a.ci["auc"][1]
+
+
+@pytest.mark.parametrize(
+    "top_share, expect_flag",
+    [
+        (1.0, True),  # the whole top-k is from a 10% subgroup
+        (0.1, False),  # the top-k mirrors the subgroup's share
+    ],
+)
+def test_over_representation(top_share: float, expect_flag: bool) -> None:
+    n, k = 200, 10
+    group = np.zeros(n, dtype=bool)
+    group[:20] = True
+    scores = np.linspace(0, 1, n)[np.random.default_rng(1).permutation(n)]
+    top_rows = np.argsort(-scores)[:k]
+    in_top = int(round(top_share * k))
+    group = np.zeros(n, dtype=bool)
+    group[top_rows[:in_top]] = True
+    rest = np.setdiff1d(np.arange(n), top_rows)
+    group[rest[: 20 - in_top]] = True
+    rows = membership.over_representation(scores, {"g=minority": group, "g=majority": ~group}, k=k, alpha=0.05)
+    minority = next(r for r in rows if r["subgroup"] == "g=minority")
+    assert minority["observed"] == in_top and minority["threshold"] == 0.025  # Bonferroni over 2 subgroups
+    assert (float(minority["p"]) < float(minority["threshold"])) is expect_flag
+
+
+# --- the check end to end ---------------------------------------------------------------------------------------
+
+def test_rmia_flags_the_duplicated_minority(rmia_duplicated: CheckResult) -> None:
+    r = rmia_duplicated
+    assert r.status == "fail"
+    tpr_minority = _f(r, "tpr_at_1pct_fpr", "ethnic_group=minority")
+    tpr_majority = _f(r, "tpr_at_1pct_fpr", "ethnic_group=majority")
+    assert tpr_minority.status == "fail" and float(tpr_minority.value) > 0.5
+    assert float(tpr_minority.value) > 3 * float(tpr_majority.value)
+    over = _f(r, "top_vulnerable_over_representation", "ethnic_group=minority")
+    assert over.status == "fail" and "minimum top-k" in over.evidence
+    assert "ethnic_group=minority" in r.summary
+
+
+def test_result_shape_and_counts(rmia_duplicated: CheckResult) -> None:
+    r = rmia_duplicated
+    assert r.examined["patients"] == 100 and r.examined["images"] == 80 * 2 + 20 * 2 * 4
+    assert r.examined["member_patients"] + r.examined["non_member_patients"] == 100
+    assert {"all", "ethnic_group=minority", "sex=F"} <= set(r.details["roc"])
+    roc = r.details["roc"]["ethnic_group=minority"]
+    assert len(roc["fpr"]) == len(roc["tpr"]) and all(0 <= v <= 1 for v in roc["fpr"] + roc["tpr"])
+    assert set(r.details["curves"]) == {"proxy_members", "proxy_non_members"}
+    assert len(r.details["curves"]["proxy_members"]) == ReleasePolicy().membership.epochs
+    lo, hi = r.details["metrics"]["all"]["ci"]["auc"]
+    assert lo <= r.details["metrics"]["all"]["auc"] <= hi
+    json.dumps(r.to_dict())
+
+
+def test_lira_flags_the_duplicated_minority(duplicated) -> None:  # type: ignore[no-untyped-def]
+    r = membership.run(duplicated.root, source_dir=duplicated.root, cohort=duplicated.cohort,
+                       policy=_policy("lira"))
+    assert r.details["attack"] == "lira"
+    assert _f(r, "tpr_at_1pct_fpr", "ethnic_group=minority").status == "fail"
+    assert _f(r, "top_vulnerable_over_representation", "ethnic_group=minority").status == "fail"
+
+
+def test_clean_corpus_has_no_failing_finding(clean) -> None:  # type: ignore[no-untyped-def]
+    r = membership.run(clean.root, source_dir=clean.root, cohort=clean.cohort, policy=_policy("rmia"))
+    assert [f for f in r.findings if f.status == "fail"] == []
+    assert float(_f(r, "auc", "all").value) <= 0.65
+    assert r.examined["patients"] == 200 and r.examined["top_k"] == 10
+
+
+def test_same_seed_same_scores(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    small = corpus_module().make_corpus(tmp_path / "s", patients=24, size=16, seed=4, images_per_study=1)
+    policy = policy_from_dict({"membership": {"image_size": 16, "epochs": 3, "reference_models": 2,
+                                              "bootstrap": 20}})
+    a = membership.run(small.root, source_dir=small.root, cohort=small.cohort, policy=policy)
+    b = membership.run(small.root, source_dir=small.root, cohort=small.cohort, policy=policy)
+    assert a.details["metrics"] == b.details["metrics"] and a.findings == b.findings
+
+
+def test_too_few_labelled_patients_fails_with_reason(duplicated) -> None:  # type: ignore[no-untyped-def]
+    rows = duplicated.cohort.to_pylist()
+    for row in rows[4:]:
+        row["label"] = -1
+    r = membership.run(duplicated.root, source_dir=duplicated.root, cohort=pa.Table.from_pylist(rows),
+                       policy=_policy("rmia"))
+    assert r.status == "fail" and r.findings[0].metric == "labelled_data"
