@@ -1,0 +1,365 @@
+"""The per-element actions of PS3.15 E.1.1 (D Z X K C U) and the one pass over a dataset that applies them.
+
+Speed matters (nightly runs over whole archives), so the pass works on pydicom's raw elements where it can:
+kept elements are never decoded; removed ones are deleted undecoded; UIDs and dates (ASCII VRs) are read from
+the raw bytes; free text is first searched as bytes for the instance's identifiers and only decoded when one is
+found. Replacements are new elements built from the tag and VR, without decoding the old value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydicom import config
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID_dictionary
+
+from guards.deid.dates import shift_da, shift_dt
+from guards.deid.private import is_safe_private
+from guards.deid.profile import DICT_VR, PATIENT_ID, SQ_TAGS, TEXT_VRS, CompiledProfile
+from guards.deid.pseudonyms import pseudo_patient_id, pseudo_patient_name, pseudo_uid
+from guards.keys import PseudonymKey
+
+SCRUB = "***"
+SCRUB_CS = "XXX"  # CS allows only upper case letters, digits, space and underscore (PS3.5 6.2)
+SCRUB_FALLBACK = "ANONYMIZED"  # when an identifier was found in the bytes but not in the decoded text
+DUMMIES: dict[str, object] = {
+    "AE": "ANONYMOUS",
+    "AS": "000D",
+    "CS": "ANONYMIZED",
+    "DA": "19000101",
+    "DS": "0",
+    "DT": "19000101000000",
+    "IS": "0",
+    "LO": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "PN": "ANONYMOUS",
+    "SH": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "TM": "000000",
+    "UC": "ANONYMIZED",
+    "UT": "ANONYMIZED",
+    "UR": "http://anonymized.invalid",
+    "FL": 0.0,
+    "FD": 0.0,
+    "SL": 0,
+    "SS": 0,
+    "UL": 0,
+    "US": 0,
+    "SV": 0,
+    "UV": 0,
+    "AT": 0,
+}
+BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
+STRING_VRS = TEXT_VRS | {"PN", "DA", "DT", "TM", "CS", "AE", "AS", "UI", "UR", "DS", "IS"}
+# Top-level attributes whose values are identifiers to scrub from free text that is kept or cleaned.
+IDENTIFIER_TAGS: tuple[int, ...] = (
+    0x00100010,  # PatientName
+    0x00100020,  # PatientID
+    0x00101000,  # OtherPatientIDs
+    0x00101001,  # OtherPatientNames
+    0x00101005,  # PatientBirthName
+    0x00101060,  # PatientMotherBirthName
+    0x00101040,  # PatientAddress
+    0x00102154,  # PatientTelephoneNumbers
+    0x00100030,  # PatientBirthDate
+    0x00080050,  # AccessionNumber
+    0x00200010,  # StudyID
+    0x00080080,  # InstitutionName
+    0x00080081,  # InstitutionAddress
+    0x00081040,  # InstitutionalDepartmentName
+    0x00080090,  # ReferringPhysicianName
+    0x00081050,  # PerformingPhysicianName
+    0x00081060,  # NameOfPhysiciansReadingStudy
+    0x00081070,  # OperatorsName
+    0x00321032,  # RequestingPhysician
+    0x00081048,  # PhysiciansOfRecord
+    0x00081010,  # StationName
+    0x00181000,  # DeviceSerialNumber
+)
+_TOKEN_SPLIT = re.compile(rb"[\^=\s,\\]+")
+MIN_TOKEN = 3
+
+
+@dataclass
+class Context:
+    """Per-instance state of one pass: the key, the compiled profile, the patient's date offset, identifiers."""
+
+    key: PseudonymKey
+    profile: CompiledProfile
+    uid_root: str
+    offset_days: int
+    tokens: list[bytes]
+    crosswalk: dict[tuple[str, str], str] | None
+    _bytes_re: re.Pattern[bytes] | None = field(default=None, init=False)
+    _text_re: re.Pattern[str] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        unique = sorted(set(self.tokens), key=len, reverse=True)
+        if unique:
+            self._bytes_re = re.compile(b"|".join(re.escape(t) for t in unique), re.IGNORECASE)
+            texts = {t.decode("utf-8", "ignore") for t in unique} | {t.decode("latin-1") for t in unique}
+            texts = {t for t in texts if len(t) >= MIN_TOKEN}
+            self._text_re = re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)),
+                                       re.IGNORECASE)
+
+    def uid(self, value: str) -> str:
+        original = value.strip(" \x00")
+        if not original:
+            return ""
+        new = pseudo_uid(self.key, original, root=self.uid_root)
+        if self.crosswalk is not None:
+            self.crosswalk[("uid", original)] = new
+        return new
+
+    def hit(self, data: bytes) -> bool:
+        return self._bytes_re is not None and self._bytes_re.search(data) is not None
+
+    def scrub(self, text: str, *, replacement: str) -> str:
+        return text if self._text_re is None else self._text_re.sub(replacement, text)
+
+
+def text_of(value: object) -> str:
+    """A value as text (multi-values joined with a backslash, None as "")."""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _raw_bytes(elem: DataElement | RawDataElement) -> bytes | None:
+    if isinstance(elem, RawDataElement):
+        return elem.value if isinstance(elem.value, bytes) else b""
+    return None
+
+
+def identifier_tokens(ds: Dataset) -> list[bytes]:
+    """The instance's identifiers (names, IDs, addresses ...) as byte tokens, read before anything changes."""
+    tokens: list[bytes] = []
+    for tag in IDENTIFIER_TAGS:
+        if tag not in ds:
+            continue
+        elem = ds.get_item(tag)
+        raw = _raw_bytes(elem)
+        value = raw if raw is not None else text_of(elem.value).encode("utf-8", "ignore")
+        value = value.strip(b" \x00")
+        if len(value) >= MIN_TOKEN:
+            tokens.append(value)
+            tokens.extend(t for t in _TOKEN_SPLIT.split(value) if len(t) >= MIN_TOKEN)
+        if tag == 0x00100030 and len(value) == 8 and value.isdigit():  # birth date written other ways
+            y, m, d = value[:4], value[4:6], value[6:]
+            tokens.extend((y + b"-" + m + b"-" + d, d + b"." + m + b"." + y, d + b"/" + m + b"/" + y))
+    return tokens
+
+
+def _vr(ds: Dataset, tag: int, elem: DataElement | RawDataElement) -> str:
+    """The element's VR without decoding it where possible (explicit VR, or an unambiguous dictionary VR)."""
+    vr = elem.VR
+    if vr and vr != "UN":
+        return str(vr)
+    known = DICT_VR.get(tag)
+    if known and " or " not in known:
+        return known
+    return str(ds[tag].VR)  # decodes: pydicom resolves ambiguous VRs from the dataset
+
+
+def _ascii_values(elem: DataElement | RawDataElement) -> list[str]:
+    raw = _raw_bytes(elem)
+    text = raw.decode("ascii", "replace") if raw is not None else text_of(elem.value)
+    return [v.strip(" \x00") for v in text.split("\\")]
+
+
+def _set(ds: Dataset, tag: int, vr: str, value: object) -> None:
+    """Replace an element by a new one; the values set here are built to fit their VR, so not re-validated."""
+    ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+
+
+def _multi(values: list[str]) -> str | list[str]:
+    return values if len(values) > 1 else values[0]
+
+
+def _items(ds: Dataset, tag: int, ctx: Context) -> None:
+    for item in ds[tag].value or ():
+        clean_dataset(item, ctx)
+
+
+def _zero(ds: Dataset, tag: int, vr: str) -> None:
+    if vr == "SQ":
+        _set(ds, tag, vr, Sequence())
+    elif vr in BINARY_VRS:
+        _set(ds, tag, vr, b"")
+    elif vr in STRING_VRS:
+        _set(ds, tag, vr, "")
+    else:
+        _set(ds, tag, vr, None)
+
+
+def _uids(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context, *, keep_registered: bool) -> None:
+    values = _ascii_values(elem)
+    if keep_registered and all(v in UID_dictionary or not v for v in values):
+        return
+    out = [v if keep_registered and v in UID_dictionary else ctx.uid(v) for v in values]
+    _set(ds, tag, "UI", _multi(out))
+
+
+def _scrub(ds: Dataset, tag: int, elem: DataElement | RawDataElement, vr: str, ctx: Context) -> None:
+    raw = _raw_bytes(elem)
+    if raw is not None:
+        if not ctx.hit(raw):
+            return
+        elem = ds[tag]  # an identifier is in there: decode to replace it
+    value = elem.value
+    if value is None or isinstance(value, bytes):
+        return
+    replacement = SCRUB_CS if vr == "CS" else SCRUB
+    values = [str(v) for v in value] if isinstance(value, MultiValue | list) else [str(value)]
+    new = [ctx.scrub(v, replacement=replacement) for v in values]
+    if raw is not None and new == values:  # found in the bytes, not in the text (another character set)
+        new = ["XXX" if vr == "CS" else SCRUB_FALLBACK for _ in values]
+    if new != values:
+        elem.value = _multi(new)
+
+
+def _act_z(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
+    _zero(ds, tag, _vr(ds, tag, elem))
+
+
+def _act_d(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
+    vr = _vr(ds, tag, elem)
+    if vr == "SQ":
+        _items(ds, tag, ctx)  # a dummy sequence: its items, cleaned by the same rules
+    elif vr == "UI":
+        _uids(ds, tag, elem, ctx, keep_registered=False)
+    elif vr in BINARY_VRS:
+        _set(ds, tag, vr, b"\x00\x00")
+    elif vr in DUMMIES:
+        _set(ds, tag, vr, DUMMIES[vr])
+    else:
+        _zero(ds, tag, vr)
+
+
+def _act_u(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
+    vr = _vr(ds, tag, elem)
+    if vr == "SQ":
+        _items(ds, tag, ctx)
+    else:
+        _uids(ds, tag, elem, ctx, keep_registered=False)
+
+
+def _act_c(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
+    """C (clean, PS3.15 E.1.1): keep the value's meaning without what identifies."""
+    vr = _vr(ds, tag, elem)
+    if vr == "SQ":
+        _items(ds, tag, ctx)
+    elif vr in ("DA", "DT"):
+        if ctx.profile.shift_dates:
+            text = "\\".join(_ascii_values(elem))
+            _set(ds, tag, vr, shift_da(text, ctx.offset_days) if vr == "DA" else shift_dt(text, ctx.offset_days))
+    elif vr in TEXT_VRS or vr in ("PN", "AE", "CS", "UR"):
+        _scrub(ds, tag, elem, vr, ctx)
+    elif vr == "UI" and not ctx.profile.retain_uids:
+        _uids(ds, tag, elem, ctx, keep_registered=True)
+    # TM, numbers and binary values carry no identifiers of their own: kept.
+
+
+def _act_t(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
+    vr = _vr(ds, tag, elem)
+    if vr == "SQ":
+        _items(ds, tag, ctx)
+    elif vr in TEXT_VRS or vr == "PN":
+        _scrub(ds, tag, elem, vr, ctx)
+
+
+def _act_v(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
+    if _vr(ds, tag, elem) == "UI":
+        _uids(ds, tag, elem, ctx, keep_registered=True)
+
+
+def _act_p(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
+    """PatientID / PatientName: keyed pseudonyms (PS3.15 E.1.1 allows a dummy for Z and Z/D)."""
+    original = text_of(ds[tag].value).strip(" \x00")
+    if tag == PATIENT_ID:
+        new, kind, vr = (pseudo_patient_id(ctx.key, original) if original else ""), "PatientID", "LO"
+    else:
+        new, kind, vr = (pseudo_patient_name(ctx.key, original) if original else ""), "PatientName", "PN"
+    if ctx.crosswalk is not None and original:
+        ctx.crosswalk[(kind, original)] = new
+    _set(ds, tag, vr, new)
+
+
+ACTIONS: dict[str, Callable[[Dataset, int, DataElement | RawDataElement, Context], None]] = {
+    "Z": _act_z,
+    "D": _act_d,
+    "U": _act_u,
+    "C": _act_c,
+    "P": _act_p,
+    "T": _act_t,
+    "V": _act_v,
+}
+
+
+def _private(ds: Dataset, ctx: Context, tags: list[int]) -> None:
+    """Private elements (odd groups): removed, unless Retain Safe Private keeps a safe-listed one (E.3.10)."""
+    if ctx.profile.private != "C":
+        for tag in tags:
+            del ds[tag]
+        return
+    keep_creators: set[int] = set()
+    for tag in tags:
+        group, element = tag >> 16, tag & 0xFFFF
+        if element < 0x1000:
+            continue  # creators and group lengths are decided below
+        creator_tag = (group << 16) | (element >> 8)
+        creator = text_of(ds[creator_tag].value) if creator_tag in ds else ""
+        if creator and is_safe_private(creator, group, element):
+            keep_creators.add(creator_tag)
+        else:
+            del ds[tag]
+    for tag in tags:
+        if (tag & 0xFFFF) < 0x1000 and tag not in keep_creators:
+            del ds[tag]
+
+
+def _repeating(tag: int, profile: CompiledProfile) -> str:
+    group = tag >> 16
+    element = tag & 0xFFFF
+    if 0x5000 <= group <= 0x501E:
+        return profile.curves
+    if 0x6000 <= group <= 0x601E:
+        if element == 0x3000:
+            return profile.overlay_data
+        if element == 0x4000:
+            return profile.overlay_comments
+        # The other Overlay Plane attributes describe the data: without it the plane is invalid, so they go too.
+        return "X" if profile.overlay_data == "X" else "K"
+    return "X"  # a public tag unknown to the data dictionary: its meaning cannot be judged
+
+
+def clean_dataset(ds: Dataset, ctx: Context) -> None:
+    """Apply the compiled profile to every element of ``ds`` and, recursively, of its sequence items."""
+    actions = ctx.profile.actions
+    private: list[int] = []
+    for tag in list(ds.keys()):
+        if tag >> 16 & 1:
+            private.append(tag)
+            continue
+        if not tag & 0xFFFF:
+            del ds[tag]  # group length (retired): wrong once the group changes
+            continue
+        action = actions.get(tag)
+        if action is None:
+            action = _repeating(tag, ctx.profile)
+        if action == "K":
+            if tag in SQ_TAGS:
+                _items(ds, tag, ctx)
+            continue
+        if action == "X":
+            del ds[tag]
+            continue
+        ACTIONS[action](ds, tag, ds.get_item(tag), ctx)
+    if private:
+        _private(ds, ctx, private)
