@@ -127,7 +127,7 @@ def make_corpus(
                 "StudyInstanceUID": study,
                 "PatientID": pid,
                 "label": label,
-                "sex": "F" if rng.random() < 0.5 else "M",
+                "sex": "F" if (p // 2) % 2 == 0 else "M",  # balanced against the label: independent of pixels
                 "age_band": ["18-39", "40-64", "65-89"][int(rng.integers(0, 3))],
                 "ethnic_group": "minority" if minority else "majority",
                 "n_instances": n,

@@ -6,9 +6,11 @@ images, downsampled to ``policy.attribute.image_size``, and the released header 
 ``manifest.parquet`` (modality, manufacturer, model, body part, age, size, weight, institution), one-hot
 encoded. Out-of-fold probabilities from a patient-level cross-validation are averaged per patient and scored
 one value against the rest by AUC (baseline 0.5). A target fails when some value's AUC exceeds
-``0.5 + policy.attribute.auc_margin``; it also fails outright when the release's own headers carry the attribute
-(``PatientSex``, ``EthnicGroup``: PS3.15 Table E.1-1 removes them unless the Retain Patient Characteristics
-Option is chosen). Whether a failure blocks the release is the gate's decision (``gate.advisory``).
+``0.5 + policy.attribute.auc_margin`` and its 95 % bootstrap interval lies above 0.5 (warns when only the point
+estimate exceeds it: small cohorts give chance correlations); it also fails outright when the release's own
+headers carry the attribute (``PatientSex``, ``EthnicGroup``: PS3.15 Table E.1-1 removes them unless the
+Retain Patient Characteristics Option is chosen). Whether a failure blocks the release is the gate's decision
+(``gate.advisory``).
 
 This is the attribute-inference view of Knolle et al., "Disparate privacy risks from medical AI" (Nature 2026):
 images can reveal demographic attributes that the headers no longer state.
@@ -26,7 +28,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from guards.checks.base import CheckResult, Finding
+from guards.checks.base import CheckResult, Finding, Status
+from guards.checks.models import cpu_threads
 from guards.images import label_images, load_images
 from guards.policy import ReleasePolicy
 
@@ -57,6 +60,24 @@ def patient_auc(scores: np.ndarray, positive: np.ndarray) -> float:
         return float("nan")
     ranks = stats.rankdata(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_interval(
+    scores: np.ndarray, positive: np.ndarray, *, rng: np.random.Generator, reps: int = 200
+) -> tuple[float, float]:
+    """Percentile 95 % bootstrap interval of the AUC (patients resampled with replacement)."""
+    values = []
+    for _ in range(reps):
+        pick = rng.integers(0, len(scores), len(scores))
+        values.append(patient_auc(scores[pick], positive[pick]))
+    return float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))
+
+
+def _status(value: float, ci_low: float, threshold: float) -> Status:
+    """fail above the threshold when the AUC is also significantly above the 0.5 baseline; warn when it is not."""
+    if value <= threshold:
+        return "pass"
+    return "fail" if ci_low > 0.5 else "warn"
 
 
 def fit_predict(
@@ -166,7 +187,8 @@ def run(release_dir: Path, *, cohort: pa.Table, policy: ReleasePolicy) -> CheckR
             tr = img_known & (img_fold != fold)
             if not te.any() or not tr.any():
                 continue
-            probs[te] = fit_predict(x[tr], y[tr], x[te], n_classes=len(all_levels), seed=seed + fold).numpy()
+            with cpu_threads(1):  # tiny full-batch problems: a second thread only adds synchronisation
+                probs[te] = fit_predict(x[tr], y[tr], x[te], n_classes=len(all_levels), seed=seed + fold).numpy()
         order = {p: i for i, p in enumerate(known_patients)}
         sums = np.zeros((len(known_patients), len(all_levels)))
         counts = np.zeros(len(known_patients))
@@ -176,21 +198,26 @@ def run(release_dir: Path, *, cohort: pa.Table, policy: ReleasePolicy) -> CheckR
         patient_prob = sums / np.maximum(counts, 1)[:, None]
         truth = p_value[known]
         aucs = {v: patient_auc(patient_prob[:, level_index[v]], truth == v) for v in levels}
+        boot = np.random.default_rng([seed, 0xB007, len(target)])
+        cis = {v: auc_interval(patient_prob[:, level_index[v]], truth == v, rng=boot) for v in levels}
         worst = max(aucs, key=lambda v: aucs[v])
         threshold = round(0.5 + sec.auc_margin, 4)
         findings.append(Finding(
-            "auc", round(aucs[worst], 4), threshold, "fail" if aucs[worst] > threshold else "pass",
+            "auc", round(aucs[worst], 4), threshold, _status(aucs[worst], cis[worst][0], threshold),
             subgroup=f"{target}=*",
             evidence=(f"{target} predicted from {pixels.shape[1]} pixel features and {meta.shape[1]} header features"
                       f" over {len(known_patients)} patients ({sec.folds}-fold patient-level cross-validation);"
-                      f" highest one-vs-rest AUC {aucs[worst]:.3f} for {target}={worst}; baseline 0.5"),
+                      f" highest one-vs-rest AUC {aucs[worst]:.3f} (95% CI {cis[worst][0]:.2f}-{cis[worst][1]:.2f})"
+                      f" for {target}={worst}; baseline 0.5"),
         ))
         for v, a in aucs.items():
             findings.append(Finding(
-                "auc", round(a, 4), threshold, "fail" if a > threshold else "pass", subgroup=f"{target}={v}",
-                evidence=f"{int((truth == v).sum())} of {len(truth)} patients; one-vs-rest AUC, baseline 0.5",
+                "auc", round(a, 4), threshold, _status(a, cis[v][0], threshold), subgroup=f"{target}={v}",
+                evidence=(f"{int((truth == v).sum())} of {len(truth)} patients; one-vs-rest AUC, 95% CI"
+                          f" {cis[v][0]:.2f}-{cis[v][1]:.2f}, baseline 0.5"),
             ))
-            details[f"{target}={v}"] = {"auc": round(a, 4), "patients": int((truth == v).sum())}
+            details[f"{target}={v}"] = {"auc": round(a, 4), "ci": [round(cis[v][0], 4), round(cis[v][1], 4)],
+                                        "patients": int((truth == v).sum())}
         logger.info("attribute: %s highest AUC %.3f (%s)", target, aucs[worst], worst)
         examined[f"patients_{target}"] = len(known_patients)
         examined["header_features"] = max(examined.get("header_features", 0), int(meta.shape[1]))

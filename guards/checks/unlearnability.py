@@ -6,9 +6,10 @@ images and evaluated on the held-out patients' CLEAN images (``source_dir``). Tw
 the same split: the same victim on clean images (shows the task is learnable, so a near-chance protected
 victim means the noise works) and on clean images plus random sign noise of the same L-infinity size
 (``policy.protect.epsilon``; shows that the effect is not mere noise). The check passes when the protected
-victim's balanced accuracy is within ``policy.unlearnability.margin`` of chance overall; a subgroup fails when
-the whole 95 % bootstrap interval (patients resampled) of its balanced accuracy lies outside that band, and warns
-when only its point estimate does (many subgroups are tested, some small).
+victim's balanced accuracy is at most ``policy.unlearnability.margin`` above chance overall (below chance is not
+a usable model); a subgroup fails when the whole 95 % bootstrap interval (patients resampled) of its balanced
+accuracy lies above chance + margin, and warns when only its point estimate does (many subgroups are tested,
+some small).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def bootstrap_interval(
 
 
 def _within(value: float, chance: float, margin: float) -> bool:
-    return abs(value - chance) <= margin
+    """Not above chance + margin. A victim below chance is no use to whoever trains on the release (they would
+    need labelled clean data to notice the flip), so only learning counts against the release."""
+    return value <= chance + margin
 
 
 def run(
@@ -177,7 +180,7 @@ def run(
             status: Status = "pass"
             if not _within(b["protected"], chance, sec.margin):
                 # many subgroups, some small: fail only when the whole 95 % interval lies outside the band
-                status = "fail" if (low > chance + sec.margin or high < chance - sec.margin) else "warn"
+                status = "fail" if low > chance + sec.margin else "warn"
             findings.append(Finding(
                 "balanced_accuracy_protected", round(b["protected"], 4), round(chance + sec.margin, 4),
                 status, subgroup=name,

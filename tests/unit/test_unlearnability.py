@@ -111,3 +111,16 @@ def test_missing_source_is_an_input_error(source, policy: ReleasePolicy, tmp_pat
 
     with pytest.raises(InputError, match="does not exist"):
         unlearnability.run(source.root, source_dir=tmp_path / "nope", cohort=source.cohort, policy=policy)
+
+
+@pytest.mark.parametrize(
+    "value, passes",
+    [
+        (0.55, True),  # near chance
+        (0.60, True),  # exactly chance + margin
+        (0.61, False),  # the victim learned from the release
+        (0.10, True),  # below chance: not a model anyone training on the release can use
+    ],
+)
+def test_pass_band(value: float, passes: bool) -> None:
+    assert unlearnability._within(value, 0.5, 0.1) is passes
