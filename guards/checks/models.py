@@ -74,7 +74,7 @@ class Trained:
     curve: list[float] = field(default_factory=list)
 
 
-SMALL_WORKLOAD_PIXELS = 2_000_000  # below this many training pixels, CPU training runs on one thread
+CPU_THREADS = 1  # measured on the shared 2-core machine: 1.7 s/epoch on 1 thread, 9.9 s/epoch on 2 (1000 x 64x64)
 
 
 @contextmanager
@@ -106,9 +106,9 @@ def train(
     """Train a fresh :class:`SmallCNN` on ``x`` (N x 1 x H x W in [0, 1]) and labels ``y`` with Adam.
 
     ``evaluate`` (if given) is called after every epoch with the model in eval mode; its values form the
-    learning curve of the report. The returned model is on ``device`` and in eval mode. Small CPU workloads
-    (under ``SMALL_WORKLOAD_PIXELS`` training pixels) run on one thread: for a model this size, a second thread
-    costs more in synchronisation than it gives, and several times more on a shared, busy machine.
+    learning curve of the report. The returned model is on ``device`` and in eval mode. On the CPU, training
+    runs on ``CPU_THREADS`` thread(s): for a model this small a second thread costs more in synchronisation than
+    it gives, and several times more on a shared, busy machine (see benchmarks/checks_suite/RESULTS.md).
     """
     if len(x) != len(y):
         raise InputError(f"train: {len(x)} images but {len(y)} labels")
@@ -116,8 +116,7 @@ def train(
         raise InputError("train: no training images; the split left this model without data")
     if epochs < 1:
         raise InputError(f"train: epochs must be at least 1, got {epochs}")
-    small = device == "cpu" and x.numel() < SMALL_WORKLOAD_PIXELS
-    with cpu_threads(1 if small else None):
+    with cpu_threads(CPU_THREADS if device == "cpu" else None):
         return _train(x, y, n_classes=n_classes, epochs=epochs, seed=seed, device=device, batch_size=batch_size,
                       lr=lr, weight_decay=weight_decay, evaluate=evaluate)
 
@@ -160,7 +159,8 @@ def _train(
 def logits(model: nn.Module, x: torch.Tensor, *, device: str = "cpu", batch_size: int = 512) -> torch.Tensor:
     """Model outputs for ``x`` (on the CPU), computed in eval mode in batches."""
     model.eval()
-    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    with cpu_threads(CPU_THREADS if device == "cpu" else None):
+        outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
 
 
