@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from guards.deid.engine import InstanceQuarantined, _deidentify
+from guards.deid.writer import encode_part10
 from guards.errors import InputError
 from guards.keys import PseudonymKey
 from guards.manifest import CROSSWALK_SCHEMA, HEADER_KEYWORDS, MANIFEST_SCHEMA, STATUSES, to_table, write_table
@@ -58,11 +59,11 @@ class DeidResult:
 
 
 def _atomic_write_dataset(ds: Dataset, path: Path) -> bytes:
+    data = encode_part10(ds)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        ds.save_as(tmp, enforce_file_format=True)
-        data = tmp.read_bytes()
+        tmp.write_bytes(data)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)

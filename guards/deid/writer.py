@@ -1,0 +1,116 @@
+"""Encode a de-identified dataset as a DICOM Part 10 file (PS3.10 7.1), copying untouched elements as bytes.
+
+After the de-identification pass most elements (Pixel Data above all) are still pydicom raw elements holding
+their encoded value bytes. pydicom's writer handles each through a generic per-element path; here a raw element
+whose encoding (implicit / explicit VR, little endian) is the one being written gets its header packed with
+``struct`` and its value bytes copied as they are, which is what pydicom's writer produces for it, only
+faster. Every other element (the ones the pass replaced, sequences) goes through pydicom's own
+``write_data_element``. The file meta information is written by pydicom (``write_file_meta_info`` with the
+standard enforced, as ``save_as(enforce_file_format=True)`` does).
+
+Anything the fast path does not cover (big endian, deflated, a change of character set or encoding, deferred
+values) falls back to ``Dataset.save_as(enforce_file_format=True)``. A test compares both writers byte for byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from io import BytesIO
+
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.tag import tag_in_exception
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+_LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_UNDEFINED = 0xFFFFFFFF
+_IMPLICIT = struct.Struct("<HHL")
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")
+_EXPLICIT_LONG = struct.Struct("<HH2s2xL")
+
+
+def encode_part10(ds: Dataset) -> bytes:
+    """The Part 10 bytes of ``ds`` (preamble, DICM, file meta, data set), in its file meta's transfer syntax."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if meta is None or ts is None or not _fast_ok(ds, ts):
+        return _slow(ds)
+    implicit = ts == ImplicitVRLittleEndian
+    if "SOPClassUID" in ds and meta.get("MediaStorageSOPClassUID") != ds.SOPClassUID:
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if "SOPInstanceUID" in ds and meta.get("MediaStorageSOPInstanceUID") != ds.SOPInstanceUID:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    validate_file_meta(meta, enforce_standard=True)
+    pixel = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
+    if pixel is not None and not isinstance(pixel, RawDataElement):
+        ds[0x7FE00010].is_undefined_length = ts.is_compressed  # as pydicom's dcmwrite does
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, True
+    preamble = getattr(ds, "preamble", None) or b"\x00" * 128
+    fp.write(preamble)
+    fp.write(b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    _write_dataset(fp, ds, implicit)
+    return fp.getvalue()
+
+
+def _fast_ok(ds: Dataset, ts: object) -> bool:
+    uid = ts
+    if not getattr(uid, "is_transfer_syntax", False) or uid == DeflatedExplicitVRLittleEndian:
+        return False
+    if not getattr(uid, "is_little_endian", False):
+        return False
+    expected = (bool(getattr(uid, "is_implicit_VR", False)), True)
+    if ds.original_encoding != expected:
+        return False
+    return bool(ds.original_character_set == ds._character_set)
+
+
+def _slow(ds: Dataset) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _write_dataset(fp: DicomBytesIO, ds: Dataset, implicit: bool) -> None:
+    encoding = ds.get("SpecificCharacterSet", default_encoding)
+    write = fp.write
+    for tag in sorted(ds.keys()):
+        if not tag & 0xFFFF and tag >> 16 > 6:
+            continue  # retired group lengths are not written (PS3.5 7.2)
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            header = _raw_header(elem, implicit)
+            if header is not None:
+                write(header)
+                write(elem.value)
+                if elem.length == _UNDEFINED:
+                    write(_SEQUENCE_DELIMITER)
+                continue
+        with tag_in_exception(tag):
+            write_data_element(fp, elem, encoding)
+
+
+def _raw_header(elem: RawDataElement, implicit: bool) -> bytes | None:
+    """The element header for copying ``elem``'s value bytes as they are; None when that is not possible."""
+    value = elem.value
+    if not isinstance(value, bytes) or elem.is_implicit_VR != implicit or not elem.is_little_endian:
+        return None
+    undefined = elem.length == _UNDEFINED
+    length = _UNDEFINED if undefined else len(value)
+    group, element = elem.tag >> 16, elem.tag & 0xFFFF
+    if implicit:
+        return _IMPLICIT.pack(group, element, length)
+    vr = elem.VR
+    if not vr or len(vr) != 2:
+        return None
+    if vr in _LONG_VRS:
+        return _EXPLICIT_LONG.pack(group, element, vr.encode("ascii"), length)
+    if undefined or length > 0xFFFF:
+        return None
+    return _EXPLICIT_SHORT.pack(group, element, vr.encode("ascii"), length)
