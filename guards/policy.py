@@ -84,6 +84,14 @@ class ProtectSection:
     image_size: int = 64
     device: str = "cpu"
     batch_size: int = 0  # 0: chosen from memory
+    max_rounds: int = 15  # rounds of (train surrogate, update noise) before giving up on stop_accuracy
+    train_steps: int = 20  # surrogate batches per round
+    warmup_epochs: int = 3  # surrogate epochs on clean images before the saliency mask is computed
+    surrogate: str = "cnn"  # "cnn" or "resnet18" (guards.protect.surrogate)
+    surrogate_width: int = 32
+    augment: bool = True  # optimise through flip + shift, as a victim is likely to train
+    saturate: bool = True  # every masked pixel gets the full budget (eps * sign) at the end
+    pseudo_label_clusters: int = 4  # k-means clusters for images without a label
 
 
 @dataclass(frozen=True)
@@ -247,6 +255,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "attribute.folds": (2, 100),
     "protect.steps": (0, 10_000),
     "protect.image_size": (8, 4096),
+    "protect.max_rounds": (1, 10_000),
+    "protect.train_steps": (0, 1_000_000),
+    "protect.warmup_epochs": (0, 10_000),
+    "protect.surrogate_width": (8, 1024),
+    "protect.pseudo_label_clusters": (1, 1024),
 }
 
 

@@ -1,0 +1,282 @@
+"""Unlearnability benchmark on real MRI: Colin27 T1 patches labelled by AAL region groups.
+
+Data (Debian ``mricron-data``, read from disk, nothing downloaded): ``ch2.nii.gz`` (Colin27 T1, 1 mm,
+181 x 217 x 181) and ``aal.nii.gz`` on the same grid. Axial 64 x 64 mm patches (stride 6), area-downsampled
+to 32 x 32 (2 mm pixels), whose central 8 x 8 voxels are mostly (>= 60 %) one AAL group:
+0 frontal (AAL 1-28), 1 parietal + occipital (43-70), 2 temporal + limbic
+(29-42, 79-90), 3 deep grey + cerebellum (71-78, 91-116). Train patches come from slices z % 4 in {0, 1},
+test patches from z % 4 == 3 (different slices, a one-slice gap), class-balanced by subsampling.
+
+Noises (same epsilon): SALM (guards.protect.salm, rho from the policy), dense error-minimizing noise
+(Huang et al. 2021, rho = 1), random +-eps noise (dense, a control). Victims trained from scratch
+(flip + shift augmentation, Adam): a small CNN, a narrow ResNet-18 (base width 16 instead of 64, for
+2 CPU cores) and a small ViT (patch 4, dim 64, depth 4). Peak balanced test accuracy over epochs.
+Robustness of SALM: JPEG quality 75, Gaussian blur sigma 1, only 50 % of the training set protected.
+
+    .venv/bin/python benchmarks/unlearnable/run.py [--quick] [--out benchmarks/unlearnable/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import logging
+import math
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from guards.protect.salm import NoiseConfig, error_minimizing_noise
+from guards.protect.surrogate import ResNet18, SmallCNN
+
+logger = logging.getLogger("benchmarks.unlearnable")
+TEMPLATES = Path("/usr/share/mricron/templates")
+GROUPS: dict[int, tuple[range, ...]] = {
+    0: (range(1, 29),),
+    1: (range(43, 71),),
+    2: (range(29, 43), range(79, 91)),
+    3: (range(71, 79), range(91, 117)),
+}
+NUM_CLASSES = len(GROUPS)
+PATCH = 32
+
+
+def read_nifti(path: Path) -> np.ndarray:
+    """A NIfTI-1 volume (uint8/int16/float32) as an array indexed [x, y, z] (gzip + numpy reader)."""
+    raw = gzip.open(path).read()
+    dims = struct.unpack("<8h", raw[40:56])
+    datatype = struct.unpack("<h", raw[70:72])[0]
+    offset = int(struct.unpack("<f", raw[108:112])[0])
+    dtype = {2: np.uint8, 4: np.int16, 16: np.float32, 512: np.uint16}[datatype]
+    shape = dims[1 : 1 + dims[0]]
+    return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape, order="F")
+
+
+def build_dataset(*, per_class_train: int, per_class_test: int, seed: int) -> tuple[torch.Tensor, ...]:
+    t1 = read_nifti(TEMPLATES / "ch2.nii.gz").astype(np.float32)
+    aal = read_nifti(TEMPLATES / "aal.nii.gz").astype(np.int64)
+    t1 = t1 / np.percentile(t1[t1 > 0], 99.5)
+    t1 = np.clip(t1, 0, 1)
+    lut = np.full(256, -1, dtype=np.int64)
+    for g, ranges in GROUPS.items():
+        for r in ranges:
+            lut[list(r)] = g
+    grp = lut[aal]
+    size, stride = 2 * PATCH, 6  # 64 mm of context, area-downsampled to 32 x 32
+    pools: dict[str, dict[int, list[np.ndarray]]] = {"train": {g: [] for g in GROUPS}, "test": {g: [] for g in GROUPS}}
+    for z in range(t1.shape[2]):
+        split = "train" if z % 4 in (0, 1) else "test" if z % 4 == 3 else None
+        if split is None:
+            continue
+        sl, gl = t1[:, :, z], grp[:, :, z]
+        for x0 in range(0, sl.shape[0] - size, stride):
+            for y0 in range(0, sl.shape[1] - size, stride):
+                centre = gl[x0 + 28 : x0 + 36, y0 + 28 : y0 + 36]
+                counts = np.bincount(centre[centre >= 0].ravel(), minlength=NUM_CLASSES)
+                g = int(counts.argmax())
+                if counts[g] < 0.6 * centre.size:
+                    continue
+                patch = sl[x0 : x0 + size, y0 : y0 + size].T
+                pools[split][g].append(patch.reshape(PATCH, 2, PATCH, 2).mean((1, 3)))
+    rng = np.random.default_rng(seed)
+    out: list[torch.Tensor] = []
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        xs, ys = [], []
+        for g in GROUPS:
+            pool = pools[split][g]
+            pick = rng.choice(len(pool), size=min(per_class, len(pool)), replace=False)
+            xs += [pool[i] for i in pick]
+            ys += [g] * len(pick)
+        out += [torch.from_numpy(np.stack(xs))[:, None].float(), torch.tensor(ys)]
+    return tuple(out)
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer (Dosovitskiy et al. 2021): 4x4 patches, dim 64, depth 4, 4 heads."""
+
+    def __init__(self, *, num_classes: int, size: int = 32, patch: int = 4, dim: int = 64, depth: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, dim, patch, stride=patch)
+        n = (size // patch) ** 2
+        self.pos = nn.Parameter(torch.zeros(1, n + 1, dim))
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, 4, dim * 2, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.norm(self.encoder(t)[:, 0]))
+
+
+def make_victim(name: str) -> nn.Module:
+    if name == "cnn":
+        return SmallCNN(in_channels=1, num_classes=NUM_CLASSES, width=32)
+    if name == "resnet18":
+        return ResNet18(in_channels=1, num_classes=NUM_CLASSES, width=16)
+    if name == "vit":
+        return ViT(num_classes=NUM_CLASSES)
+    raise ValueError(name)
+
+
+def balanced_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    recalls = [float((pred[y == c] == c).float().mean()) for c in range(NUM_CLASSES) if bool((y == c).any())]
+    return float(np.mean(recalls))
+
+
+def train_victim(
+    name: str, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, *, epochs: int, seed: int
+) -> dict[str, object]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = make_victim(name)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * math.ceil(len(xtr) / 64))
+    curve = []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(xtr), generator=gen)
+        for i in range(0, len(xtr), 64):
+            idx = order[i : i + 64]
+            xb = xtr[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+            xb = F.pad(xb, (2, 2, 2, 2), mode="reflect")[..., 2 + dy : 34 + dy, 2 + dx : 34 + dx]
+            loss = F.cross_entropy(model(xb), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(xte[i : i + 256]).argmax(1) for i in range(0, len(xte), 256)])
+        curve.append(round(balanced_accuracy(pred, yte), 4))
+    return {"peak": max(curve), "final": curve[-1], "curve": curve}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean SSIM (Wang et al. 2004), 11x11 Gaussian window sigma 1.5, data range 1."""
+    g = torch.exp(-((torch.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    w = (g[:, None] * g[None, :]) / g.sum() ** 2
+    w = w[None, None]
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = F.conv2d(a, w), F.conv2d(b, w)
+    saa = F.conv2d(a * a, w) - mu_a**2
+    sbb = F.conv2d(b * b, w) - mu_b**2
+    sab = F.conv2d(a * b, w) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    return float(s.mean())
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    out = []
+    for img in x[:, 0].numpy():
+        buf = io.BytesIO()
+        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+        out.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) / 255)
+    return torch.from_numpy(np.stack(out))[:, None]
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="reflect"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: few images, 2 epochs")
+    ap.add_argument("--seed", type=int, default=20260101)
+    ap.add_argument("--rho", type=float, default=0.1)
+    ap.add_argument("--epsilon", type=float, default=8 / 255)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--per-class-train", type=int, default=300)
+    ap.add_argument("--per-class-test", type=int, default=150)
+    ap.add_argument("--max-rounds", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--no-robust", action="store_true", help="skip the JPEG / blur / 50 % conditions")
+    ap.add_argument("--victims", default="cnn,resnet18,vit")
+    ap.add_argument("--robust-victims", default="cnn,resnet18,vit")
+    ap.add_argument("--no-augment", action="store_true", help="noise without victim-aware augmentation")
+    ap.add_argument("--no-saturate", action="store_true", help="keep the optimised delta, not eps*sign")
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(2)
+    sizes = (60, 40, 2) if args.quick else (args.per_class_train, args.per_class_test, args.epochs)
+    per_train, per_test, epochs = sizes
+    xtr, ytr, xte, yte = build_dataset(per_class_train=per_train, per_class_test=per_test, seed=args.seed)
+    logger.info("train %s test %s", tuple(xtr.shape), tuple(xte.shape))
+    eps = args.epsilon
+    base = NoiseConfig(
+        epsilon=eps,
+        rho=args.rho,
+        max_rounds=2 if args.quick else args.max_rounds,
+        steps=args.steps,
+        augment=not args.no_augment,
+        saturate=not args.no_saturate,
+    )
+    results: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    results.update(train=len(xtr), test=len(xte))
+    noises: dict[str, torch.Tensor] = {}
+    gen_info: dict[str, dict[str, float]] = {}
+    for label, cfg in (("salm", base), ("dense_em", NoiseConfig(**{**base.__dict__, "rho": None}))):
+        r = error_minimizing_noise(xtr, ytr, config=cfg, seed=args.seed)
+        noises[label] = r.delta
+        gen_info[label] = {
+            "seconds": round(r.seconds, 1),
+            "images_per_second": round(len(xtr) / r.seconds, 1),
+            "rounds": r.rounds,
+            "surrogate_accuracy": round(r.surrogate_accuracy, 4),
+            "touched_fraction": round(float((r.delta != 0).float().mean()), 4),
+        }
+        logger.info("%s: %s", label, gen_info[label])
+    g = torch.Generator().manual_seed(args.seed + 1)
+    noises["random"] = ((torch.randint(0, 2, xtr.shape, generator=g) * 2 - 1) * eps + xtr).clamp(0, 1) - xtr
+    sets: dict[str, torch.Tensor] = {"clean": xtr}
+    for k, d in noises.items():
+        sets[k] = (xtr + d).clamp(0, 1)
+        gen_info.setdefault(k, {})
+        gen_info[k]["psnr_db"] = round(psnr(sets[k], xtr), 2)
+        gen_info[k]["ssim"] = round(ssim(sets[k], xtr), 4)
+        gen_info[k]["max_abs_delta"] = round(float((sets[k] - xtr).abs().max()), 5)
+    results["noise"] = gen_info
+    half = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed + 2))[: len(xtr) // 2]
+    partial = xtr.clone()
+    partial[half] = sets["salm"][half]
+    robust = {"salm_jpeg75": jpeg(sets["salm"], 75), "salm_blur1": blur(sets["salm"], 1.0), "salm_half": partial}
+    victims = args.victims.split(",")
+    table: dict[str, dict[str, object]] = {}
+    for cond, data in list(sets.items()) + ([] if args.no_robust else list(robust.items())):
+        table[cond] = {}
+        vs = victims if cond in sets else [v for v in victims if v in args.robust_victims.split(",")]
+        for v in vs:
+            t0 = time.monotonic()
+            table[cond][v] = train_victim(v, data, ytr, xte, yte, epochs=epochs, seed=args.seed)
+            logger.info("%s / %s: %s (%.0fs)", cond, v, table[cond][v]["peak"], time.monotonic() - t0)
+            args.out.with_suffix(".partial.json").write_text(json.dumps({**results, "victims": table}, indent=1))
+    results["victims"] = table
+    results["chance"] = 1 / NUM_CLASSES
+    args.out.write_text(json.dumps(results, indent=1))
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""Protect a de-identified DICOM tree: SALM noise on every published image, written back into the files.
+
+``protect_tree(src, dst, ...)`` (docs/CONTRACTS.md):
+
+1. Reads ``src/manifest.parquet``; rows with status ``published`` are protected, every other row is carried
+   into ``dst/manifest.parquet`` unchanged (and ``src/quarantine/`` is copied), so nothing is lost.
+2. Decodes each published file (``codec.py``); each frame becomes one image, area-resized to
+   ``policy.protect.image_size`` squared. A file without Pixel Data is copied unchanged and listed under
+   ``not_applicable``; a file whose pixels cannot be protected (``codec.UnsupportedPixelsError``: PALETTE COLOR,
+   1 or 32 bits, an undecodable transfer syntax) is quarantined (``dst/quarantine/<path>``, status
+   ``quarantined``, reason ``protect: ...``), never published unprotected and never skipped silently.
+3. Labels: ``labels[StudyInstanceUID]``; frames of studies without a label get pseudo-labels
+   (``labels.pseudo_labels``, k-means on surrogate features) in classes after the labelled ones; with
+   ``labels=None`` every image is pseudo-labelled.
+4. Noise: ``salm.error_minimizing_noise`` at model resolution, seeded by ``policy.release.seed``.
+5. Back to native resolution: the delta is upsampled bilinearly, the mask is recomputed at native resolution
+   from the upsampled saliency so that exactly round(rho * foreground) pixels change at most
+   (``mask.native_mask``), and the delta is added in stored units within ``floor(epsilon * range)``.
+6. The header records the protection (PS3.3 C.12.1 SOP Common, PS3.15 Annex E): "SALM unlearnable noise ..."
+   is appended to Deidentification Method (0012,0063) and a Contributing Equipment Sequence (0018,A001) item
+   is added with Manufacturer "Release Guard", Manufacturer's Model Name "guards.protect SALM", Purpose of
+   Reference (DCM 109103 "Modifying Equipment") and a Contribution Description with epsilon, rho and seed.
+   No timestamp is written, so the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+import torch.nn.functional as F
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from guards.errors import InputError
+from guards.manifest import read_table, to_table, write_table
+from guards.policy import ProtectSection, ReleasePolicy
+from guards.progress import progress
+from guards.protect.codec import UnsupportedPixelsError, apply_delta, decode, encode, to_unit
+from guards.protect.labels import pseudo_labels
+from guards.protect.mask import native_mask
+from guards.protect.salm import NoiseConfig, error_minimizing_noise
+from guards.protect.surrogate import auto_batch_size, select_device
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER = "Release Guard"
+MODEL_NAME = "guards.protect SALM"
+METHOD_TEXT = "SALM unlearnable noise (arXiv 2403.10573)"
+
+
+@dataclass(frozen=True)
+class ProtectResult:
+    """What ``protect_tree`` did. ``max_abs_delta`` and ``budget`` are per relative path, in stored units."""
+
+    manifest_path: Path
+    counts: dict[str, int]
+    timings: dict[str, float]
+    seed: int
+    max_abs_delta: dict[str, int] = field(default_factory=dict)
+    budget: dict[str, int] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)  # path -> why nothing was protected
+    quarantined: dict[str, str] = field(default_factory=dict)  # path -> reason
+    surrogate_accuracy: float = 0.0
+    rounds: int = 0
+
+
+def noise_config(section: ProtectSection, *, batch_size: int) -> NoiseConfig:
+    """The optimiser options of a policy's ``[protect]`` section."""
+    return NoiseConfig(
+        epsilon=section.epsilon,
+        step_size=section.step_size,
+        steps=section.steps,
+        rho=None if section.rho >= 1.0 else section.rho,
+        stop_accuracy=section.stop_accuracy,
+        max_rounds=section.max_rounds,
+        train_steps=section.train_steps,
+        warmup_epochs=section.warmup_epochs,
+        batch_size=batch_size,
+        surrogate=section.surrogate,
+        width=section.surrogate_width,
+        augment=section.augment,
+        saturate=section.saturate,
+    )
+
+
+def _resize(unit: np.ndarray, size: int) -> torch.Tensor:
+    t = torch.from_numpy(unit)[:, None]
+    return F.interpolate(t, size=(size, size), mode="area") if t.shape[-2:] != (size, size) else t
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _record_protection(ds: Dataset, section: ProtectSection, seed: int) -> None:
+    methods = ds.get("DeidentificationMethod")
+    if methods is None or methods == "":
+        values: list[str] = []
+    elif isinstance(methods, str):
+        values = [methods]
+    else:
+        values = [str(v) for v in methods]
+    text = METHOD_TEXT
+    if text not in values:
+        ds.DeidentificationMethod = [*values, text] if values else text
+    item = Dataset()
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = MODEL_NAME
+    code = Dataset()
+    code.CodeValue = "109103"
+    code.CodingSchemeDesignator = "DCM"
+    code.CodeMeaning = "Modifying Equipment"
+    item.PurposeOfReferenceCodeSequence = [code]
+    item.ContributionDescription = (
+        f"Sparsity-aware unlearnable noise: epsilon={section.epsilon:.6g} of displayed range, "
+        f"rho={section.rho:.6g}, seed={seed}"
+    )[:1024]
+    seq = list(ds.get("ContributingEquipmentSequence", []))
+    ds.ContributingEquipmentSequence = [*seq, item]
+
+
+def _write_atomic(ds: Dataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    tmp.replace(path)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def protect_tree(
+    src: Path, dst: Path, *, policy: ReleasePolicy, labels: dict[str, int] | None, device: str = "cpu"
+) -> ProtectResult:
+    """Add SALM noise to every published image of the de-identified tree ``src``, writing ``dst``."""
+    t0 = time.monotonic()
+    src, dst = Path(src), Path(dst)
+    manifest_in = src / "manifest.parquet"
+    if not manifest_in.is_file():
+        raise InputError(f"{src} has no manifest.parquet: pass a tree written by `guard deid`")
+    section = policy.protect
+    seed = policy.release.seed
+    dev = select_device(device)
+    rows = read_table(manifest_in).to_pylist()
+    dst.mkdir(parents=True, exist_ok=True)
+    if (src / "quarantine").is_dir():
+        shutil.copytree(src / "quarantine", dst / "quarantine", dirs_exist_ok=True)
+
+    published = [i for i, r in enumerate(rows) if r["status"] == "published"]
+    not_applicable: dict[str, str] = {}
+    quarantined: dict[str, str] = {}
+    images: list[torch.Tensor] = []
+    owners: list[tuple[int, int]] = []  # (row index, frame) per image
+    studies: list[str] = []
+    for i in progress(published, total=len(published), what="protect: decode", logger=logger):
+        rel = rows[i]["path"]
+        try:
+            ds = pydicom.dcmread(src / rel)
+        except (InvalidDicomError, OSError) as e:
+            quarantined[rel] = f"protect: cannot read the file ({type(e).__name__}: {e})"
+            continue
+        if "PixelData" not in ds:
+            not_applicable[rel] = "no Pixel Data (7FE0,0010): nothing to protect"
+            continue
+        try:
+            block = decode(ds)
+        except UnsupportedPixelsError as e:
+            quarantined[rel] = f"protect: {e}"
+            continue
+        unit = _resize(to_unit(block), section.image_size)
+        for f in range(block.frames):
+            images.append(unit[f])
+            owners.append((i, f))
+            studies.append(str(ds.get("StudyInstanceUID", "")))
+    t_decode = time.monotonic()
+
+    result_noise = None
+    if images:
+        x = torch.stack(images)
+        y = _labels_for(x, studies, labels, section=section, seed=seed)
+        bs = auto_batch_size(dev, image_size=section.image_size, channels=1, requested=section.batch_size)
+        logger.info("protect: %d images (%d files), %d classes, batch %d, device %s",
+                    len(x), len(published), int(y.max()) + 1, bs, dev)
+        result_noise = error_minimizing_noise(x, y, config=noise_config(section, batch_size=bs), seed=seed,
+                                              device=dev)
+    t_noise = time.monotonic()
+
+    per_row: dict[int, list[int]] = {}
+    for k, (i, _f) in enumerate(owners):
+        per_row.setdefault(i, []).append(k)
+    max_abs: dict[str, int] = {}
+    budgets: dict[str, int] = {}
+    for i in progress(published, total=len(published), what="protect: write", logger=logger):
+        row = rows[i]
+        rel = row["path"]
+        out = dst / rel
+        if rel in quarantined:
+            if (src / rel).is_file():
+                _copy_atomic(src / rel, dst / "quarantine" / rel)
+            row.update(status="quarantined", reason=quarantined[rel])
+            continue
+        if rel in not_applicable:
+            _copy_atomic(src / rel, out)
+        else:
+            assert result_noise is not None  # every protectable row contributed images
+            ds = pydicom.dcmread(src / rel)
+            block = decode(ds)
+            unit = to_unit(block)
+            ks = per_row[i]
+            delta_model = result_noise.delta[ks, 0]
+            sal_model = result_noise.saliency[ks, 0]
+            h, w = unit.shape[1:]
+            up = F.interpolate(delta_model[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+            masks = torch.stack(
+                [native_mask(sal_model[j], torch.from_numpy(unit[j]), rho=section.rho) for j in range(len(ks))]
+            )
+            delta_native = (up * masks).numpy()
+            stored = apply_delta(block, delta_native, epsilon=section.epsilon)
+            diff = np.abs(stored.astype(np.int64) - block.stored.astype(np.int64))
+            max_abs[rel] = int(diff.max())
+            budgets[rel] = block.budget(section.epsilon)
+            encode(ds, block, stored)
+            _record_protection(ds, section, seed)
+            _write_atomic(ds, out)
+            row["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
+            row["PhotometricInterpretation"] = str(ds.PhotometricInterpretation)
+        row["size"] = out.stat().st_size
+        row["sha256"] = _sha256(out)
+    manifest_path = dst / "manifest.parquet"
+    write_table(to_table(rows), manifest_path)
+    t_end = time.monotonic()
+    counts = {
+        "published_in": len(published),
+        "protected": len(max_abs),
+        "not_applicable": len(not_applicable),
+        "quarantined": len(quarantined),
+        "carried": len(rows) - len(published),
+        "images": len(images),
+    }
+    logger.info("protect: %s", counts)
+    return ProtectResult(
+        manifest_path=manifest_path,
+        counts=counts,
+        timings={"decode_s": t_decode - t0, "noise_s": t_noise - t_decode, "write_s": t_end - t_noise,
+                 "total_s": t_end - t0},
+        seed=seed,
+        max_abs_delta=max_abs,
+        budget=budgets,
+        not_applicable=not_applicable,
+        quarantined=quarantined,
+        surrogate_accuracy=result_noise.surrogate_accuracy if result_noise else 0.0,
+        rounds=result_noise.rounds if result_noise else 0,
+    )
+
+
+def _labels_for(
+    x: torch.Tensor, studies: list[str], labels: dict[str, int] | None, *, section: ProtectSection, seed: int
+) -> torch.Tensor:
+    """Contiguous class ids: given labels first, then pseudo-label clusters for the unlabelled images."""
+    given = labels or {}
+    classes = sorted({given[s] for s in studies if s in given})
+    index = {c: j for j, c in enumerate(classes)}
+    y = torch.full((len(studies),), -1, dtype=torch.long)
+    for n, s in enumerate(studies):
+        if s in given:
+            y[n] = index[given[s]]
+    missing = (y < 0).nonzero().flatten()
+    if missing.numel():
+        logger.info("protect: %d of %d images have no label: pseudo-labels by clustering", missing.numel(), len(y))
+        clusters = pseudo_labels(x[missing], k=section.pseudo_label_clusters, seed=seed)
+        y[missing] = clusters + len(classes)
+    return y
