@@ -1,0 +1,108 @@
+"""guards.protect.salm / surrogate / labels: budget, sparsity, determinism, devices, pseudo-labels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from guards.errors import GuardError
+from guards.protect.labels import pseudo_labels
+from guards.protect.mask import foreground, mask_size
+from guards.protect.salm import NoiseConfig, error_minimizing_noise
+from guards.protect.surrogate import auto_batch_size, select_device
+
+EPS = 8 / 255
+CFG = NoiseConfig(epsilon=EPS, step_size=2 / 255, steps=3, rho=0.1, max_rounds=2, train_steps=2, warmup_epochs=1,
+                  batch_size=16, width=8)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 16, 16, generator=g) * 0.5 + 0.2
+    y = torch.arange(24) % 2
+    x[y == 1, :, 4:12, 4:12] += 0.2  # a learnable difference between the classes
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="module")
+def noise(data: tuple[torch.Tensor, torch.Tensor]):  # type: ignore[no-untyped-def]
+    return error_minimizing_noise(*data, config=CFG, seed=9)
+
+
+def test_noise_is_within_budget_and_inside_the_mask(noise, data) -> None:  # type: ignore[no-untyped-def]
+    x, _ = data
+    assert noise.delta.shape == x.shape
+    assert float(noise.delta.abs().max()) <= EPS + 1e-7
+    assert not bool((noise.delta[~noise.mask] != 0).any())
+    assert float(noise.delta.abs().max()) == pytest.approx(EPS)  # saturated: the budget is used
+    assert ((x + noise.delta) >= 0).all() and ((x + noise.delta) <= 1).all()
+    assert noise.examined == 24 and 1 <= noise.rounds <= 2
+
+
+def test_mask_sparsity_equals_rho(noise, data) -> None:  # type: ignore[no-untyped-def]
+    x, _ = data
+    for i in range(x.shape[0]):
+        assert int(noise.mask[i].sum()) == mask_size(0.1, int(foreground(x[i, 0]).sum()))
+
+
+def test_same_seed_same_noise_other_seed_other_noise(noise, data) -> None:  # type: ignore[no-untyped-def]
+    again = error_minimizing_noise(*data, config=CFG, seed=9)
+    assert torch.equal(again.delta, noise.delta) and torch.equal(again.mask, noise.mask)
+    other = error_minimizing_noise(*data, config=CFG, seed=10)
+    assert not torch.equal(other.delta, noise.delta)
+
+
+def test_dense_noise_touches_every_pixel(data) -> None:  # type: ignore[no-untyped-def]
+    cfg = NoiseConfig(**{**CFG.__dict__, "rho": None, "max_rounds": 1})
+    r = error_minimizing_noise(*data, config=cfg, seed=9)
+    assert bool(r.mask.all())
+    assert float((r.delta != 0).float().mean()) > 0.9
+
+
+def test_noise_lowers_the_surrogate_loss_compared_with_no_noise(data) -> None:  # type: ignore[no-untyped-def]
+    # Error-minimizing: after the rounds the surrogate fits the noised images at least as well as the clean ones.
+    cfg = NoiseConfig(**{**CFG.__dict__, "rho": None, "max_rounds": 3, "stop_accuracy": 1.01})
+    r = error_minimizing_noise(*data, config=cfg, seed=9)
+    assert r.rounds == 3 and r.surrogate_accuracy >= 0.5
+
+
+def test_bad_inputs_are_clear_errors(data) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+    with pytest.raises(GuardError, match="labels"):
+        error_minimizing_noise(x, y[:3], config=CFG, seed=1)
+    with pytest.raises(GuardError, match="N x C x H x W"):
+        error_minimizing_noise(x[0], y, config=CFG, seed=1)
+    with pytest.raises(GuardError, match="rho"):
+        NoiseConfig(rho=1.5)
+
+
+def test_device_selection() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("cuda", cuda_available=True) == torch.device("cuda")
+    assert select_device("cuda:0", cuda_available=True) == torch.device("cuda:0")
+    with pytest.raises(GuardError, match="CUDA is not available"):
+        select_device("cuda", cuda_available=False)
+    with pytest.raises(GuardError, match="not supported"):
+        select_device("tpu")
+    with pytest.raises(GuardError, match="cuda:<index>"):
+        select_device("cuda:x", cuda_available=True)
+
+
+def test_batch_size_from_memory() -> None:
+    cpu = torch.device("cpu")
+    assert auto_batch_size(cpu, image_size=64, channels=1, requested=12) == 12
+    big = auto_batch_size(cpu, image_size=64, channels=1, free_bytes=64 << 30)
+    small = auto_batch_size(cpu, image_size=64, channels=1, free_bytes=64 << 20)
+    assert big == 512 and small < big and small >= 8
+    assert small & (small - 1) == 0  # a power of two
+
+
+def test_pseudo_labels_separate_two_obvious_groups() -> None:
+    g = torch.Generator().manual_seed(2)
+    dark = torch.rand(10, 1, 16, 16, generator=g) * 0.1
+    bright = 0.8 + torch.rand(10, 1, 16, 16, generator=g) * 0.1
+    labels = pseudo_labels(torch.cat([dark, bright]), k=2, seed=4)
+    assert len(set(labels[:10].tolist())) == 1 and len(set(labels[10:].tolist())) == 1
+    assert labels[0] != labels[10]
+    assert torch.equal(labels, pseudo_labels(torch.cat([dark, bright]), k=2, seed=4))

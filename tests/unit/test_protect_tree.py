@@ -1,0 +1,130 @@
+"""guards.protect.protect_tree on a small de-identified tree built from pydicom's test files."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from guards.errors import InputError
+from guards.manifest import empty_row, read_table, to_table, write_table
+from guards.policy import ReleasePolicy, policy_from_dict
+from guards.protect import protect_tree
+from guards.protect.codec import decode, to_unit
+from guards.protect.mask import foreground, mask_size
+from guards.testdata import pydicom_test_dir
+
+FILES = {
+    "a/mr.dcm": "MR_small.dcm",  # MONOCHROME2, 16-bit signed
+    "a/ct.dcm": "CT_small.dcm",  # MONOCHROME2 with rescale
+    "b/rgb2.dcm": "SC_rgb_rle_2frame.dcm",  # RGB, RLE compressed, 2 frames
+    "b/palette.dcm": "examples_palette.dcm",  # PALETTE COLOR: cannot be protected -> quarantined
+}
+
+
+def _policy() -> ReleasePolicy:
+    return policy_from_dict(
+        {
+            "release": {"seed": 123},
+            "protect": {"image_size": 16, "max_rounds": 1, "steps": 2, "train_steps": 2, "warmup_epochs": 1,
+                        "batch_size": 8, "surrogate_width": 8, "rho": 0.1},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("deid")
+    rows = []
+    for rel, name in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pydicom_test_dir() / name, root / rel)
+        row = empty_row(rel)
+        row.update(status="published", reason="", size=(root / rel).stat().st_size)
+        rows.append(row)
+    # An instance without pixel data (a header-only copy) and a row that was excluded upstream.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(root / "a/mr.dcm")
+    del ds.PixelData
+    ds.save_as(root / "a/nopix.dcm", enforce_file_format=True)
+    row = empty_row("a/nopix.dcm")
+    row.update(status="published", reason="")
+    rows.append(row)
+    excluded = empty_row("README.txt")
+    excluded.update(status="excluded", reason="sidecar")
+    rows.append(excluded)
+    write_table(to_table(rows), root / "manifest.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def protected(src: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    dst = tmp_path_factory.mktemp("protect")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mr_study = str(pydicom.dcmread(src / "a/mr.dcm", stop_before_pixels=True).StudyInstanceUID)
+    # One study labelled, the others fall back to pseudo-labels.
+    return dst, protect_tree(src, dst, policy=_policy(), labels={mr_study: 1}, device="cpu")
+
+
+def test_every_row_is_accounted_for(src: Path, protected) -> None:  # type: ignore[no-untyped-def]
+    dst, result = protected
+    table = read_table(dst / "manifest.parquet").to_pylist()
+    by_path = {r["path"]: r for r in table}
+    assert set(by_path) == {*FILES, "a/nopix.dcm", "README.txt"}
+    assert by_path["README.txt"]["status"] == "excluded" and by_path["README.txt"]["reason"] == "sidecar"
+    assert by_path["b/palette.dcm"]["status"] == "quarantined"
+    assert "PALETTE COLOR" in by_path["b/palette.dcm"]["reason"]
+    assert (dst / "quarantine" / "b/palette.dcm").is_file() and not (dst / "b/palette.dcm").exists()
+    assert result.counts == {"published_in": 5, "protected": 3, "not_applicable": 1, "quarantined": 1,
+                             "carried": 1, "images": 4}
+    assert "a/nopix.dcm" in result.not_applicable
+    for rel in ("a/mr.dcm", "a/ct.dcm", "b/rgb2.dcm", "a/nopix.dcm"):
+        data = (dst / rel).read_bytes()
+        assert by_path[rel]["sha256"] == hashlib.sha256(data).hexdigest() and by_path[rel]["size"] == len(data)
+    assert result.seed == 123 and result.manifest_path == dst / "manifest.parquet"
+
+
+def test_pixels_within_budget_sparse_and_header_records_it(src: Path, protected) -> None:  # type: ignore[no-untyped-def]
+    dst, result = protected
+    for rel in ("a/mr.dcm", "a/ct.dcm", "b/rgb2.dcm"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            before_ds = pydicom.dcmread(src / rel)
+        before = decode(before_ds)
+        after_ds = pydicom.dcmread(dst / rel)
+        after = decode(after_ds)
+        diff = np.abs(after.stored.astype(np.int64) - before.stored.astype(np.int64))
+        assert diff.max() <= before.budget(_policy().protect.epsilon)
+        assert diff.max() == result.max_abs_delta[rel] and result.max_abs_delta[rel] >= 1
+        unit = to_unit(before)
+        for f in range(before.frames):
+            changed = int((diff[f].max(-1) > 0).sum())
+            assert changed <= mask_size(0.1, int(foreground(torch.from_numpy(unit[f])).sum()))
+        assert after_ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        item = after_ds.ContributingEquipmentSequence[-1]
+        assert item.Manufacturer == "Release Guard" and "rho=0.1" in item.ContributionDescription
+        assert "SALM" in str(after_ds.DeidentificationMethod)
+        assert after_ds.SOPInstanceUID == before_ds.SOPInstanceUID
+
+
+def test_same_seed_same_bytes(src: Path, protected, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dst, _ = protected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mr_study = str(pydicom.dcmread(src / "a/mr.dcm", stop_before_pixels=True).StudyInstanceUID)
+    protect_tree(src, tmp_path / "again", policy=_policy(), labels={mr_study: 1})
+    for rel in ("a/mr.dcm", "a/ct.dcm", "b/rgb2.dcm"):
+        assert (tmp_path / "again" / rel).read_bytes() == (dst / rel).read_bytes()
+
+
+def test_missing_manifest_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="manifest.parquet"):
+        protect_tree(tmp_path, tmp_path / "out", policy=_policy(), labels=None)
