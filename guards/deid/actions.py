@@ -96,6 +96,7 @@ class Context:
     offset_days: int
     tokens: list[bytes]
     crosswalk: dict[tuple[str, str], str] | None
+    changes: int = field(default=0, init=False)  # elements removed or replaced so far in this pass
     _bytes_re: re.Pattern[bytes] | None = field(default=None, init=False)
     _text_re: re.Pattern[str] | None = field(default=None, init=False)
 
@@ -173,9 +174,15 @@ def _ascii_values(elem: DataElement | RawDataElement) -> list[str]:
     return [v.strip(" \x00") for v in text.split("\\")]
 
 
-def _set(ds: Dataset, tag: int, vr: str, value: object) -> None:
+def _set(ds: Dataset, tag: int, vr: str, value: object, ctx: Context) -> None:
     """Replace an element by a new one; the values set here are built to fit their VR, so not re-validated."""
     ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    ctx.changes += 1
+
+
+def _delete(ds: Dataset, tag: int, ctx: Context) -> None:
+    del ds[tag]
+    ctx.changes += 1
 
 
 def _multi(values: list[str]) -> str | list[str]:
@@ -183,19 +190,24 @@ def _multi(values: list[str]) -> str | list[str]:
 
 
 def _items(ds: Dataset, tag: int, ctx: Context) -> None:
+    """Clean a sequence's items; if nothing in them changed, the undecoded original is put back (for speed)."""
+    original = ds.get_item(tag)
+    before = ctx.changes
     for item in ds[tag].value or ():
         clean_dataset(item, ctx)
+    if ctx.changes == before and isinstance(original, RawDataElement):
+        ds[tag] = original
 
 
-def _zero(ds: Dataset, tag: int, vr: str) -> None:
+def _zero(ds: Dataset, tag: int, vr: str, ctx: Context) -> None:
     if vr == "SQ":
-        _set(ds, tag, vr, Sequence())
+        _set(ds, tag, vr, Sequence(), ctx)
     elif vr in BINARY_VRS:
-        _set(ds, tag, vr, b"")
+        _set(ds, tag, vr, b"", ctx)
     elif vr in STRING_VRS:
-        _set(ds, tag, vr, "")
+        _set(ds, tag, vr, "", ctx)
     else:
-        _set(ds, tag, vr, None)
+        _set(ds, tag, vr, None, ctx)
 
 
 def _uids(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context, *, keep_registered: bool) -> None:
@@ -203,7 +215,7 @@ def _uids(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Contex
     if keep_registered and all(v in UID_dictionary or not v for v in values):
         return
     out = [v if keep_registered and v in UID_dictionary else ctx.uid(v) for v in values]
-    _set(ds, tag, "UI", _multi(out))
+    _set(ds, tag, "UI", _multi(out), ctx)
 
 
 def _scrub(ds: Dataset, tag: int, elem: DataElement | RawDataElement, vr: str, ctx: Context) -> None:
@@ -222,10 +234,11 @@ def _scrub(ds: Dataset, tag: int, elem: DataElement | RawDataElement, vr: str, c
         new = ["XXX" if vr == "CS" else SCRUB_FALLBACK for _ in values]
     if new != values:
         elem.value = _multi(new)
+        ctx.changes += 1
 
 
 def _act_z(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
-    _zero(ds, tag, _vr(ds, tag, elem))
+    _zero(ds, tag, _vr(ds, tag, elem), ctx)
 
 
 def _act_d(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
@@ -235,11 +248,11 @@ def _act_d(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Conte
     elif vr == "UI":
         _uids(ds, tag, elem, ctx, keep_registered=False)
     elif vr in BINARY_VRS:
-        _set(ds, tag, vr, b"\x00\x00")
+        _set(ds, tag, vr, b"\x00\x00", ctx)
     elif vr in DUMMIES:
-        _set(ds, tag, vr, DUMMIES[vr])
+        _set(ds, tag, vr, DUMMIES[vr], ctx)
     else:
-        _zero(ds, tag, vr)
+        _zero(ds, tag, vr, ctx)
 
 
 def _act_u(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
@@ -258,7 +271,7 @@ def _act_c(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Conte
     elif vr in ("DA", "DT"):
         if ctx.profile.shift_dates:
             text = "\\".join(_ascii_values(elem))
-            _set(ds, tag, vr, shift_da(text, ctx.offset_days) if vr == "DA" else shift_dt(text, ctx.offset_days))
+            _set(ds, tag, vr, shift_da(text, ctx.offset_days) if vr == "DA" else shift_dt(text, ctx.offset_days), ctx)
     elif vr in TEXT_VRS or vr in ("PN", "AE", "CS", "UR"):
         _scrub(ds, tag, elem, vr, ctx)
     elif vr == "UI" and not ctx.profile.retain_uids:
@@ -288,7 +301,7 @@ def _act_p(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Conte
         new, kind, vr = (pseudo_patient_name(ctx.key, original) if original else ""), "PatientName", "PN"
     if ctx.crosswalk is not None and original:
         ctx.crosswalk[(kind, original)] = new
-    _set(ds, tag, vr, new)
+    _set(ds, tag, vr, new, ctx)
 
 
 ACTIONS: dict[str, Callable[[Dataset, int, DataElement | RawDataElement, Context], None]] = {
@@ -306,7 +319,7 @@ def _private(ds: Dataset, ctx: Context, tags: list[int]) -> None:
     """Private elements (odd groups): removed, unless Retain Safe Private keeps a safe-listed one (E.3.10)."""
     if ctx.profile.private != "C":
         for tag in tags:
-            del ds[tag]
+            _delete(ds, tag, ctx)
         return
     keep_creators: set[int] = set()
     for tag in tags:
@@ -318,10 +331,10 @@ def _private(ds: Dataset, ctx: Context, tags: list[int]) -> None:
         if creator and is_safe_private(creator, group, element):
             keep_creators.add(creator_tag)
         else:
-            del ds[tag]
+            _delete(ds, tag, ctx)
     for tag in tags:
         if (tag & 0xFFFF) < 0x1000 and tag not in keep_creators:
-            del ds[tag]
+            _delete(ds, tag, ctx)
 
 
 def _repeating(tag: int, profile: CompiledProfile) -> str:
@@ -348,7 +361,7 @@ def clean_dataset(ds: Dataset, ctx: Context) -> None:
             private.append(tag)
             continue
         if not tag & 0xFFFF:
-            del ds[tag]  # group length (retired): wrong once the group changes
+            _delete(ds, tag, ctx)  # group length (retired): wrong once the group changes
             continue
         action = actions.get(tag)
         if action is None:
@@ -358,7 +371,7 @@ def clean_dataset(ds: Dataset, ctx: Context) -> None:
                 _items(ds, tag, ctx)
             continue
         if action == "X":
-            del ds[tag]
+            _delete(ds, tag, ctx)
             continue
         ACTIONS[action](ds, tag, ds.get_item(tag), ctx)
     if private:

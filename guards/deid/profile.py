@@ -58,12 +58,17 @@ def _unlisted_action(vr: str, deid: DeidSection) -> str:
     return "K"
 
 
+@lru_cache(maxsize=16)
+def _unlisted_actions(deid: DeidSection) -> dict[int, str]:
+    return {tag: _unlisted_action(vr, deid) for tag, vr in DICT_VR.items()}
+
+
 @lru_cache(maxsize=128)
 def compile_profile(deid: DeidSection, sop_class_uid: str) -> CompiledProfile:
     """The compiled actions for instances of ``sop_class_uid`` under ``deid`` (cached per pair)."""
     columns = enabled_columns(deid)
     types = types_for(sop_class_uid)
-    actions: dict[int, str] = {tag: _unlisted_action(vr, deid) for tag, vr in DICT_VR.items()}
+    actions: dict[int, str] = dict(_unlisted_actions(deid))
     private = curves = overlay_data = overlay_comments = "X"
     for row in profile_rows():
         code = row_action(row, columns)

@@ -17,17 +17,19 @@ from __future__ import annotations
 import struct
 from io import BytesIO
 
-from pydicom.charset import default_encoding
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, validate_file_meta
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.tag import tag_in_exception
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_ITEM = b"\xfe\xff\x00\xe0"
+_ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _UNDEFINED = 0xFFFFFFFF
 _IMPLICIT = struct.Struct("<HHL")
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
@@ -45,7 +47,6 @@ def encode_part10(ds: Dataset) -> bytes:
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
     if "SOPInstanceUID" in ds and meta.get("MediaStorageSOPInstanceUID") != ds.SOPInstanceUID:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    validate_file_meta(meta, enforce_standard=True)
     pixel = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
     if pixel is not None and not isinstance(pixel, RawDataElement):
         ds[0x7FE00010].is_undefined_length = ts.is_compressed  # as pydicom's dcmwrite does
@@ -77,8 +78,13 @@ def _slow(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def _write_dataset(fp: DicomBytesIO, ds: Dataset, implicit: bool) -> None:
-    encoding = ds.get("SpecificCharacterSet", default_encoding)
+def _write_dataset(fp: DicomBytesIO, ds: Dataset, implicit: bool, parent_encoding: object = default_encoding) -> None:
+    original = ds.original_encoding
+    if None not in original and (original != (implicit, True) or ds.original_character_set != ds._character_set):
+        # a change of character set or of encoding: pydicom decodes and re-encodes every element
+        write_dataset(fp, ds, parent_encoding=parent_encoding)  # type: ignore[arg-type]
+        return
+    encoding = ds.get("SpecificCharacterSet", parent_encoding)
     write = fp.write
     for tag in sorted(ds.keys()):
         if not tag & 0xFFFF and tag >> 16 > 6:
@@ -92,8 +98,41 @@ def _write_dataset(fp: DicomBytesIO, ds: Dataset, implicit: bool) -> None:
                 if elem.length == _UNDEFINED:
                     write(_SEQUENCE_DELIMITER)
                 continue
+        elif elem.VR == "SQ" and not elem.is_buffered:
+            _write_sequence(fp, elem, implicit, encoding)
+            continue
         with tag_in_exception(tag):
-            write_data_element(fp, elem, encoding)
+            write_data_element(fp, elem, encoding)  # type: ignore[arg-type]
+
+
+def _write_sequence(fp: DicomBytesIO, elem: DataElement, implicit: bool, encoding: object) -> None:
+    """A sequence as pydicom writes it (PS3.5 7.5): items of defined length unless read as undefined."""
+    body = DicomBytesIO()
+    body.is_implicit_VR, body.is_little_endian = implicit, True
+    encodings = convert_encodings(encoding)  # type: ignore[arg-type]
+    for item in elem.value or ():
+        inner = DicomBytesIO()
+        inner.is_implicit_VR, inner.is_little_endian = implicit, True
+        _write_dataset(inner, item, implicit, encodings)
+        data = inner.getvalue()
+        if getattr(item, "is_undefined_length_sequence_item", False):
+            body.write(_ITEM + b"\xff\xff\xff\xff")
+            body.write(data)
+            body.write(_ITEM_DELIMITER)
+        else:
+            body.write(_ITEM + struct.pack("<L", len(data)))
+            body.write(data)
+    value = body.getvalue()
+    undefined = elem.is_undefined_length
+    length = _UNDEFINED if undefined else len(value)
+    group, element = elem.tag >> 16, elem.tag & 0xFFFF
+    if implicit:
+        fp.write(_IMPLICIT.pack(group, element, length))
+    else:
+        fp.write(_EXPLICIT_LONG.pack(group, element, b"SQ", length))
+    fp.write(value)
+    if undefined:
+        fp.write(_SEQUENCE_DELIMITER)
 
 
 def _raw_header(elem: RawDataElement, implicit: bool) -> bytes | None:
