@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -42,6 +43,7 @@ from guards.keys import PseudonymKey
 from guards.policy import DeidSection, ReleasePolicy
 from guards.testdata import pydicom_data_files, pydicom_test_files
 
+sys.path.insert(0, str(Path(__file__).parent))  # synth.py, the stand-in corpus
 log = logging.getLogger("deid_throughput")
 POLICY = ReleasePolicy(deid=DeidSection(clean_pixel_data=False))  # header de-identification only
 # A benchmark key made up for this script (not a deployment's key).
@@ -144,7 +146,7 @@ def _time_tool(tool: Tool, files: list[Path], root: Path, out: Path, repeats: in
             "files_per_s": round(len(files) / best, 1)}
 
 
-def _time_tree(files: list[Path], root: Path, out: Path, repeats: int) -> dict[str, Any]:
+def _time_tree(files: list[Path], root: Path, out: Path, repeats: int, *, phi: dict[str, list[str]]) -> dict[str, Any]:
     best = float("inf")
     published = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,8 +162,12 @@ def _time_tree(files: list[Path], root: Path, out: Path, repeats: int) -> dict[s
             result = deidentify_tree(src, out, policy=POLICY, key=KEY)
             best = min(best, time.perf_counter() - start)
             published = result.counts["published"]
-    return {"files": len(files), "published": published, "seconds": round(best, 3),
-            "files_per_s": round(len(files) / best, 1)}
+            by_source = {r["source_path"]: r["path"] for r in result.table.to_pylist() if r["status"] == "published"}
+    entry: dict[str, Any] = {"files": len(files), "published": published, "seconds": round(best, 3),
+                             "files_per_s": round(len(files) / best, 1)}
+    if phi:
+        entry.update(_residual_phi({by_source.get(k, k): v for k, v in phi.items()}, out))
+    return entry
 
 
 def _same_device(a: Path, b: Path) -> bool:
@@ -214,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="deid_bench_"))
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "repeats": args.repeats,
+        "corpora": {},
+    }
     corpora: dict[str, tuple[Path, list[Path]]] = {}
     pyd = _readable(pydicom_test_files())
     corpora["pydicom"] = (_common_root(pyd), pyd)
@@ -222,28 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         corpora["pydicom-data"] = (_common_root(data), data)
     phi: dict[str, list[str]] = {}
     if args.generated:
-        from guards.samples import generate_corpus
-
-        studies = max(1, args.generated // 8)
-        while True:
-            gen_root = work / f"generated_{studies}"
-            corpus = generate_corpus(gen_root, studies=studies, seed=args.seed)
-            dicom = sorted(p for p in corpus.files if p.suffix != ".csv")
-            if len(dicom) >= args.generated:
-                break
-            shutil.rmtree(gen_root)
-            studies = int(studies * args.generated / max(len(dicom), 1) * 1.1) + 1
-        dicom = dicom[: args.generated]
-        chosen = {p.relative_to(corpus.root).as_posix() for p in dicom}
-        phi = {k: v for k, v in corpus.phi_tokens.items() if k in chosen}
-        corpora["generated"] = (corpus.root, dicom)
+        corpora["generated"], phi, results["generated_source"] = _generated(work, args.generated, args.seed)
 
     tools = _tools()
-    results: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "repeats": args.repeats,
-        "corpora": {},
-    }
     for cname, (root, files) in corpora.items():
         log.info("corpus %s: %d files", cname, len(files))
         entry: dict[str, Any] = {"files": len(files), "tools": {}}
@@ -254,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["tools"][tname].update(_residual_phi(phi, out))
             log.info("  %-18s %s", tname, entry["tools"][tname])
         tree_out = work / "out" / cname / "release-guard-tree"
-        entry["tools"]["release-guard-tree"] = _time_tree(files, root, tree_out, args.repeats)
+        tree_phi = phi if cname == "generated" else {}
+        entry["tools"]["release-guard-tree"] = _time_tree(files, root, tree_out, args.repeats, phi=tree_phi)
         log.info("  %-18s %s", "release-guard-tree", entry["tools"]["release-guard-tree"])
         _ratios(entry)
         results["corpora"][cname] = entry
@@ -263,6 +256,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _generated(work: Path, n: int, seed: int) -> tuple[tuple[Path, list[Path]], dict[str, list[str]], str]:
+    """``n`` generated instances and their PHI tokens: guards.samples, or the local stand-in until it lands."""
+    try:
+        from guards.samples import generate_corpus
+    except ImportError:
+        from synth import generate  # type: ignore[import-not-found]
+
+        log.warning("guards.samples is not available: using benchmarks/deid_throughput/synth.py")
+        root = work / "synth"
+        phi = generate(root, instances=n, seed=seed)
+        return (root, sorted(root / rel for rel in phi)), phi, "benchmarks/deid_throughput/synth.py"
+    studies = max(1, n // 8)
+    while True:
+        root = work / f"generated_{studies}"
+        corpus = generate_corpus(root, studies=studies, seed=seed)
+        dicom = sorted(p for p in corpus.files if p.suffix == ".dcm" or p.suffix == "")
+        if len(dicom) >= n:
+            break
+        shutil.rmtree(root)
+        studies = int(studies * n / max(len(dicom), 1) * 1.1) + 1
+    dicom = dicom[:n]
+    chosen = {p.relative_to(corpus.root).as_posix() for p in dicom}
+    return (corpus.root, dicom), {k: v for k, v in corpus.phi_tokens.items() if k in chosen}, "guards.samples"
 
 
 def _common_root(files: list[Path]) -> Path:
