@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from pydicom import config
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID_dictionary
 
 from guards.deid.dates import shift_da, shift_dt
@@ -96,18 +98,14 @@ class Context:
     offset_days: int
     tokens: list[bytes]
     crosswalk: dict[tuple[str, str], str] | None
+    raw_implicit: bool | None = None  # the dataset's encoding when read little endian: new values written raw
     changes: int = field(default=0, init=False)  # elements removed or replaced so far in this pass
-    _bytes_re: re.Pattern[bytes] | None = field(default=None, init=False)
-    _text_re: re.Pattern[str] | None = field(default=None, init=False)
+    _patterns: tuple[re.Pattern[bytes], re.Pattern[str]] | None = field(default=None, init=False)
 
-    def __post_init__(self) -> None:
-        unique = sorted(set(self.tokens), key=len, reverse=True)
-        if unique:
-            self._bytes_re = re.compile(b"|".join(re.escape(t) for t in unique), re.IGNORECASE)
-            texts = {t.decode("utf-8", "ignore") for t in unique} | {t.decode("latin-1") for t in unique}
-            texts = {t for t in texts if len(t) >= MIN_TOKEN}
-            self._text_re = re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)),
-                                       re.IGNORECASE)
+    def _compiled(self) -> tuple[re.Pattern[bytes], re.Pattern[str]] | None:
+        if self._patterns is None and self.tokens:
+            self._patterns = _patterns(frozenset(self.tokens))
+        return self._patterns
 
     def uid(self, value: str) -> str:
         original = value.strip(" \x00")
@@ -119,10 +117,23 @@ class Context:
         return new
 
     def hit(self, data: bytes) -> bool:
-        return self._bytes_re is not None and self._bytes_re.search(data) is not None
+        patterns = self._compiled()
+        return patterns is not None and patterns[0].search(data) is not None
 
     def scrub(self, text: str, *, replacement: str) -> str:
-        return text if self._text_re is None else self._text_re.sub(replacement, text)
+        patterns = self._compiled()
+        return text if patterns is None else patterns[1].sub(replacement, text)
+
+
+@lru_cache(maxsize=512)
+def _patterns(tokens: frozenset[bytes]) -> tuple[re.Pattern[bytes], re.Pattern[str]]:
+    """Case-insensitive patterns of the identifiers, as bytes and as text (cached: a study shares them)."""
+    unique = sorted(tokens, key=len, reverse=True)
+    as_bytes = re.compile(b"|".join(re.escape(t) for t in unique), re.IGNORECASE)
+    texts = {t.decode("utf-8", "ignore") for t in unique} | {t.decode("latin-1") for t in unique}
+    texts = {t for t in texts if len(t) >= MIN_TOKEN}
+    as_text = re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)), re.IGNORECASE)
+    return as_bytes, as_text
 
 
 def text_of(value: object) -> str:
@@ -180,6 +191,26 @@ def _set(ds: Dataset, tag: int, vr: str, value: object, ctx: Context) -> None:
     ctx.changes += 1
 
 
+_SHORT_LIMIT = 0xFFFF
+_LONG_TEXT_VRS = frozenset({"UC", "UR", "UT"})
+
+
+def _set_text(ds: Dataset, tag: int, vr: str, text: str, ctx: Context) -> None:
+    """Replace a string element; ASCII values go in as raw bytes in the dataset's own encoding (fast to write)."""
+    implicit = ctx.raw_implicit
+    if implicit is None or not text.isascii():
+        _set(ds, tag, vr, text, ctx)
+        return
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    if not implicit and len(data) > _SHORT_LIMIT and vr not in _LONG_TEXT_VRS:
+        _set(ds, tag, vr, text, ctx)
+        return
+    ds[tag] = RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, True)
+    ctx.changes += 1
+
+
 def _delete(ds: Dataset, tag: int, ctx: Context) -> None:
     del ds[tag]
     ctx.changes += 1
@@ -205,7 +236,7 @@ def _zero(ds: Dataset, tag: int, vr: str, ctx: Context) -> None:
     elif vr in BINARY_VRS:
         _set(ds, tag, vr, b"", ctx)
     elif vr in STRING_VRS:
-        _set(ds, tag, vr, "", ctx)
+        _set_text(ds, tag, vr, "", ctx)
     else:
         _set(ds, tag, vr, None, ctx)
 
@@ -215,7 +246,7 @@ def _uids(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Contex
     if keep_registered and all(v in UID_dictionary or not v for v in values):
         return
     out = [v if keep_registered and v in UID_dictionary else ctx.uid(v) for v in values]
-    _set(ds, tag, "UI", _multi(out), ctx)
+    _set_text(ds, tag, "UI", "\\".join(out), ctx)
 
 
 def _scrub(ds: Dataset, tag: int, elem: DataElement | RawDataElement, vr: str, ctx: Context) -> None:
@@ -250,7 +281,11 @@ def _act_d(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Conte
     elif vr in BINARY_VRS:
         _set(ds, tag, vr, b"\x00\x00", ctx)
     elif vr in DUMMIES:
-        _set(ds, tag, vr, DUMMIES[vr], ctx)
+        dummy = DUMMIES[vr]
+        if isinstance(dummy, str):
+            _set_text(ds, tag, vr, dummy, ctx)
+        else:
+            _set(ds, tag, vr, dummy, ctx)
     else:
         _zero(ds, tag, vr, ctx)
 
@@ -271,7 +306,8 @@ def _act_c(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Conte
     elif vr in ("DA", "DT"):
         if ctx.profile.shift_dates:
             text = "\\".join(_ascii_values(elem))
-            _set(ds, tag, vr, shift_da(text, ctx.offset_days) if vr == "DA" else shift_dt(text, ctx.offset_days), ctx)
+            shifted = shift_da(text, ctx.offset_days) if vr == "DA" else shift_dt(text, ctx.offset_days)
+            _set_text(ds, tag, vr, shifted, ctx)
     elif vr in TEXT_VRS or vr in ("PN", "AE", "CS", "UR"):
         _scrub(ds, tag, elem, vr, ctx)
     elif vr == "UI" and not ctx.profile.retain_uids:
@@ -301,7 +337,7 @@ def _act_p(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Conte
         new, kind, vr = (pseudo_patient_name(ctx.key, original) if original else ""), "PatientName", "PN"
     if ctx.crosswalk is not None and original:
         ctx.crosswalk[(kind, original)] = new
-    _set(ds, tag, vr, new, ctx)
+    _set_text(ds, tag, vr, new, ctx)
 
 
 ACTIONS: dict[str, Callable[[Dataset, int, DataElement | RawDataElement, Context], None]] = {

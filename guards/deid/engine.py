@@ -20,9 +20,12 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from guards.deid.actions import Context, clean_dataset, identifier_tokens, text_of
 from guards.deid.profile import PATIENT_ID, PATIENT_NAME, compile_profile
@@ -99,7 +102,28 @@ def _method_values(policy: ReleasePolicy) -> tuple[tuple[str, ...], tuple[str, .
     return codes, method, modified
 
 
-def _record_method(ds: Dataset, policy: ReleasePolicy) -> None:
+@lru_cache(maxsize=32)
+def _method_raw(policy: ReleasePolicy, implicit: bool) -> tuple[RawDataElement, ...]:
+    """The four method attributes encoded once per policy and encoding, as raw elements (immutable, shared)."""
+    scratch = Dataset()
+    _record_method(scratch, policy, None)
+    out = []
+    for tag in sorted(scratch.keys()):
+        elem = scratch[tag]
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = implicit, True
+        write_data_element(fp, elem)
+        data = fp.getvalue()
+        header = 8 if implicit or elem.VR not in ("SQ",) else 12
+        out.append(RawDataElement(BaseTag(tag), elem.VR, len(data) - header, data[header:], 0, implicit, True))
+    return tuple(out)
+
+
+def _record_method(ds: Dataset, policy: ReleasePolicy, raw_implicit: bool | None) -> None:
+    if raw_implicit is not None:
+        for raw in _method_raw(policy, raw_implicit):
+            ds[raw.tag] = raw
+        return
     codes, method, modified = _method_values(policy)
     items = []
     for code in codes:
@@ -168,13 +192,15 @@ def _deidentify(
     offset = date_offset_days(key, patient, low=low, high=high) if deid.retain_longitudinal == "modified" else 0
     if crosswalk is not None and patient and deid.retain_longitudinal == "modified":
         crosswalk[("date_offset_days", patient)] = str(offset)
+    implicit, little = ds.original_encoding
+    raw_implicit = implicit if little is True and implicit is not None else None
     ctx = Context(
         key=key, profile=profile, uid_root=deid.uid_root, offset_days=offset, tokens=identifier_tokens(ds),
-        crosswalk=crosswalk,
+        crosswalk=crosswalk, raw_implicit=raw_implicit,
     )
     clean_dataset(ds, ctx)
     _clean_file_meta(ds, ctx)
-    _record_method(ds, policy)
+    _record_method(ds, policy, raw_implicit)
     if quarantine is not None:
         raise InstanceQuarantined(quarantine)
     return ds

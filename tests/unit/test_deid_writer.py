@@ -38,6 +38,8 @@ def test_same_bytes_as_pydicom(name: str, key: PseudonymKey) -> None:
     assert data == buf.getvalue()
     back = dcmread(BytesIO(data))
     assert back.SOPInstanceUID == ours.SOPInstanceUID
+    assert back.PatientIdentityRemoved == "YES" and back.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert [i.CodeValue for i in back.DeidentificationMethodCodeSequence] == ["113100", "113107"]
     source = dcmread(path)
     if "PixelData" in source:
         assert back.PixelData == source.PixelData  # pixel data byte-exact
