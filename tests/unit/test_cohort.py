@@ -1,0 +1,125 @@
+"""guards.cohort: one row per study, pseudonymous ids, age bands with 90+ top-coded, released quasi-identifiers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from guards.cohort import COHORT_SCHEMA, age_band, age_years, band_labels, build_cohort, patients_view
+from guards.deid.pseudonyms import pseudo_patient_id, pseudo_uid
+from guards.errors import InputError
+from guards.keys import PseudonymKey
+from guards.manifest import empty_row, to_table
+from guards.policy import ReleasePolicy
+
+BANDS = (0, 18, 40, 65, 90)
+
+
+def _inst(path: str, study: str, patient: str, **headers: Any) -> dict[str, Any]:
+    row = empty_row(path)
+    row.update(status="indexed", reason="", StudyInstanceUID=study, PatientID=patient, SOPInstanceUID=path + ".1",
+               Modality="CT", **headers)
+    return row
+
+
+@pytest.fixture()
+def index() -> pa.Table:
+    return to_table(
+        [
+            _inst("a/1.dcm", "1.2.3.1", "P1", PatientSex="F", PatientAge="034Y", EthnicGroup="A",
+                  StudyDate="20240102", Manufacturer="ACME", InstitutionName="General"),
+            _inst("a/2.dcm", "1.2.3.1", "P1", PatientSex="F", PatientAge="034Y", EthnicGroup="A",
+                  StudyDate="20240102", Manufacturer="ACME", InstitutionName="General"),
+            _inst("b/1.dcm", "1.2.3.2", "P2", PatientSex="M", PatientAge="", PatientBirthDate="19300601",
+                  StudyDate="20240102", EthnicGroup=""),
+            _inst("c/1.dcm", "1.2.3.3", "P3", PatientSex="male", PatientAge="006M", StudyDate="20230501"),
+            {**empty_row("README.txt"), "status": "excluded", "reason": "sidecar table, not an instance"},
+        ]
+    )
+
+
+@pytest.fixture()
+def deid_manifest() -> pa.Table:
+    def out(src: str, status: str, reason: str = "", **headers: Any) -> dict[str, Any]:
+        row = empty_row("x" + src)
+        row.update(source_path=src, status=status, reason=reason, **headers)
+        return row
+
+    return to_table(
+        [
+            # released headers: age kept, institution removed, date shifted
+            out("a/1.dcm", "published", PatientSex="F", PatientAge="034Y", StudyDate="20230915", Manufacturer="ACME"),
+            out("a/2.dcm", "quarantined", "burned-in text"),
+            out("b/1.dcm", "published", PatientSex="M"),
+            out("c/1.dcm", "quarantined", "burned-in text"),
+        ]
+    )
+
+
+def test_one_row_per_study_with_pseudonyms_and_subgroups(
+    index: pa.Table, deid_manifest: pa.Table, key: PseudonymKey
+) -> None:
+    cohort = build_cohort(index, deid_manifest=deid_manifest, labels={"1.2.3.1": 1}, policy=ReleasePolicy(), key=key,
+                          demographics=pa.table({"PatientID": ["P2"], "EthnicGroup": ["B"]}))
+    assert cohort.schema == COHORT_SCHEMA
+    assert cohort.num_rows == 3  # the sidecar is not a study
+    rows = {r["StudyInstanceUID"]: r for r in cohort.to_pylist()}
+    s1 = rows[pseudo_uid(key, "1.2.3.1")]
+    assert s1["PatientID"] == pseudo_patient_id(key, "P1")
+    assert (s1["label"], s1["sex"], s1["age_band"], s1["ethnic_group"], s1["n_instances"]) == (1, "F", "18-39", "A", 2)
+    assert (s1["site"], s1["study_year"], s1["included"], s1["exclusion_reason"]) == ("General", "2024", True, "")
+    # released quasi-identifiers come from the de-identified headers, not the originals
+    assert (s1["PatientAge"], s1["InstitutionName"], s1["StudyYear"]) == ("034Y", "unknown", "2023")
+    s2 = rows[pseudo_uid(key, "1.2.3.2")]
+    assert (s2["label"], s2["age_band"], s2["ethnic_group"]) == (-1, "90+", "B")  # age from birth date, top-coded
+    assert s2["EthnicGroup"] == "unknown"  # the demographics table stays private
+    s3 = rows[pseudo_uid(key, "1.2.3.3")]
+    assert (s3["sex"], s3["age_band"], s3["included"], s3["exclusion_reason"]) == ("M", "0-17", False, "burned-in text")
+    assert not any("P1" in str(v) or "1.2.3.1" == v for r in rows.values() for v in r.values())
+
+
+def test_without_manifest_every_indexed_study_is_included(index: pa.Table, key: PseudonymKey) -> None:
+    cohort = build_cohort(index, deid_manifest=None, labels={}, policy=ReleasePolicy(), key=key)
+    assert cohort.column("included").to_pylist() == [True, True, True]
+    assert set(cohort.column("InstitutionName").to_pylist()) == {"General", "unknown"}
+    assert None not in cohort.column("ethnic_group").to_pylist()
+
+
+def test_patients_view(index: pa.Table, deid_manifest: pa.Table, key: PseudonymKey) -> None:
+    cohort = build_cohort(index, deid_manifest=deid_manifest, labels={"1.2.3.1": 1}, policy=ReleasePolicy(), key=key)
+    view = patients_view(cohort)
+    assert view.num_rows == 3
+    by = {r["PatientID"]: r for r in view.to_pylist()}
+    p1 = by[pseudo_patient_id(key, "P1")]
+    assert (p1["n_studies"], p1["n_included"], p1["label"], p1["sex"]) == (1, 1, 1, "F")
+
+
+@pytest.mark.parametrize(
+    ("age", "birth", "study", "years"),
+    [
+        ("045Y", "unknown", "unknown", 45),  # years
+        ("018M", "unknown", "unknown", 1),  # months
+        ("010W", "unknown", "unknown", 0),  # weeks
+        ("unknown", "20000301", "20240229", 23),  # birthday not reached yet
+        ("unknown", "20000301", "20240301", 24),  # birthday
+        ("garbage", "unknown", "unknown", None),  # unusable
+    ],
+)
+def test_age_years(age: str, birth: str, study: str, years: int | None) -> None:
+    assert age_years(age, birth_date=birth, study_date=study) == years
+
+
+def test_age_bands_top_coded() -> None:
+    assert band_labels(BANDS) == ["0-17", "18-39", "40-64", "65-89", "90+"]
+    assert [age_band(a, BANDS) for a in (0, 17, 18, 89, 90, 104, None)] == [
+        "0-17", "0-17", "18-39", "65-89", "90+", "90+", "unknown"]
+    with pytest.raises(InputError, match="increasing"):
+        band_labels((18, 0))
+
+
+def test_index_without_columns_is_refused(key: PseudonymKey) -> None:
+    with pytest.raises(InputError, match="StudyInstanceUID"):
+        build_cohort(pa.table({"path": ["a"], "status": ["indexed"]}), deid_manifest=None, labels={},
+                     policy=ReleasePolicy(), key=key)
