@@ -140,7 +140,7 @@ def run(release_dir: Path, *, cohort: pa.Table, policy: ReleasePolicy) -> CheckR
     n = len(data.images)
     pixels = data.images.pixels.reshape(n, -1).numpy()
     findings: list[Finding] = []
-    details: dict[str, dict[str, float | int | str]] = {}
+    details: dict[str, dict[str, float | int | list[float]]] = {}
     examined = {"images": n, "patients": len(set(data.patient_ids)), "targets": len(targets)}
     for missing in sorted(set(sec.targets) - set(targets)):
         findings.append(Finding("auc", None, 0.5 + sec.auc_margin, "warn", subgroup=f"{missing}=*",

@@ -130,25 +130,29 @@ def _halves(patients: np.ndarray, rng: np.random.Generator) -> set[str]:
     return set(patients[chosen].tolist())
 
 
+def _out_or_all(out_mask: np.ndarray) -> np.ndarray:
+    """Per image, the reference models that left it out; all of them where none did."""
+    any_out = np.asarray(out_mask.any(axis=0), dtype=bool)
+    return np.asarray(np.where(any_out[None, :], out_mask, True), dtype=bool)
+
+
 def _lira(target: np.ndarray, refs: np.ndarray, out_mask: np.ndarray) -> np.ndarray:
     """Offline LiRA, fixed variance: standardised distance of the target's phi above the OUT references' mean."""
-    any_out = out_mask.any(axis=0)
-    use = np.where(any_out[None, :], out_mask, True)  # no OUT reference: fall back to all (counted as a warning)
+    use = _out_or_all(out_mask)  # no OUT reference: fall back to all (counted as a warning)
     mu = (refs * use).sum(axis=0) / use.sum(axis=0)
     resid = (refs - mu[None, :])[use]
     sigma = float(np.std(resid)) if resid.size > 1 else 1.0
-    return (target - mu) / max(sigma, 1e-6)
+    return np.asarray((target - mu) / max(sigma, 1e-6), dtype=np.float64)
 
 
 def _rmia(target: np.ndarray, refs: np.ndarray, out_mask: np.ndarray, population: np.ndarray) -> np.ndarray:
     """Offline RMIA: share of population samples z with LR(x, z) > gamma (arXiv 2312.03262, eq. 4)."""
-    any_out = out_mask.any(axis=0)
-    use = np.where(any_out[None, :], out_mask, True)
+    use = _out_or_all(out_mask)
     pr_out = (refs * use).sum(axis=0) / use.sum(axis=0)
     pr_x = 0.5 * ((1 + RMIA_A) * pr_out + (1 - RMIA_A))
     ratio = target / np.maximum(pr_x, 1e-12)
     z = np.sort(ratio[population])
-    return np.searchsorted(z, ratio / RMIA_GAMMA, side="left") / max(len(z), 1)
+    return np.asarray(np.searchsorted(z, ratio / RMIA_GAMMA, side="left") / max(len(z), 1), dtype=np.float64)
 
 
 def over_representation(

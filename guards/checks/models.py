@@ -147,7 +147,7 @@ def _train(
             idx = order[start : start + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xd[idx]), yd[idx])
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
         model.eval()
         if evaluate is not None:
