@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import UID_dictionary
+from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
 from guards.deid.dates import shift_da, shift_dt
 from guards.deid.private import is_safe_private
@@ -251,11 +251,10 @@ def _uids(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Contex
 
 def _scrub(ds: Dataset, tag: int, elem: DataElement | RawDataElement, vr: str, ctx: Context) -> None:
     raw = _raw_bytes(elem)
-    if raw is not None:
-        if not ctx.hit(raw):
-            return
-        elem = ds[tag]  # an identifier is in there: decode to replace it
-    value = elem.value
+    if raw is not None and not ctx.hit(raw):
+        return  # none of the instance's identifiers is in the bytes: kept undecoded
+    decoded = ds[tag]  # decodes a raw element: an identifier is in there, or it was decoded already
+    value = decoded.value
     if value is None or isinstance(value, bytes):
         return
     replacement = SCRUB_CS if vr == "CS" else SCRUB
@@ -264,7 +263,7 @@ def _scrub(ds: Dataset, tag: int, elem: DataElement | RawDataElement, vr: str, c
     if raw is not None and new == values:  # found in the bytes, not in the text (another character set)
         new = ["XXX" if vr == "CS" else SCRUB_FALLBACK for _ in values]
     if new != values:
-        elem.value = _multi(new)
+        decoded.value = _multi(new)
         ctx.changes += 1
 
 

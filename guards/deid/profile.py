@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import DicomDictionary  # type: ignore[attr-defined]
 
 from guards.deid.iod import resolve_combined, types_for
 from guards.deid.table import PRIVATE_ROW_ID, REPEATING_ROWS, enabled_columns, profile_rows, row_action

@@ -102,7 +102,7 @@ def _write_dataset(fp: DicomBytesIO, ds: Dataset, implicit: bool, parent_encodin
             _write_sequence(fp, elem, implicit, encoding)
             continue
         with tag_in_exception(tag):
-            write_data_element(fp, elem, encoding)  # type: ignore[arg-type]
+            write_data_element(fp, elem, encoding)
 
 
 def _write_sequence(fp: DicomBytesIO, elem: DataElement, implicit: bool, encoding: object) -> None:
