@@ -119,7 +119,7 @@ def load_images(tree: Path, *, size: int, manifest: pa.Table | None = None) -> I
     """Every usable image of ``tree`` as an :class:`ImageSet` at ``size x size``.
 
     Files come from ``manifest`` (rows with status published/indexed and pixels), else from
-    ``tree/manifest.parquet``, else from every file under ``tree``. Files without pixel data or that cannot
+    ``tree/manifest.parquet``, else from every file under ``tree`` outside hidden and ``quarantine`` folders. Files without pixel data or that cannot
     be decoded are skipped and counted in ``examined["skipped"]``. Raises :class:`InputError` when the tree
     does not exist or holds no usable image.
     """
@@ -133,7 +133,9 @@ def load_images(tree: Path, *, size: int, manifest: pa.Table | None = None) -> I
         rel_paths = sorted(
             p.relative_to(tree).as_posix()
             for p in tree.rglob("*")
-            if p.is_file() and p.suffix.lower() not in {".parquet", ".csv", ".json", ".txt", ".html", ".tmp"}
+            if p.is_file()
+            and p.suffix.lower() not in {".parquet", ".csv", ".json", ".txt", ".html", ".tmp"}
+            and not any(part.startswith(".") or part == "quarantine" for part in p.relative_to(tree).parts[:-1])
         )
     records: list[tuple[str, str, str, torch.Tensor]] = []
     skipped = 0

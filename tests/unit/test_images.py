@@ -134,3 +134,13 @@ def test_align_joins_on_sop_uid(corpus) -> None:  # type: ignore[no-untyped-def]
     assert a.sop_uids == b.sop_uids == part.sop_uids
     with pytest.raises(InputError, match="share no SOPInstanceUID"):
         align(full.subset([0]), full.subset([1]))
+
+
+def test_walk_skips_quarantine_and_hidden_folders(tmp_path: Path) -> None:
+    mod = corpus_module()
+    c = mod.make_corpus(tmp_path / "t", patients=2, size=8, seed=5, images_per_study=1)
+    ramp = np.tile(np.linspace(0, 1, 8), (8, 1))
+    mod.write_instance(c.root / "quarantine" / "q.dcm", ramp, patient="Q", study="1.9", sop="1.9.1", series="1.9.2")
+    mod.write_instance(c.root / ".ingest" / "h.dcm", ramp, patient="H", study="1.8", sop="1.8.1", series="1.8.2")
+    images = load_images(c.root, size=8)
+    assert len(images) == 2 and not any(p.startswith(("quarantine/", ".ingest/")) for p in images.paths)
