@@ -119,9 +119,9 @@ def load_images(tree: Path, *, size: int, manifest: pa.Table | None = None) -> I
     """Every usable image of ``tree`` as an :class:`ImageSet` at ``size x size``.
 
     Files come from ``manifest`` (rows with status published/indexed and pixels), else from
-    ``tree/manifest.parquet``, else from every file under ``tree`` outside hidden and ``quarantine`` folders. Files without pixel data or that cannot
-    be decoded are skipped and counted in ``examined["skipped"]``. Raises :class:`InputError` when the tree
-    does not exist or holds no usable image.
+    ``tree/manifest.parquet``, else from every file under ``tree`` outside hidden and ``quarantine`` folders.
+    Files without pixel data or that cannot be decoded are skipped and counted in ``examined["skipped"]``.
+    Raises :class:`InputError` when the tree does not exist or holds no usable image.
     """
     tree = Path(tree)
     if size < 4:
