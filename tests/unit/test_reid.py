@@ -1,0 +1,169 @@
+"""guards.checks.reid and guards.remediate: k-anonymity and prosecutor risk per subgroup, remediation and its cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from guards.checks import reid
+from guards.cohort import COHORT_SCHEMA, QI_COLUMNS, UNKNOWN
+from guards.policy import ReleasePolicy
+from guards.remediate import ValueTransform, remediate
+
+
+def make_cohort(rows: list[dict[str, Any]]) -> pa.Table:
+    """A cohort table (COHORT_SCHEMA) from partial rows; absent columns are "unknown" / defaults."""
+    full = []
+    for i, r in enumerate(rows):
+        base: dict[str, Any] = {f.name: UNKNOWN for f in COHORT_SCHEMA if pa.types.is_string(f.type)}
+        base.update(StudyInstanceUID=f"2.25.{i}", PatientID=f"RG{i:06d}", label=-1, n_instances=1, included=True,
+                    exclusion_reason="")
+        base.update(r)
+        full.append(base)
+    return pa.Table.from_pylist(full, schema=COHORT_SCHEMA)
+
+
+def minority_cohort(*, seed: int = 7, majority: int = 400, minority: int = 6) -> pa.Table:
+    """Majority groups A and B with common ages and weights; group C has a few patients, each unique."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(majority):  # 16 classes of 25 patients: sex x group x age x weight
+        sex, group = "FM"[i % 2], "AB"[(i // 2) % 2]
+        age, weight = (35, 55)[(i // 4) % 2], (60, 80)[(i // 8) % 2]
+        rows.append({"sex": sex, "ethnic_group": group, "PatientSex": sex, "PatientAge": f"{age:03d}Y",
+                     "EthnicGroup": group, "PatientWeight": str(weight), "age_band": "18-39" if age < 40 else "40-64"})
+    rng.shuffle(rows)
+    for j in range(minority):
+        age = 20 + 11 * j
+        rows.append({"sex": "F", "ethnic_group": "C", "PatientSex": "F", "PatientAge": f"{age:03d}Y",
+                     "EthnicGroup": "C",
+                      "PatientWeight": str(51 + 7 * j), "age_band": "18-39" if age < 40 else "40-64"})
+    return make_cohort(rows)
+
+
+@pytest.fixture(scope="module")
+def policy() -> ReleasePolicy:
+    return ReleasePolicy()
+
+
+def test_minority_unique_fails_naming_subgroup_and_figures(policy: ReleasePolicy) -> None:
+    result = reid.run(minority_cohort(), policy=policy)
+    assert result.status == "fail"
+    assert result.examined["records"] == 406 and result.examined["quasi_identifiers"] == 4
+    assert result.details["quasi_identifiers"] == ["PatientSex", "PatientAge", "EthnicGroup", "PatientWeight"]
+    c = {f.metric: f for f in result.findings if f.subgroup == "ethnic_group=C"}
+    assert c["k_anonymity"].value == 1 and c["k_anonymity"].status == "fail"
+    assert c["prosecutor_risk_max"].value == 1.0 and c["prosecutor_risk_max"].status == "fail"
+    assert c["records_above_threshold_share"].value == 1.0
+    assert "ethnic_group=C: 6 records of 6 patients" in c["k_anonymity"].evidence
+    assert "ethnic_group=C" in result.summary and "k=1" in result.summary
+
+
+def test_average_hides_the_minority(policy: ReleasePolicy) -> None:
+    """Overall average risk is low while the minority's records are all unique (Knolle et al., 2026)."""
+    a = reid.assess(reid.included_frame(minority_cohort()), policy=policy)
+    c = next(f for f in a.subgroups if f.subgroup == "ethnic_group=C")
+    assert a.overall.prosecutor_avg < 0.09 < c.prosecutor_avg
+    assert a.overall.records_above == c.records_above == 6
+
+
+def test_remediation_passes_and_shows_cost(policy: ReleasePolicy) -> None:
+    cohort = minority_cohort()
+    fixed = remediate(cohort, policy=policy)
+    assert fixed.passed and fixed.within_suppression_limit
+    after = reid.run(fixed.table, policy=policy)
+    assert after.status == "pass", after.summary
+    # ages went to bands first, and the cost is reported overall and per subgroup
+    assert fixed.steps[0].startswith("PatientAge: age bands")
+    assert fixed.losses["suppressed_records"] == len(fixed.suppressed_studies) == 6
+    assert fixed.losses["columns"]["PatientAge"]["distinct_before"] > fixed.losses["columns"]["PatientAge"][
+        "distinct_after"]
+    assert fixed.paid_most() == "ethnic_group=C"
+    c = next(s for s in fixed.subgroup_losses if s["subgroup"] == "ethnic_group=C")
+    assert c["suppressed_share"] == 1.0
+    a = next(s for s in fixed.subgroup_losses if s["subgroup"] == "ethnic_group=A")
+    assert a["suppressed"] == 0
+    out = fixed.table.to_pylist()
+    assert sum(not r["included"] for r in out) == 6
+    assert {r["exclusion_reason"] for r in out if not r["included"]} == {"re-identification risk: suppressed by"
+                                                                       " remediation"}
+    # with the check's remediate switch, the failing check carries the same plan
+    preview = reid.run(cohort, policy=policy.with_overrides({"reid.remediate": True}))
+    assert preview.details["remediation"]["suppressed_studies"] == 6
+
+
+def test_remediation_generalises_before_suppressing(policy: ReleasePolicy) -> None:
+    """When many records are at risk, generalisation is applied rather than suppressing over the limit."""
+    rng = np.random.default_rng(3)
+    rows = [{"PatientSex": "F" if i % 2 else "M", "PatientAge": f"{int(rng.integers(20, 80)):03d}Y",
+             "PatientWeight": f"{rng.uniform(50, 100):.1f}", "sex": "F" if i % 2 else "M"} for i in range(600)]
+    fixed = remediate(make_cohort(rows), policy=policy)
+    assert fixed.passed and fixed.within_suppression_limit
+    assert fixed.losses["suppressed_share"] <= 0.05
+    assert fixed.generalisations["PatientWeight"] != "released values"
+    assert set(fixed.transforms) >= {"PatientAge", "PatientWeight"}
+    assert reid.run(fixed.table, policy=policy).status == "pass"
+
+
+def test_clean_cohort_passes_and_counts_what_it_examined(policy: ReleasePolicy) -> None:
+    rows = [{"PatientSex": "F" if i % 2 else "M", "sex": "F" if i % 2 else "M"} for i in range(60)]
+    result = reid.run(make_cohort(rows), policy=policy)
+    assert result.status == "pass"
+    assert result.examined == {"records": 60, "patients": 60, "classes": 2, "quasi_identifiers": 1, "subgroups": 4}
+
+
+def test_class_size_counts_patients_not_studies(policy: ReleasePolicy) -> None:
+    rows = [{"PatientID": "RG1", "PatientSex": "F"} for _ in range(20)] + [
+        {"PatientSex": "M"} for _ in range(20)]
+    a = reid.assess(reid.included_frame(make_cohort(rows)), policy=policy)
+    assert a.overall.k == 1 and a.overall.records_above == 20
+
+
+def test_excluded_studies_are_not_records(policy: ReleasePolicy) -> None:
+    rows = [{"PatientSex": "M"} for _ in range(20)] + [{"PatientSex": "F", "included": False}]
+    result = reid.run(make_cohort(rows), policy=policy)
+    assert result.status == "pass" and result.examined["records"] == 20
+
+
+def test_empty_cohort_fails(policy: ReleasePolicy) -> None:
+    result = reid.run(make_cohort([{"included": False}]), policy=policy)
+    assert result.status == "fail"
+    assert any(f.metric == "records" for f in result.findings)
+
+
+def test_journalist_risk_from_population(policy: ReleasePolicy, tmp_path: Path) -> None:
+    rows = [{"PatientSex": "M"} for _ in range(20)] + [{"PatientSex": "F"} for _ in range(20)]
+    pop = tmp_path / "population.csv"
+    pd.DataFrame({"PatientSex": ["M", "F"], "count": [1000, 10]}).to_csv(pop, index=False)
+    result = reid.run(make_cohort(rows), policy=policy.with_overrides({"reid.population": str(pop)}))
+    j = {f.metric: f.value for f in result.findings if f.subgroup == "all"}
+    assert j["journalist_risk_max"] == pytest.approx(1 / 20)  # sample class of 20 > population 10
+    assert j["journalist_risk_avg"] == pytest.approx((20 / 1000 + 20 / 20) / 40)
+
+
+@pytest.mark.parametrize(
+    ("transform", "value", "cohort_value", "header_value"),
+    [
+        (ValueTransform("PatientAge", "age_band", "", bands=(0, 18, 40, 65, 90)), "093Y", "90+", "090Y"),  # top-coded
+        (ValueTransform("PatientAge", "age_band", "", bands=(0, 18, 40, 65, 90)), "041Y", "40-64", "040Y"),
+        (ValueTransform("PatientWeight", "bin", "", width=10.0), "72.5", "70-80", "75"),  # midpoint in DS
+        (ValueTransform("StudyYear", "year_bin", "", width=5), "20230915", "2020-2024", "20200101"),  # DA
+        (ValueTransform("EthnicGroup", "merge_rare", "", keep=frozenset({"A"})), "C", "other", "OTHER"),
+        (ValueTransform("InstitutionName", "suppress", ""), "General", "*", ""),  # Type 2: empty
+        (ValueTransform("PatientWeight", "bin", "", width=10.0), UNKNOWN, UNKNOWN, ""),  # unknown stays
+    ],
+)
+def test_value_transforms(transform: ValueTransform, value: str, cohort_value: str, header_value: str) -> None:
+    assert transform.cohort_value(value) == cohort_value
+    assert transform(value) == header_value
+
+
+def test_quasi_identifiers_present_skip_unknown_columns(policy: ReleasePolicy) -> None:
+    df = reid.included_frame(make_cohort([{"PatientSex": "M"}, {"PatientSex": "F"}]))
+    assert reid.quasi_identifiers_present(df, policy) == ("PatientSex",)
+    assert set(QI_COLUMNS) == set(policy.reid.quasi_identifiers)
