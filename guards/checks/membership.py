@@ -17,9 +17,10 @@ Scores:
   (arXiv 2312.03262, eq. 4 and appendix B.2.2).
 
 Per subgroup ("column=value") the subgroup's members are scored against the whole non-member population: the
-attacker sets one threshold for everyone. Overall figures fail above their policy thresholds; a subgroup fails
-when the lower end of its 95 % interval is above the threshold (many subgroups are tested, some small), and
-warns when only its point estimate is. Reported: TPR at 1 % and 0.1 % FPR and AUC with bootstrap 95 %
+attacker sets one threshold for everyone. A figure (overall or a subgroup's) fails when the lower end of its
+95 % interval is above the policy threshold, and warns when only its point estimate is: many subgroups are
+tested, some small, and a small cohort's point estimates are noisy (large cohorts have tight intervals, so
+there the verdict follows the point estimate). Reported: TPR at 1 % and 0.1 % FPR and AUC with bootstrap 95 %
 intervals (patients resampled, seeded), and whether a subgroup is over-represented among the most vulnerable
 members (chi-squared, or Fisher's exact test when expected counts are under 5, Bonferroni-corrected).
 """
@@ -115,12 +116,12 @@ def attack_metrics(member: np.ndarray, non_member: np.ndarray, *, rng: np.random
     return AttackMetrics(point[0], point[1], point[2], ci, len(member), len(non_member))
 
 
-def _status(value: float, ci_low: float, threshold: float, *, overall: bool) -> Status:
-    """Overall: fail above the threshold. A subgroup (many are tested, some small): fail when even the lower end
-    of its 95 % interval is above the threshold, warn when only the point estimate is."""
+def _status(value: float, ci_low: float, threshold: float) -> Status:
+    """fail when even the lower end of the 95 % interval is above the threshold; warn when only the point
+    estimate is (small cohorts and subgroups: at 12 non-members one lucky member is already 8 % TPR)."""
     if value <= threshold:
         return "pass"
-    if overall or (not math.isnan(ci_low) and ci_low > threshold):
+    if not math.isnan(ci_low) and ci_low > threshold:
         return "fail"
     return "warn"
 
@@ -297,7 +298,7 @@ def run(
         base = f"{am.members} member vs {am.non_members} non-member patients"
         findings.append(Finding(
             "tpr_at_1pct_fpr", round(am.tpr_1pct, 4), sec.tpr_at_1pct_fpr_max,
-            _status(am.tpr_1pct, am.ci["tpr_1pct"][0], sec.tpr_at_1pct_fpr_max, overall=name == "all"),
+            _status(am.tpr_1pct, am.ci["tpr_1pct"][0], sec.tpr_at_1pct_fpr_max),
             subgroup=name,
             evidence=f"{base}; 95% CI {am.ci['tpr_1pct']}; {sec.attack} with {sec.reference_models} reference models"
                      + (f" (1% FPR over {am.non_members} non-members allows {int(0.01 * am.non_members)} false"
@@ -308,7 +309,7 @@ def run(
             evidence=f"{base}; 95% CI {am.ci['tpr_01pct']} (reported, no threshold)",
         ))
         findings.append(Finding(
-            "auc", round(am.auc, 4), sec.auc_max, _status(am.auc, am.ci["auc"][0], sec.auc_max, overall=name == "all"),
+            "auc", round(am.auc, 4), sec.auc_max, _status(am.auc, am.ci["auc"][0], sec.auc_max),
             subgroup=name,
             evidence=f"{base}; 95% CI {am.ci['auc']}",
         ))

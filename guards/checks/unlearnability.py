@@ -5,11 +5,10 @@ into train and held-out sets (patient level, seeded); a victim is trained on the
 images and evaluated on the held-out patients' CLEAN images (``source_dir``). Two references are trained on
 the same split: the same victim on clean images (shows the task is learnable, so a near-chance protected
 victim means the noise works) and on clean images plus random sign noise of the same L-infinity size
-(``policy.protect.epsilon``; shows that the effect is not mere noise). The check passes when the protected
-victim's balanced accuracy is at most ``policy.unlearnability.margin`` above chance overall (below chance is not
-a usable model); a subgroup fails when the whole 95 % bootstrap interval (patients resampled) of its balanced
-accuracy lies above chance + margin, and warns when only its point estimate does (many subgroups are tested,
-some small).
+(``policy.protect.epsilon``; shows that the effect is not mere noise). A finding passes when the protected
+victim's balanced accuracy is at most ``policy.unlearnability.margin`` above chance (below chance is not a usable
+model), overall and per subgroup; it fails when the whole 95 % bootstrap interval (patients resampled) lies above
+chance + margin, and warns when only the point estimate does (small held-out sets and subgroups are noisy).
 """
 
 from __future__ import annotations
@@ -55,6 +54,14 @@ def bootstrap_interval(
         pick = np.concatenate([rows[i] for i in rng.integers(0, len(ids), len(ids))])
         values.append(balanced_accuracy(y_true[pick], y_pred[pick]))
     return float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))
+
+
+def _verdict(value: float, ci_low: float, chance: float, margin: float) -> Status:
+    """pass within the band; fail when the whole 95 % interval is above it; warn when only the point estimate is
+    (small held-out sets and subgroups give noisy balanced accuracies)."""
+    if _within(value, chance, margin):
+        return "pass"
+    return "fail" if ci_low > chance + margin else "warn"
 
 
 def _within(value: float, chance: float, margin: float) -> bool:
@@ -136,13 +143,15 @@ def run(
 
     findings: list[Finding] = []
     bacc = {name: balanced_accuracy(y_eval, p) for name, p in preds.items()}
-    ok = _within(bacc["protected"], chance, sec.margin)
+    held_pids = np.array([rel_k.patient_ids[i] for i in te])
+    boot_rng = np.random.default_rng([seed, 0xB007])
+    low, high = bootstrap_interval(y_eval, preds["protected"], held_pids, rng=boot_rng)
     findings.append(Finding(
         "balanced_accuracy_protected", round(bacc["protected"], 4), round(chance + sec.margin, 4),
-        "pass" if ok else "fail",
+        _verdict(bacc["protected"], low, chance, sec.margin),
         evidence=(f"victim trained on {len(tr)} released images, evaluated on {len(te)} clean held-out images: "
-                  f"balanced accuracy {bacc['protected']:.3f} vs chance {chance:.2f} +/- {sec.margin:.2f}; "
-                  f"same victim on clean data {bacc['clean']:.3f}"),
+                  f"balanced accuracy {bacc['protected']:.3f} (95% CI {low:.2f}-{high:.2f}, patients resampled)"
+                  f" vs chance {chance:.2f} + {sec.margin:.2f}; same victim on clean data {bacc['clean']:.3f}"),
     ))
     learnable = bacc["clean"] > chance + sec.margin
     findings.append(Finding(
@@ -156,9 +165,10 @@ def run(
         "balanced_accuracy_random_noise", round(bacc["random_noise"], 4), None, "pass",
         evidence=f"control: clean data plus random sign noise of the same size (epsilon {eps:.4f})",
     ))
-    per_subgroup: dict[str, dict[str, float | int | list[float]]] = {}
-    held_pids = [rel_k.patient_ids[i] for i in te]
-    boot_rng = np.random.default_rng([seed, 0xB007])
+    per_subgroup: dict[str, dict[str, float | int | list[float]]] = {
+        "all": {"images": len(te), **{k: round(v, 4) for k, v in bacc.items()},
+                "protected_ci": [round(low, 4), round(high, 4)]}
+    }
     for column, values in src_k.subgroups.items():
         vals = np.array(values)[te]
         for value in sorted(set(vals.tolist())):
@@ -172,18 +182,12 @@ def run(
                 ))
                 continue
             b = {k: balanced_accuracy(y_eval[mask], p[mask]) for k, p in preds.items()}
-            low, high = bootstrap_interval(
-                y_eval[mask], preds["protected"][mask], np.array(held_pids)[mask], rng=boot_rng
-            )
+            low, high = bootstrap_interval(y_eval[mask], preds["protected"][mask], held_pids[mask], rng=boot_rng)
             per_subgroup[name] = {"images": n, **{k: round(v, 4) for k, v in b.items()},
                                   "protected_ci": [round(low, 4), round(high, 4)]}
-            status: Status = "pass"
-            if not _within(b["protected"], chance, sec.margin):
-                # many subgroups, some small: fail only when the whole 95 % interval lies outside the band
-                status = "fail" if low > chance + sec.margin else "warn"
             findings.append(Finding(
                 "balanced_accuracy_protected", round(b["protected"], 4), round(chance + sec.margin, 4),
-                status, subgroup=name,
+                _verdict(b["protected"], low, chance, sec.margin), subgroup=name,
                 evidence=(f"{n} held-out images: protected victim {b['protected']:.3f} (95% CI {low:.2f}-{high:.2f},"
                           f" patients resampled), clean victim {b['clean']:.3f}, random-noise control "
                           f"{b['random_noise']:.3f}"),
@@ -204,7 +208,7 @@ def run(
         details={
             "curves": curves,
             "chance": chance,
-            "balanced_accuracy": {"all": {k: round(v, 4) for k, v in bacc.items()}, **per_subgroup},
+            "balanced_accuracy": per_subgroup,
             "seed": seed,
             "seconds": round(time.monotonic() - t0, 2),
         },

@@ -154,3 +154,15 @@ def test_too_few_labelled_patients_fails_with_reason(duplicated) -> None:  # typ
     r = membership.run(duplicated.root, source_dir=duplicated.root, cohort=pa.Table.from_pylist(rows),
                        policy=_policy("rmia"))
     assert r.status == "fail" and r.findings[0].metric == "labelled_data"
+
+
+@pytest.mark.parametrize(
+    "value, ci_low, expected",
+    [
+        (0.05, 0.00, "pass"),  # below the threshold
+        (0.25, 0.00, "warn"),  # above, but the interval reaches below the threshold (small cohort)
+        (0.60, 0.30, "fail"),  # the whole interval is above the threshold
+    ],
+)
+def test_verdict_rule(value: float, ci_low: float, expected: str) -> None:
+    assert membership._status(value, ci_low, 0.10) == expected
