@@ -20,9 +20,10 @@ Per subgroup ("column=value") the subgroup's members are scored against the whol
 attacker sets one threshold for everyone. A figure (overall or a subgroup's) fails when the lower end of its
 95 % interval is above the policy threshold, and warns when only its point estimate is: many subgroups are
 tested, some small, and a small cohort's point estimates are noisy (large cohorts have tight intervals, so
-there the verdict follows the point estimate). Reported: TPR at 1 % and 0.1 % FPR and AUC with bootstrap 95 %
-intervals (patients resampled, seeded), and whether a subgroup is over-represented among the most vulnerable
-members (chi-squared, or Fisher's exact test when expected counts are under 5, Bonferroni-corrected).
+there the verdict follows the point estimate). Reported: TPR at 1 % and 0.1 % FPR and AUC with 95 % intervals
+(exact binomial for TPR, a seeded bootstrap of patients for AUC), and whether a subgroup is over-represented
+among the most vulnerable members (chi-squared, or Fisher's exact test when expected counts are under 5,
+Bonferroni-corrected).
 """
 
 from __future__ import annotations
@@ -95,25 +96,26 @@ def roc_curve(member: np.ndarray, non_member: np.ndarray, *, points: int = ROC_P
 
 def attack_metrics(member: np.ndarray, non_member: np.ndarray, *, rng: np.random.Generator,
                    bootstrap: int) -> AttackMetrics:
-    """Point estimates and percentile bootstrap intervals (members and non-members resampled separately)."""
-    def measure(m: np.ndarray, n: np.ndarray) -> tuple[float, float, float]:
-        return tpr_at_fpr(m, n, 0.01), tpr_at_fpr(m, n, 0.001), auc(m, n)
+    """Point estimates with 95 % intervals.
 
-    point = measure(member, non_member)
-    samples = np.array([
-        measure(rng.choice(member, len(member)), rng.choice(non_member, len(non_member)))
-        for _ in range(bootstrap)
-    ]).reshape(-1, 3)
-    names = ("tpr_1pct", "tpr_01pct", "auc")
-    ci = {
-        name: (
-            (round(float(np.nanpercentile(samples[:, j], 2.5)), 4),
-             round(float(np.nanpercentile(samples[:, j], 97.5)), 4))
-            if bootstrap else (float("nan"), float("nan"))
-        )
-        for j, name in enumerate(names)
-    }
-    return AttackMetrics(point[0], point[1], point[2], ci, len(member), len(non_member))
+    TPR at a fixed FPR: exact (Clopper-Pearson) binomial interval over the members at the threshold the
+    non-members set; a bootstrap would resample the few extreme non-member scores that fix the threshold and
+    bias the interval. AUC: percentile bootstrap, members and non-members resampled separately.
+    """
+    tpr1, tpr01 = tpr_at_fpr(member, non_member, 0.01), tpr_at_fpr(member, non_member, 0.001)
+    point_auc = auc(member, non_member)
+    ci: dict[str, tuple[float, float]] = {}
+    for name, tpr in (("tpr_1pct", tpr1), ("tpr_01pct", tpr01)):
+        hits = int(round(tpr * len(member)))
+        interval = stats.binomtest(hits, len(member)).proportion_ci(confidence_level=0.95, method="exact")
+        ci[name] = (round(float(interval.low), 4), round(float(interval.high), 4))
+    if bootstrap:
+        samples = [auc(rng.choice(member, len(member)), rng.choice(non_member, len(non_member)))
+                   for _ in range(bootstrap)]
+        ci["auc"] = (round(float(np.nanpercentile(samples, 2.5)), 4), round(float(np.nanpercentile(samples, 97.5)), 4))
+    else:
+        ci["auc"] = (float("nan"), float("nan"))
+    return AttackMetrics(tpr1, tpr01, point_auc, ci, len(member), len(non_member))
 
 
 def _status(value: float, ci_low: float, threshold: float) -> Status:
