@@ -1,0 +1,135 @@
+"""guards.gate: blocking vs advisory, waivers, not run, no data; gate.json shape (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from guards.checks.base import CheckResult, Finding
+from guards.errors import PolicyError
+from guards.gate import decide
+from guards.policy import GateSection, ReleasePolicy, Waiver, policy_from_dict
+
+GATE_KEYS = {"id", "status", "metric", "value", "threshold", "subgroup", "evidence"}
+
+
+def _policy(*, blocking: tuple[str, ...] = ("phi", "reid"), advisory: tuple[str, ...] = ("attribute",),
+            waivers: tuple[Waiver, ...] = ()) -> ReleasePolicy:
+    return ReleasePolicy(gate=GateSection(blocking=blocking, advisory=advisory, waivers=waivers))
+
+
+def _result(check_id: str, status: str = "pass", *, subgroup: str = "all", examined: int = 10) -> CheckResult:
+    return CheckResult(
+        id=check_id,
+        findings=(Finding(metric="risk", value=0.3 if status == "fail" else 0.01, threshold=0.09,
+                          status=status, subgroup=subgroup, evidence="measured"),),  # type: ignore[arg-type]
+        examined={"rows": examined},
+        advice="raise k or generalise age bands",
+    )
+
+
+def test_all_blocking_pass_passes() -> None:
+    d = decide([_result("phi"), _result("reid"), _result("attribute")], policy=_policy())
+    assert d.passed
+    assert d.reasons == ()
+    assert {o.id: o.outcome for o in d.outcomes} == {"phi": "pass", "reid": "pass", "attribute": "pass"}
+
+
+def test_blocking_failure_names_check_subgroup_amount_and_advice() -> None:
+    d = decide([_result("phi"), _result("reid", "fail", subgroup="ethnic_group=minority")], policy=_policy())
+    assert not d.passed
+    text = " ".join(d.reasons)
+    assert "'reid'" in text and "ethnic_group=minority" in text
+    assert "0.3" in text and "0.09" in text and "off by 0.21" in text
+    assert "raise k or generalise age bands" in text
+
+
+def test_empty_results_fail() -> None:
+    d = decide([], policy=_policy())
+    assert not d.passed
+    assert any("no data" in r for r in d.reasons)
+    assert d.to_json()["passed"] is False
+
+
+def test_result_that_examined_nothing_fails() -> None:
+    d = decide([_result("phi", examined=0), _result("reid")], policy=_policy())
+    assert not d.passed
+    assert {o.id: o.outcome for o in d.outcomes}["phi"] == "no data"
+    assert any("examined nothing" in r for r in d.reasons)
+    entry = [c for c in d.to_json()["checks"] if c["id"] == "phi"]
+    assert entry and entry[0]["status"] == "fail"
+
+
+def test_result_without_findings_fails() -> None:
+    empty = CheckResult(id="reid", findings=(), examined={"rows": 5})
+    d = decide([_result("phi"), empty], policy=_policy())
+    assert not d.passed
+
+
+def test_missing_blocking_check_fails_as_not_run() -> None:
+    d = decide([_result("phi")], policy=_policy())
+    assert not d.passed
+    assert any("'reid' was not run" in r for r in d.reasons)
+    not_run = [c for c in d.to_json()["checks"] if c["id"] == "reid"]
+    assert not_run == [{"id": "reid", "status": "fail", "metric": "not run", "value": None, "threshold": None,
+                        "subgroup": "all", "evidence": "blocking by policy but no result was produced"}]
+
+
+def test_advisory_failure_does_not_fail_the_gate() -> None:
+    d = decide([_result("phi"), _result("reid"), _result("attribute", "fail", subgroup="sex=F")], policy=_policy())
+    assert d.passed
+    assert any("'attribute'" in a and "sex=F" in a for a in d.advisories)
+    attr = [c for c in d.to_json()["checks"] if c["id"] == "attribute"]
+    assert [c["status"] for c in attr] == ["warn"]
+
+
+def test_unclassified_check_is_blocking() -> None:
+    d = decide([_result("phi"), _result("reid"), _result("novel", "fail")], policy=_policy())
+    assert not d.passed
+
+
+def test_waiver_turns_blocking_failure_into_waived_pass_and_is_recorded() -> None:
+    w = Waiver(check="reid", reason="steward accepted: rare-site study, data use agreement in place")
+    d = decide([_result("phi"), _result("reid", "fail")], policy=_policy(waivers=(w,)))
+    assert d.passed
+    assert d.waivers == (w,)
+    assert {o.id: o.outcome for o in d.outcomes}["reid"] == "waived"
+    assert d.to_json()["waivers"] == [{"check": "reid", "reason": w.reason}]
+
+
+def test_waiver_does_not_cover_a_check_that_was_not_run() -> None:
+    w = Waiver(check="reid", reason="steward accepted: rare-site study, data use agreement in place")
+    d = decide([_result("phi")], policy=_policy(waivers=(w,)))
+    assert not d.passed
+    assert d.waivers == ()
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "ok"])  # empty, blank, too short to be a written reason
+def test_waiver_without_reason_is_rejected(reason: str) -> None:
+    with pytest.raises(PolicyError, match="written reason"):
+        Waiver(check="reid", reason=reason)
+    with pytest.raises(PolicyError, match="written reason"):
+        policy_from_dict({"gate": {"waivers": [{"check": "reid", "reason": reason}]}})
+
+
+def test_waiver_for_unknown_check_is_rejected() -> None:
+    w = Waiver(check="nosuch", reason="a long enough reason for the test")
+    with pytest.raises(PolicyError, match="nosuch"):
+        decide([_result("phi"), _result("reid")], policy=_policy(waivers=(w,)))
+
+
+def test_gate_json_shape() -> None:
+    nan_result = CheckResult(id="reid", examined={"rows": 3}, findings=(
+        Finding(metric="auc", value=float("nan"), threshold=0.65, status="fail", subgroup="sex=M"),
+        Finding(metric="k", value=12, threshold=11, status="pass"),
+    ))
+    d = decide([_result("phi"), nan_result, _result("attribute", "fail")], policy=_policy())
+    doc = json.loads(json.dumps(d.to_json(), allow_nan=False))
+    assert doc["passed"] is False
+    assert isinstance(doc["waivers"], list)
+    assert len(doc["checks"]) == 4  # one entry per finding
+    for c in doc["checks"]:
+        assert set(c) == GATE_KEYS
+        assert c["status"] in {"pass", "fail", "warn"}
+    assert doc["checks"][1]["value"] == "nan"
