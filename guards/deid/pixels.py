@@ -1,0 +1,246 @@
+"""Clean Pixel Data Option (PS3.15 E.3.1): find burned-in text with OCR and hide it, or quarantine the instance.
+
+Called by the de-identification engine per instance, before header de-identification, so that OCR text can be
+matched against the instance's own PHI header values (:mod:`guards.deid.pixel_phi`).
+
+Decision per instance:
+
+1. Risk (``PixelOutcome.risk``): Modality in ``policy.risky_modalities``, a SOP Class that is typically
+   annotated (Secondary Capture, Ultrasound, Video, ...), or Burned In Annotation ``YES`` (PS3.3 C.7.6.1.1.7).
+   With ``ocr_all = false`` an instance that is not risky is not read at all.
+2. OCR (:mod:`guards.deid.ocr`): every frame at native resolution, displayed as in
+   :mod:`guards.deid.pixel_display`.
+3. Words to hide: in a risky instance every word tesseract reads with ``min_confidence`` or more (at least two
+   letters or digits, no taller than an eighth of the frame), in any instance every word that matches a PHI
+   header value or looks like a date or an identifier (6+ digits).
+4. Mode ``clean`` (default): the words' boxes, grown by ``padding``, are filled with the frame's darkest stored
+   value; every other pixel keeps its stored bytes. The cleaned frames are read again (``verify_passes``) and
+   any word still to hide is filled too. Burned In Annotation becomes ``NO`` and ``method_code`` is ``113101``
+   (CID 7050 Clean Pixel Data Option) for the engine's De-identification Method Code Sequence. Mode
+   ``quarantine``: an instance with words to hide is quarantined. Mode ``keep``: nothing is changed, a warning is
+   logged for every instance with words left in place.
+5. An instance that says ``YES`` but where OCR finds nothing to hide, that cannot be decoded, whose OCR fails, or
+   whose pixels cannot be rewritten is quarantined with the reason: it is never published uncleaned.
+
+Compressed Pixel Data is decoded and the cleaned instance is stored natively as Explicit VR Little Endian
+(1.2.840.10008.1.2.1) with the transfer syntax, Photometric Interpretation and Planar Configuration updated by
+pydicom's ``Dataset.decompress``: re-encoding lossy JPEG would lose quality a second time, and the lossless
+encoders are not installed; Lossy Image Compression stays as the source said.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+
+from guards.deid.ocr import OcrError, OcrWord, ocr_words
+from guards.deid.pixel_display import display_frames
+from guards.deid.pixel_phi import header_tokens, looks_like_phi, matches_header, normalize
+from guards.policy import PixelsSection
+
+log = logging.getLogger(__name__)
+
+PixelAction = Literal["unchanged", "cleaned", "quarantine"]
+Box = tuple[int, int, int, int, int]  # (frame, x0, y0, x1, y1), x1 and y1 exclusive
+
+#: CID 7050 code of the Clean Pixel Data Option (PS3.16), returned in ``PixelOutcome.method_code`` when cleaned.
+CLEAN_PIXEL_DATA_CODE = "113101"
+
+#: SOP Class UID prefixes of objects that usually carry burned-in annotations (PS3.4 Annex B).
+_RISKY_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture (and its multi-frame variants)
+    "1.2.840.10008.5.1.4.1.1.6.",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.",  # Visible Light (endoscopy, microscopy, photography, video)
+    "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated documents
+)
+_DTYPES = {8: "u1", 16: "u2", 32: "u4"}
+
+
+@dataclass(frozen=True)
+class PixelOutcome:
+    """What :func:`clean_pixel_data` did to one instance, and the evidence (counts of what it examined)."""
+
+    action: PixelAction
+    reason: str
+    boxes: list[Box] = field(default_factory=list)
+    ocr_words_examined: int = 0
+    frames_examined: int = 0
+    risk: str = ""
+    words_matching_header: int = 0
+    method_code: str | None = None  # "113101" when cleaned, for DeidentificationMethodCodeSequence
+
+
+def instance_risk(ds: Dataset, *, policy: PixelsSection) -> str:
+    """Why ``ds`` is considered at risk of burned-in PHI; empty when it is not."""
+    reasons: list[str] = []
+    modality = str(ds.get("Modality", "")).strip().upper()
+    if modality and modality in {m.upper() for m in policy.risky_modalities}:
+        reasons.append(f"Modality {modality} is in pixels.risky_modalities")
+    sop = str(ds.get("SOPClassUID", "")).strip()
+    if any(sop.startswith(p) for p in _RISKY_SOP_PREFIXES):
+        reasons.append(f"SOP Class {sop} usually carries annotations")
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        reasons.append("BurnedInAnnotation is YES")
+    return "; ".join(reasons)
+
+
+def _to_hide(word: OcrWord, *, risky: bool, tokens: set[str], policy: PixelsSection, rows: int) -> tuple[bool, bool]:
+    """(hide the word, it matches a header PHI value)."""
+    if matches_header(word.text, tokens):
+        return True, True
+    if word.confidence < policy.min_confidence:
+        return False, False
+    if looks_like_phi(word.text):
+        return True, False
+    tall = (word.y1 - word.y0) > max(rows // 8, 16)
+    return risky and len(normalize(word.text)) >= 2 and not tall, False
+
+
+@dataclass
+class _Scan:
+    words: int = 0
+    matching: int = 0
+    hidden: list[tuple[int, OcrWord]] = field(default_factory=list)
+
+
+def _scan(
+    images: list[npt.NDArray[np.uint8]], frames: list[int], *, risky: bool, tokens: set[str], policy: PixelsSection
+) -> _Scan:
+    """OCR ``frames``; a word is hidden by :func:`_to_hide`, or when it shares a text line with a hidden word.
+
+    Tesseract's word confidence is unreliable on overlays (``MEDICAL`` next to ``WESTWAY`` in
+    gdcm-US-ALOKA-16.dcm reads with confidence 0), so a line with one word to hide is hidden whole.
+    """
+    scan = _Scan()
+    for index in frames:
+        image = images[index]
+        words = ocr_words(image, language=policy.language)
+        scan.words += len(words)
+        hidden: list[OcrWord] = []
+        for word in words:
+            hide, match = _to_hide(word, risky=risky, tokens=tokens, policy=policy, rows=image.shape[0])
+            scan.matching += int(match)
+            if hide:
+                hidden.append(word)
+        lines = {w.line for w in hidden}
+        tall = max(image.shape[0] // 8, 16)
+        for word in words:
+            if word not in hidden and word.line in lines and len(normalize(word.text)) >= 2:
+                if word.y1 - word.y0 <= tall:
+                    hidden.append(word)
+        scan.hidden.extend((index, w) for w in hidden)
+    return scan
+
+
+def _padded(index: int, word: OcrWord, *, pad: int, rows: int, cols: int) -> Box:
+    return (index, max(0, word.x0 - pad), max(0, word.y0 - pad), min(cols, word.x1 + pad), min(rows, word.y1 + pad))
+
+
+class _Unwritable(Exception):
+    """Pixel Data whose stored layout this module does not rewrite (reason in the message)."""
+
+
+def _raw_view(ds: Dataset) -> tuple[bytearray, npt.NDArray[np.generic]]:
+    """Native Pixel Data as a writeable (frames, rows, columns, samples) view over a copy of its bytes."""
+    bits = int(ds.BitsAllocated)
+    if bits not in _DTYPES:
+        raise _Unwritable(f"BitsAllocated {bits} is not rewritten (8, 16 or 32 only)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols, spp = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1))
+    endian = "<" if ds.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.2" else ">"
+    buf = bytearray(ds.PixelData)
+    count = frames * rows * cols * spp
+    if len(buf) * 8 < count * bits:
+        raise _Unwritable(f"Pixel Data has {len(buf)} bytes, fewer than {frames} frames of {rows}x{cols}x{spp}")
+    flat = np.frombuffer(buf, dtype=np.dtype(endian + _DTYPES[bits]), count=count)
+    if spp > 1 and int(ds.get("PlanarConfiguration", 0)) == 1:
+        return buf, flat.reshape(frames, spp, rows, cols).transpose(0, 2, 3, 1)
+    return buf, flat.reshape(frames, rows, cols, spp)
+
+
+def _fill(ds: Dataset, boxes: list[Box], images: list[npt.NDArray[np.uint8]]) -> None:
+    """Fill ``boxes`` with each frame's darkest displayed stored value; every other byte is kept."""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    buf, raw = _raw_view(ds)
+    for index, x0, y0, x1, y1 in boxes:
+        r, c = np.unravel_index(int(np.argmin(images[index])), images[index].shape)
+        raw[index, y0:y1, x0:x1, :] = raw[index, r, c, :]
+    ds.PixelData = bytes(buf)
+
+
+def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
+    try:
+        return np.asarray(ds.pixel_array)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError, TypeError, KeyError) as e:
+        raise _Unwritable(
+            f"Pixel Data with transfer syntax {ds.file_meta.get('TransferSyntaxUID', '?')} cannot be decoded "
+            f"({type(e).__name__}: {e}); install the decoder (pylibjpeg, gdcm) to clean it"
+        ) from e
+
+
+def clean_pixel_data(ds: Dataset, *, policy: PixelsSection) -> PixelOutcome:
+    """Apply the Clean Pixel Data Option (PS3.15 E.3.1) to ``ds`` in place; see the module docstring."""
+    if "PixelData" not in ds:
+        return PixelOutcome(action="unchanged", reason="no Pixel Data")
+    risk = instance_risk(ds, policy=policy)
+    if not risk and not policy.ocr_all:
+        return PixelOutcome(action="unchanged", reason="not at risk and pixels.ocr_all is false: not read")
+    try:
+        images = display_frames(ds, _decode(ds))
+    except _Unwritable as e:
+        return PixelOutcome(action="quarantine", reason=str(e), risk=risk)
+    tokens = header_tokens(ds)
+    everything = list(range(len(images)))
+    try:
+        scan = _scan(images, everything, risky=bool(risk), tokens=tokens, policy=policy)
+    except OcrError as e:
+        return PixelOutcome(action="quarantine", reason=f"OCR failed: {e}", risk=risk, frames_examined=len(images))
+    rows, cols = images[0].shape
+    boxes = [_padded(i, w, pad=policy.padding, rows=rows, cols=cols) for i, w in scan.hidden]
+    examined = scan.words
+
+    def outcome(action: PixelAction, reason: str, *, code: str | None = None) -> PixelOutcome:
+        return PixelOutcome(
+            action=action,
+            reason=reason,
+            boxes=boxes,
+            ocr_words_examined=examined,
+            frames_examined=len(images),
+            risk=risk,
+            words_matching_header=scan.matching,
+            method_code=code,
+        )
+
+    says_yes = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+    if not boxes:
+        if says_yes and policy.mode != "keep":
+            return outcome("quarantine", "BurnedInAnnotation is YES but OCR found no text to hide; review it by eye")
+        return outcome("unchanged", f"no text to hide in {len(images)} frame(s)")
+    found = f"{len(boxes)} word(s) to hide ({scan.matching} matching header PHI) in {len(images)} frame(s)"
+    if policy.mode == "keep":
+        log.warning("pixels.mode is keep: %s left in place (%s)", found, risk or "not at risk")
+        return outcome("unchanged", f"mode keep: {found} left in place")
+    if policy.mode == "quarantine":
+        return outcome("quarantine", f"mode quarantine: {found}")
+    try:
+        _fill(ds, boxes, images)
+        for _ in range(policy.verify_passes):
+            again = display_frames(ds, _decode(ds))
+            more = _scan(again, sorted({b[0] for b in boxes}), risky=bool(risk), tokens=tokens, policy=policy)
+            examined += more.words
+            extra = [_padded(i, w, pad=policy.padding, rows=rows, cols=cols) for i, w in more.hidden]
+            if not extra:
+                break
+            _fill(ds, extra, again)
+            boxes.extend(extra)
+    except (_Unwritable, OcrError) as e:
+        return outcome("quarantine", f"cannot clean: {e}")
+    ds.BurnedInAnnotation = "NO"
+    return outcome("cleaned", f"cleaned: {found}", code=CLEAN_PIXEL_DATA_CODE)
