@@ -27,8 +27,11 @@ from typing import Any
 
 import pyarrow as pa
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from guards.deid.engine import InstanceQuarantined, _deidentify
 from guards.deid.writer import encode_part10
@@ -71,19 +74,31 @@ def _atomic_write_dataset(ds: Dataset, path: Path) -> bytes:
     return data
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    if keyword not in ds:
+_HEADER_TAGS: tuple[tuple[str, int], ...] = tuple((k, int(tag_for_keyword(k) or 0)) for k in HEADER_KEYWORDS)
+_INT_TAGS = {"Rows": 0x00280010, "Columns": 0x00280011, "NumberOfFrames": 0x00280008, "BitsAllocated": 0x00280100,
+             "SamplesPerPixel": 0x00280002}
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+def _text(ds: Dataset, tag: int) -> str | None:
+    """An element's value as text for the manifest; plain ASCII raw values are read without decoding."""
+    if tag not in ds:
         return None
-    value = ds[keyword].value
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.value.isascii():
+        return elem.value.decode("ascii").strip(" \x00")
+    value = ds[tag].value
     if value is None:
         return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if isinstance(value, list | tuple | MultiValue):
         return "\\".join(str(v) for v in value)
     return str(value)
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+def _int(ds: Dataset, tag: int) -> int | None:
+    if tag not in ds:
+        return None
+    value = ds[tag].value
     try:
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
@@ -100,24 +115,22 @@ def _row(path: str, source_path: str, ds: Dataset, data: bytes, status: str, rea
         sha256=hashlib.sha256(data).hexdigest(),
         status=status,
         reason=reason,
-        TransferSyntaxUID=str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None,
-        Rows=_int(ds, "Rows"),
-        Columns=_int(ds, "Columns"),
-        NumberOfFrames=_int(ds, "NumberOfFrames"),
-        BitsAllocated=_int(ds, "BitsAllocated"),
-        SamplesPerPixel=_int(ds, "SamplesPerPixel"),
-        has_pixels="PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds,
+        TransferSyntaxUID=str(meta[0x00020010].value) if meta is not None and 0x00020010 in meta else None,
+        has_pixels=any(t in ds for t in _PIXEL_TAGS),
         is_dicomdir=False,
     )
-    for keyword in HEADER_KEYWORDS:
-        row[keyword] = _text(ds, keyword)
+    for keyword, tag in _INT_TAGS.items():
+        row[keyword] = _int(ds, tag)
+    for keyword, tag in _HEADER_TAGS:
+        row[keyword] = _text(ds, tag)
     return row
 
 
 def _out_name(ds: Dataset, source_path: str, key: PseudonymKey) -> str:
     parts = []
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        value = str(ds.get(keyword, "") or "").strip()
+    for keyword, tag in (("StudyInstanceUID", 0x0020000D), ("SeriesInstanceUID", 0x0020000E),
+                         ("SOPInstanceUID", 0x00080018)):
+        value = _text(ds, tag) or ""
         if not value:
             value = "x" + key.hmac(f"{keyword}:{source_path}", purpose="path").hex()[:24]
         parts.append(value)
