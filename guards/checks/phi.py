@@ -1,0 +1,532 @@
+"""Residual-PHI check: tokens of the source PHI, or source UIDs, anywhere in the released files.
+
+What de-identification under PS3.15 Annex E (Basic Application Level Confidentiality Profile, Table E.1-1)
+must remove is gathered from the *source* headers (``source_dir``, the private original tree), then every
+released file is searched for it, MIDI-B style:
+
+- every data element at any sequence depth, private elements and the File Meta Information (PS3.10 7.1),
+  each hit with its element path, e.g. ``RequestAttributesSequence[0] > AccessionNumber``;
+- the raw bytes of every released file (anything the parser skips: undefined lengths, odd encodings,
+  non-DICOM files such as sidecar tables), as ASCII words with their byte offset;
+- the text tesseract reads in the pixels (PS3.15 E.3.1 Clean Pixel Data Option), on the files the pixel
+  policy marks risky (``pixels.risky_modalities`` or BurnedInAnnotation YES) or on all when ``pixels.ocr_all``.
+
+Token rules (what counts as source PHI, and what is skipped as too generic):
+
+- person names (every PN element): each component and word of at least 3 characters;
+- identifiers (PatientID, OtherPatientIDs, AccessionNumber, StudyID, order/procedure ids, ...), addresses,
+  phone numbers (also as digits only), institution and department names (skipped when the policy retains
+  institution identity), station names and serial numbers (skipped when the policy retains device identity);
+- dates of every DA element and the date part of every DT element, written as YYYYMMDD, YYYY-MM-DD, YYYY/MM/DD,
+  YYYY.MM.DD, DD/MM/YYYY, MM/DD/YYYY, DD.MM.YYYY, DD-MM-YYYY, MM-DD-YYYY, DDMMYYYY and MMDDYYYY (skipped when
+  ``deid.retain_longitudinal = "full"`` keeps them). De-identification shifts dates per patient, so exact tokens
+  are right; but one patient's shifted date may equal another patient's true date, so when the release folder
+  has a ``manifest.parquet`` mapping each file to its ``source_path``, a file is searched for the dates of its
+  own source patient only (otherwise for all source dates, and details say so);
+- UIDs of every UI element except class, transfer-syntax, coding-scheme and implementation UIDs and the
+  standard's own ``1.2.840.10008.`` UIDs, which identify software and standards rather than a patient
+  (skipped when ``deid.retain_uids``);
+- skipped: tokens shorter than 3 characters, purely numeric tokens shorter than 5 digits (they match counts,
+  sizes and code values), and common words (:data:`COMMON_WORDS`: body parts, modalities, titles, address
+  words). What was skipped is listed in details (categories and counts, never the values).
+
+Matching is on normalised text: upper case, every character outside ``A-Z 0-9 .`` a word break, dots at the
+ends of words dropped; a token matches where its words appear as consecutive whole words. The report names the
+category, the source element and the token's length, never the token itself: the report is published.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow.parquet as pq
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from guards.checks.base import CheckResult, Finding
+from guards.errors import InputError
+from guards.policy import ReleasePolicy
+from guards.progress import progress
+
+log = logging.getLogger(__name__)
+
+CHECK_ID = "phi"
+MIN_LEN = 3
+MIN_NUMERIC_LEN = 5
+MAX_OCR_FRAMES = 8  # frames of a multi-frame image read by OCR (evenly spaced)
+MAX_LISTED_HITS = 200  # findings listed one by one; the count finding covers all
+
+#: Words too generic to be evidence of PHI on their own (upper case).
+COMMON_WORDS: frozenset[str] = frozenset(
+    """
+    THE AND FOR WITH FROM NOT NONE NULL UNKNOWN ANONYMOUS ANON ANONYMIZED REMOVED PATIENT PATIENTS TEST DEMO
+    MALE FEMALE OTHER MRS MISS PROF DOCTOR PHYSICIAN NURSE TECH JUNIOR SENIOR
+    CHEST HEAD NECK BRAIN ABDOMEN PELVIS SPINE KNEE HAND FOOT ARM LEG HIP SHOULDER BREAST HEART LUNG LIVER
+    KIDNEY WRIST ANKLE ELBOW SKULL THORAX CSPINE LSPINE TSPINE WHOLEBODY EXTREMITY LEFT RIGHT BILATERAL
+    PORTABLE ERECT SUPINE PRONE LATERAL FRONTAL AXIAL CORONAL SAGITTAL CONTRAST
+    CT MR MRI PET SPECT XRAY CR DX US RF NM MG OT SC XA ES PT SEG RTSTRUCT
+    HOSPITAL HOSPITALS MEDICAL CENTER CENTRE CLINIC CLINICS HEALTH CARE INSTITUTE UNIVERSITY GENERAL SAINT
+    COUNTY CITY STATE REGIONAL NATIONAL CHILDREN CHILDRENS MEMORIAL COMMUNITY DEPARTMENT DEPT RADIOLOGY IMAGING
+    STREET ROAD AVENUE LANE DRIVE COURT PLACE SQUARE BOULEVARD SUITE FLOOR BUILDING NORTH SOUTH EAST WEST
+    USA GERMANY FRANCE SPAIN ITALY CANADA NETHERLANDS
+    SIEMENS PHILIPS TOSHIBA CANON AGFA FUJI HOLOGIC KODAK CARESTREAM
+    STATION ROOM SCANNER CONSOLE WORKSTATION
+    """.split()
+)
+
+#: Identifier, address, phone and institution keywords, by category (PS3.15 Table E.1-1 rows).
+ID_KEYWORDS: tuple[str, ...] = (
+    "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "StudyID", "AdmissionID",
+    "MedicalRecordLocator", "RequestedProcedureID", "ScheduledProcedureStepID", "PerformedProcedureStepID",
+    "PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest",
+    "PlacerOrderNumberImagingServiceRequestRetired", "FillerOrderNumberImagingServiceRequestRetired",
+    "ServiceEpisodeID", "PatientInsurancePlanCodeSequence", "MilitaryRank", "BranchOfService",
+)
+ADDRESS_KEYWORDS: tuple[str, ...] = ("PatientAddress", "InstitutionAddress", "ReferringPhysicianAddress",
+                                     "PersonAddress", "RegionOfResidence")
+PHONE_KEYWORDS: tuple[str, ...] = ("PatientTelephoneNumbers", "ReferringPhysicianTelephoneNumbers",
+                                   "PersonTelephoneNumbers", "PatientTelecomInformation")
+INSTITUTION_KEYWORDS: tuple[str, ...] = ("InstitutionName", "InstitutionalDepartmentName")
+DEVICE_KEYWORDS: tuple[str, ...] = ("StationName", "DeviceSerialNumber")
+FREE_TEXT_KEYWORDS: tuple[str, ...] = ("PatientComments", "AdditionalPatientHistory", "Occupation",
+                                       "PatientBirthName", "PatientMotherBirthName")
+_CATEGORY: dict[str, str] = {
+    **{k: "identifier" for k in ID_KEYWORDS},
+    **{k: "address" for k in ADDRESS_KEYWORDS},
+    **{k: "phone" for k in PHONE_KEYWORDS},
+    **{k: "institution" for k in INSTITUTION_KEYWORDS},
+    **{k: "device" for k in DEVICE_KEYWORDS},
+    **{k: "free text" for k in FREE_TEXT_KEYWORDS},
+}
+_SKIP_UID_KEYWORDS = ("TransferSyntaxUID", "ImplementationClassUID", "CodingSchemeUID", "PrivateInformationCreatorUID")
+_WORD = re.compile(r"[A-Z0-9.]+")
+_ASCII_RUN = re.compile(rb"[\x20-\x7e]{3,}")
+
+
+def normalize(text: str) -> tuple[str, ...]:
+    """Upper-case words of ``text``: characters outside A-Z, 0-9 and '.' break words; dots at the ends go."""
+    words = (w.strip(".") for w in _WORD.findall(text.upper()))
+    return tuple(w for w in words if w)
+
+
+def date_forms(value: str) -> set[str]:
+    """A DA value (YYYYMMDD) in every written form listed in the module docstring; empty if not a date."""
+    digits = value.strip()[:8]
+    if len(digits) != 8 or not digits.isdigit():
+        return set()
+    y, m, d = digits[:4], digits[4:6], digits[6:8]
+    return {
+        f"{y}{m}{d}", f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}",
+        f"{d}.{m}.{y}", f"{d}-{m}-{y}", f"{m}-{d}-{y}", f"{d}{m}{y}", f"{m}{d}{y}",
+    }
+
+
+@dataclass(frozen=True)
+class Token:
+    """A source PHI string, normalised to words, with where it came from (never printed as a value)."""
+
+    words: tuple[str, ...]
+    category: str
+    source_element: str
+
+
+@dataclass
+class TokenIndex:
+    """Tokens by their word tuple, plus the word-counts to try (n-grams), and what was skipped."""
+
+    tokens: dict[tuple[str, ...], Token] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, raw: str, *, category: str, source_element: str) -> None:
+        words = normalize(raw)
+        text = "".join(words)
+        if not words:
+            return
+        if len(text) < MIN_LEN:
+            self.skipped[f"{category}: shorter than {MIN_LEN} characters"] += 1
+            return
+        if text.replace(".", "").isdigit() and len(text) < MIN_NUMERIC_LEN:
+            self.skipped[f"{category}: numeric, shorter than {MIN_NUMERIC_LEN} digits"] += 1
+            return
+        if all(w in COMMON_WORDS or len(w) < MIN_LEN for w in words):
+            self.skipped[f"{category}: common word"] += 1
+            return
+        self.tokens.setdefault(words, Token(words=words, category=category, source_element=source_element))
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(sorted({len(k) for k in self.tokens}))
+
+
+def _element_strings(elem: DataElement) -> list[str]:
+    value = elem.value
+    if value is None or elem.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+        return []
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    out: list[str] = []
+    for v in values:
+        if isinstance(v, PersonName):
+            out.append(str(v))
+        elif isinstance(v, bytes):
+            out.append(v.decode("latin-1"))
+        elif isinstance(v, str):
+            out.append(v)
+    return out
+
+
+def _walk(ds: Dataset, prefix: str = "") -> Iterator[tuple[str, DataElement]]:
+    """Every element of ``ds`` at any depth, with its path (``Seq[0] > Keyword``); private ones by tag."""
+    for elem in ds:
+        creator = getattr(elem, "private_creator", None) if elem.tag.is_private else None
+        name = elem.keyword or (f"{elem.tag} [{creator}]" if creator else str(elem.tag))
+        path = f"{prefix}{name}"
+        yield path, elem
+        if elem.VR == "SQ" and elem.value is not None:
+            for i, item in enumerate(elem.value):
+                yield from _walk(item, f"{path}[{i}] > ")
+
+
+def _datasets(ds: FileDataset) -> Iterator[tuple[str, Dataset]]:
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        yield "FileMetaInformation > ", meta
+    yield "", ds
+
+
+def _read(path: Path, *, pixels: bool) -> FileDataset | None:
+    try:
+        return dcmread(path, stop_before_pixels=not pixels)
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        log.debug("phi: %s is not readable as DICOM (%s); raw bytes only", path.name, type(e).__name__)
+        return None
+
+
+def _dicom_files(root: Path) -> list[Path]:
+    """Regular files under ``root``, skipping hidden folders and ``quarantine/`` (not part of a release)."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel) or (rel and rel[0] == "quarantine"):
+            continue
+        if p.is_file():
+            out.append(p)
+    return out
+
+
+@dataclass
+class SourcePhi:
+    """Non-date tokens of the whole source, date tokens per source patient, and source file -> patient."""
+
+    common: TokenIndex
+    dates: dict[str, TokenIndex]
+    patient_of: dict[str, str]
+    files: int
+    all_dates: TokenIndex
+
+
+def gather_source_tokens(source_dir: Path, *, policy: ReleasePolicy) -> SourcePhi:
+    """Read every source header once (no pixels) and collect its PHI tokens (module docstring rules)."""
+    common = TokenIndex()
+    dates: dict[str, TokenIndex] = defaultdict(TokenIndex)
+    all_dates = TokenIndex()
+    patient_of: dict[str, str] = {}
+    files = 0
+    keep_dates = policy.deid.retain_longitudinal == "full"
+    paths = _dicom_files(source_dir)
+    for path in progress(paths, total=len(paths), what="phi: source headers", logger=log):
+        ds = _read(path, pixels=False)
+        if ds is None:
+            continue
+        files += 1
+        patient = str(ds.get("PatientID", "")) or path.parent.as_posix()
+        patient_of[path.relative_to(source_dir).as_posix()] = patient
+        for _, sub in _datasets(ds):
+            for _, elem in _walk(sub):
+                _collect(elem, common=common, dates=dates[patient], all_dates=all_dates, policy=policy,
+                         keep_dates=keep_dates)
+    return SourcePhi(common=common, dates=dict(dates), patient_of=patient_of, files=files, all_dates=all_dates)
+
+
+def _collect(elem: DataElement, *, common: TokenIndex, dates: TokenIndex, all_dates: TokenIndex,
+             policy: ReleasePolicy, keep_dates: bool) -> None:
+    kw = elem.keyword
+    if elem.VR == "PN":
+        for name in _element_strings(elem):
+            for part in re.split(r"[\^=\s,]+", name):
+                common.add(part, category="name", source_element=kw or str(elem.tag))
+        return
+    if elem.VR in ("DA", "DT"):
+        if keep_dates:
+            return
+        for value in _element_strings(elem):
+            for form in date_forms(value):
+                dates.add(form, category="date", source_element=kw or str(elem.tag))
+                all_dates.add(form, category="date", source_element=kw or str(elem.tag))
+        return
+    if elem.VR == "UI":
+        if policy.deid.retain_uids or kw.endswith("ClassUID") or kw in _SKIP_UID_KEYWORDS:
+            return
+        for uid in _element_strings(elem):
+            uid = uid.strip("\x00 ")
+            if uid and not uid.startswith("1.2.840.10008."):
+                common.add(uid, category="uid", source_element=kw or str(elem.tag))
+        return
+    category = _CATEGORY.get(kw)
+    if category is None:
+        return
+    if category == "institution" and policy.deid.retain_institution_identity:
+        return
+    if category == "device" and policy.deid.retain_device_identity:
+        return
+    for value in _element_strings(elem):
+        common.add(value, category=category, source_element=kw)
+        if category in ("address", "free text"):
+            for part in re.split(r"[\^,;\r\n]+", value):
+                common.add(part, category=category, source_element=kw)
+        if category == "phone":
+            digits = re.sub(r"\D", "", value)
+            common.add(digits, category=category, source_element=kw)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A source token found in a released file: where, and which kind of token (never its value)."""
+
+    file: str
+    where: str
+    token: Token
+
+
+def _match(words: tuple[str, ...], indexes: Iterable[TokenIndex]) -> Iterator[tuple[int, Token]]:
+    """(word position, token) for each token whose words occur consecutively in ``words``."""
+    for index in indexes:
+        if not index.tokens:
+            continue
+        for n in index.lengths:
+            for i in range(len(words) - n + 1):
+                tok = index.tokens.get(words[i:i + n])
+                if tok is not None:
+                    yield i, tok
+
+
+@dataclass
+class _Counts:
+    files: int = 0
+    dicom_files: int = 0
+    elements: int = 0
+    bytes: int = 0
+    ocr_files: int = 0
+    ocr_frames: int = 0
+    ocr_words: int = 0
+    ocr_errors: int = 0
+
+
+def _scan_elements(ds: FileDataset, rel: str, indexes: list[TokenIndex], counts: _Counts) -> list[Hit]:
+    hits = []
+    for prefix, sub in _datasets(ds):
+        for path, elem in _walk(sub, prefix):
+            counts.elements += 1
+            for text in _element_strings(elem):
+                for _, tok in _match(normalize(text), indexes):
+                    hits.append(Hit(file=rel, where=path, token=tok))
+    return hits
+
+
+def _scan_bytes(data: bytes, rel: str, indexes: list[TokenIndex], seen: set[Token]) -> list[Hit]:
+    hits = []
+    for m in _ASCII_RUN.finditer(data):
+        words = normalize(m.group().decode("ascii"))
+        for _, tok in _match(words, indexes):
+            if tok not in seen:
+                seen.add(tok)
+                hits.append(Hit(file=rel, where=f"raw bytes near offset {m.start()}", token=tok))
+    return hits
+
+
+def _needs_ocr(ds: FileDataset, policy: ReleasePolicy) -> bool:
+    if "PixelData" not in ds:
+        return False
+    if policy.pixels.ocr_all:
+        return True
+    return str(ds.get("Modality", "")) in policy.pixels.risky_modalities or \
+        str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
+
+
+def _display_frames(ds: FileDataset) -> list[npt.NDArray[np.uint8]]:
+    """Up to MAX_OCR_FRAMES frames as 8-bit grey (min-max window; MONOCHROME1 inverted; colour averaged)."""
+    arr = np.asarray(ds.pixel_array)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames == 1:
+        arr = arr[np.newaxis]
+    if spp > 1:
+        arr = arr.mean(axis=-1)
+    picks = np.unique(np.linspace(0, arr.shape[0] - 1, num=min(MAX_OCR_FRAMES, arr.shape[0])).astype(int))
+    out = []
+    for i in picks:
+        f = arr[i].astype(np.float64)
+        lo, hi = float(f.min()), float(f.max())
+        g = np.zeros(f.shape, dtype=np.uint8) if hi <= lo else ((f - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+            g = 255 - g
+        out.append(g)
+    return out
+
+
+def _ocr_words(image: npt.NDArray[np.uint8], *, language: str) -> list[str]:
+    """Words tesseract reads in ``image``: guards.deid.ocr when present, else a minimal TSV call of our own."""
+    try:
+        ocr = importlib.import_module("guards.deid.ocr")
+    except ImportError:
+        ocr = None
+    if ocr is not None:
+        return [w.text for w in ocr.ocr_words(image, language=language)]
+    exe = shutil.which("tesseract")
+    if exe is None:
+        raise InputError("tesseract was not found on PATH; install tesseract-ocr or run the phi check with ocr=False")
+    with tempfile.TemporaryDirectory(prefix="guard-phi-ocr-") as tmp:
+        pgm = Path(tmp) / "frame.pgm"
+        h, w = image.shape
+        pgm.write_bytes(f"P5 {w} {h} 255\n".encode() + image.tobytes())
+        done = subprocess.run([exe, str(pgm), "stdout", "--psm", "11", "-l", language, "tsv"], capture_output=True,
+                              check=False, timeout=120, env={"OMP_THREAD_LIMIT": "1", "PATH": "/usr/bin:/bin"})
+    if done.returncode != 0:
+        raise InputError(f"tesseract exited with {done.returncode}; check tesseract --list-langs has {language!r}")
+    rows = [line.split("\t") for line in done.stdout.decode("utf-8", "replace").splitlines()[1:]]
+    return [r[11] for r in rows if len(r) >= 12 and r[0] == "5" and r[11].strip()]
+
+
+def _scan_ocr(ds: FileDataset, rel: str, indexes: list[TokenIndex], counts: _Counts, *,
+              policy: ReleasePolicy) -> list[Hit]:
+    hits = []
+    try:
+        frames = _display_frames(ds)
+    except (ValueError, RuntimeError, AttributeError, TypeError, NotImplementedError) as e:
+        counts.ocr_errors += 1
+        log.warning("phi: pixels of %s could not be decoded for OCR (%s)", rel, type(e).__name__)
+        return []
+    counts.ocr_files += 1
+    for i, frame in enumerate(frames):
+        words = [w for text in _ocr_words(frame, language=policy.pixels.language) for w in normalize(text)]
+        counts.ocr_frames += 1
+        counts.ocr_words += len(words)
+        for _, tok in _match(tuple(words), indexes):
+            hits.append(Hit(file=rel, where=f"PixelData frame {i} (OCR text)", token=tok))
+    return hits
+
+
+def _source_paths(release_dir: Path) -> dict[str, str]:
+    """release path -> source path from the release's manifest.parquet, when it has both columns."""
+    manifest = release_dir / "manifest.parquet"
+    if not manifest.is_file():
+        return {}
+    table = pq.read_table(manifest)
+    if "source_path" not in table.column_names or "path" not in table.column_names:
+        return {}
+    return {p: s for p, s in zip(table.column("path").to_pylist(), table.column("source_path").to_pylist(),
+                                 strict=True) if p and s}
+
+
+def run(release_dir: Path, *, source_dir: Path, policy: ReleasePolicy, ocr: bool = True) -> CheckResult:
+    """Search every released file for source PHI tokens and source UIDs (module docstring); one hit fails."""
+    release_dir, source_dir = Path(release_dir), Path(source_dir)
+    for name, d in (("release_dir", release_dir), ("source_dir", source_dir)):
+        if not d.is_dir():
+            raise InputError(f"phi: {name} {str(d)!r} is not a folder; pass the release tree and the source tree")
+    source = gather_source_tokens(source_dir, policy=policy)
+    if source.files == 0:
+        raise InputError(f"phi: no readable DICOM file under source_dir {str(source_dir)!r}; without the source "
+                         "headers there is nothing to search for: pass the original (private) tree")
+    mapping = _source_paths(release_dir)
+    counts = _Counts()
+    hits: list[Hit] = []
+    scoped = 0
+    files = [p for p in _dicom_files(release_dir) if p.relative_to(release_dir).as_posix() != "manifest.parquet"]
+    for path in progress(files, total=len(files), what="phi: released files", logger=log):
+        rel = path.relative_to(release_dir).as_posix()
+        patient = source.patient_of.get(mapping.get(rel, ""))
+        if patient is not None:
+            scoped += 1
+        date_index = source.dates.get(patient, TokenIndex()) if patient is not None else source.all_dates
+        indexes = [source.common, date_index]
+        data = path.read_bytes()
+        counts.files += 1
+        counts.bytes += len(data)
+        file_hits: list[Hit] = []
+        ds = _read(path, pixels=ocr)
+        if ds is not None:
+            counts.dicom_files += 1
+            file_hits.extend(_scan_elements(ds, rel, indexes, counts))
+            if ocr and _needs_ocr(ds, policy):
+                file_hits.extend(_scan_ocr(ds, rel, indexes, counts, policy=policy))
+        file_hits.extend(_scan_bytes(data, rel, indexes, {h.token for h in file_hits}))
+        hits.extend(file_hits)
+    return _result(hits, counts=counts, source=source, scoped=scoped, ocr=ocr)
+
+
+def _result(hits: list[Hit], *, counts: _Counts, source: SourcePhi, scoped: int, ocr: bool) -> CheckResult:
+    n_tokens = len(source.common.tokens) + len(source.all_dates.tokens)
+    examined = {
+        "files": counts.files, "dicom_files": counts.dicom_files, "elements": counts.elements, "bytes": counts.bytes,
+        "tokens": n_tokens, "source_files": source.files, "ocr_files": counts.ocr_files,
+        "ocr_frames": counts.ocr_frames, "ocr_words": counts.ocr_words,
+    }
+    by_category: dict[str, int] = defaultdict(int)
+    for h in hits:
+        by_category[h.token.category] += 1
+    findings = [Finding(
+        metric="phi_hits", value=len(hits), threshold=0, status="fail" if hits else "pass",
+        evidence=(f"{len(hits)} source PHI tokens in {len({h.file for h in hits})} released files "
+                  f"({', '.join(f'{k}: {v}' for k, v in sorted(by_category.items()))})") if hits else
+        (f"no source PHI token in {counts.files} files ({counts.elements} elements, {counts.bytes} bytes, "
+         f"{counts.ocr_frames} OCR frames) searched for {n_tokens} tokens"),
+    )]
+    for h in hits[:MAX_LISTED_HITS]:
+        findings.append(Finding(
+            metric=f"phi_token:{h.token.category}", value=1, threshold=0, status="fail",
+            evidence=(f"{h.file}: {h.where} holds a {h.token.category} token from the source's "
+                      f"{h.token.source_element} ({len(''.join(h.token.words))} characters)"),
+        ))
+    if counts.ocr_errors:
+        findings.append(Finding(metric="ocr_unreadable_files", value=counts.ocr_errors, threshold=0, status="warn",
+                                evidence="pixel data that could not be decoded was not searched by OCR"))
+    details: dict[str, Any] = {
+        "hits_by_category": dict(by_category),
+        "skipped": dict(source.common.skipped) | dict(source.all_dates.skipped),
+        "tokens_by_category": _count_categories(source),
+        "dates_scoped_to_patient_files": scoped,
+        "ocr": ocr,
+        "rules": f"tokens >= {MIN_LEN} chars, numeric >= {MIN_NUMERIC_LEN} digits, {len(COMMON_WORDS)} common words "
+                 "skipped; whole-word match on normalised text",
+    }
+    return CheckResult(
+        id=CHECK_ID, findings=tuple(findings), examined=examined, details=details,
+        summary=(f"{len(hits)} pieces of source PHI remain in the release." if hits else
+                 f"No source PHI found in {counts.files} released files."),
+        advice=("Look at each listed element path: add the element to the de-identification (deid options, e.g. "
+                "switch off a retain_* option or clean_descriptors/clean_structured_content), or quarantine the "
+                "files; burned-in text needs pixels.mode = 'clean' or 'quarantine'.") if hits else "",
+    )
+
+
+def _count_categories(source: SourcePhi) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for tok in list(source.common.tokens.values()) + list(source.all_dates.tokens.values()):
+        out[tok.category] += 1
+    return dict(out)

@@ -1,0 +1,189 @@
+"""guards.checks.phi: source PHI tokens found with their element path, raw bytes, OCR; clean release passes.
+
+All data here is made up (no real patient): a source file and a de-identified copy built with pydicom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from guards.checks import phi
+from guards.errors import InputError
+from guards.gate import decide
+from guards.policy import GateSection, PixelsSection, ReleasePolicy
+
+SRC_UIDS = ("1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.112", "1.2.826.0.1.3680043.8.498.113")
+OUT_UIDS = ("2.25.9001", "2.25.9002", "2.25.9003")
+ACCESSION = "ACC7731902"
+
+
+def _dataset(*, name: str, pid: str, birth: str, study: str, accession: str, nested_accession: str,
+             uids: tuple[str, str, str], institution: str, pixels: np.ndarray | None = None) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uids[2]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = uids
+    ds.PatientName = name
+    ds.PatientID = pid
+    ds.PatientBirthDate = birth
+    ds.StudyDate = study
+    ds.AccessionNumber = accession
+    ds.InstitutionName = institution
+    ds.Modality = "OT"
+    ds.BodyPartExamined = "CHEST"
+    item = Dataset()
+    item.AccessionNumber = nested_accession
+    item.RequestedProcedureID = "RP"
+    ds.RequestAttributesSequence = Sequence([item])
+    block = ds.private_block(0x0009, "MADEUP TEST", create=True)
+    block.add_new(0x10, "LO", "site note")
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = pixels.astype(np.uint8).tobytes()
+    return ds
+
+
+def _source(root: Path) -> Path:
+    src = root / "src" / "p1"
+    src.mkdir(parents=True)
+    ds = _dataset(name="Quorrington^Hildegard", pid="PID-448120", birth="19610317", study="20240105",
+                  accession=ACCESSION, nested_accession=ACCESSION, uids=SRC_UIDS,
+                  institution="Quarry Bay Infirmary")
+    ds.save_as(src / "a.dcm", enforce_file_format=True)
+    return root / "src"
+
+
+def _release(root: Path, *, nested: str, pixels: np.ndarray | None = None, study: str = "20230911") -> Path:
+    out = root / "release"
+    out.mkdir()
+    ds = _dataset(name="8F3A2C", pid="8F3A2C19", birth="", study=study, accession="", nested_accession=nested,
+                  uids=OUT_UIDS, institution="", pixels=pixels)
+    ds.save_as(out / "img.dcm", enforce_file_format=True)
+    return out
+
+
+POLICY = ReleasePolicy()
+
+
+def test_leaked_accession_in_nested_sequence_is_found_with_its_path(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested=ACCESSION)
+    result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    assert result.status == "fail"
+    paths = [f.evidence for f in result.findings if f.metric.startswith("phi_token")]
+    assert any("img.dcm: RequestAttributesSequence[0] > AccessionNumber" in e for e in paths), paths
+    assert result.findings[0].value == 1  # found once by the parser; the raw-byte scan does not double-count
+    assert ACCESSION not in str(result.to_dict())  # the report names the element, never the PHI value
+    assert result.examined["files"] == 1 and result.examined["elements"] > 10 and result.examined["tokens"] > 5
+    decision = decide([result], policy=ReleasePolicy(gate=GateSection(blocking=("phi",), advisory=())))
+    assert not decision.passed
+    assert any("RequestAttributesSequence[0] > AccessionNumber" in r for r in decision.reasons)
+
+
+def test_clean_release_passes_with_nonzero_counts(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested="9X0001")
+    result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    assert result.status == "pass", [f.evidence for f in result.findings]
+    ex = result.examined
+    assert ex["files"] == 1 and ex["dicom_files"] == 1 and ex["elements"] > 10 and ex["bytes"] > 100
+    assert ex["tokens"] >= 10 and ex["source_files"] == 1
+    cats = result.details["tokens_by_category"]
+    assert {"name", "identifier", "date", "uid", "institution"} <= set(cats)
+    assert result.details["skipped"]  # "RP" (too short) and "CHEST"-like words are listed as skipped
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "17/03/1961",  # DD/MM/YYYY birth date
+        "03/17/1961",  # MM/DD/YYYY
+        "1961-03-17",  # ISO
+        "17.03.1961",  # DD.MM.YYYY
+        "seen by hildegard",  # a name part in free text, other case
+        "quarry bay infirmary",  # institution name
+        SRC_UIDS[0],  # a source UID
+        "PID-448120",  # patient id with its separator
+    ],
+)
+def test_tokens_in_every_form_are_found_in_free_text(tmp_path: Path, text: str) -> None:
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested="9X0001")
+    from pydicom import dcmread
+
+    ds = dcmread(rel / "img.dcm")
+    ds.ImageComments = f"note: {text}"
+    ds.save_as(rel / "img.dcm")
+    result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    assert result.status == "fail"
+    assert any("ImageComments" in f.evidence for f in result.findings)
+
+
+def test_private_element_and_raw_bytes_of_non_dicom_files(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested="9X0001")
+    from pydicom import dcmread
+
+    ds = dcmread(rel / "img.dcm")
+    ds.private_block(0x0009, "MADEUP TEST").add_new(0x11, "LO", "Quorrington")
+    ds.save_as(rel / "img.dcm")
+    (rel / "notes.csv").write_text("study,who\n1,HILDEGARD QUORRINGTON\n", encoding="utf-8")
+    result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    ev = [f.evidence for f in result.findings]
+    assert any("img.dcm: (0009,1011) [MADEUP TEST]" in e for e in ev), ev
+    assert any(e.startswith("notes.csv: raw bytes") for e in ev), ev
+
+
+def test_shifted_dates_of_another_patient_are_not_hits_when_the_manifest_maps_files(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    other = _dataset(name="Zellweger^Ottoline", pid="PID-992211", birth="19700101", study="20230911",
+                     accession="ACC000999", nested_accession="", uids=("1.2.3.91", "1.2.3.92", "1.2.3.93"),
+                     institution="Quarry Bay Infirmary")
+    (src / "p2").mkdir()
+    other.save_as(src / "p2" / "b.dcm", enforce_file_format=True)
+    rel = _release(tmp_path, nested="9X0001", study="20230911")  # p1's shifted date == p2's true date
+    unscoped = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    assert unscoped.status == "fail" and unscoped.details["dates_scoped_to_patient_files"] == 0
+    pq.write_table(pa.table({"path": ["img.dcm"], "source_path": ["p1/a.dcm"]}), rel / "manifest.parquet")
+    scoped = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    assert scoped.status == "pass", [f.evidence for f in scoped.findings]
+    assert scoped.details["dates_scoped_to_patient_files"] == 1
+
+
+def test_quarantine_folder_is_not_scanned_and_empty_source_is_an_error(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested="9X0001")
+    (rel / "quarantine").mkdir()
+    (rel / "quarantine" / "orig.dcm").write_bytes((src / "p1" / "a.dcm").read_bytes())
+    assert phi.run(rel, source_dir=src, policy=POLICY, ocr=False).status == "pass"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no readable DICOM"):
+        phi.run(rel, source_dir=empty, policy=POLICY, ocr=False)
+
+
+def test_burned_in_name_is_read_by_ocr(tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("L", (360, 80), 0)
+    ImageDraw.Draw(img).text((10, 20), "QUORRINGTON", fill=255, font=ImageFont.load_default(size=36))
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested="9X0001", pixels=np.asarray(img))
+    policy = ReleasePolicy(pixels=PixelsSection(ocr_all=True))
+    result = phi.run(rel, source_dir=src, policy=policy, ocr=True)
+    assert result.examined["ocr_frames"] == 1 and result.examined["ocr_words"] >= 1
+    assert any("PixelData frame 0 (OCR text)" in f.evidence for f in result.findings), result.findings
