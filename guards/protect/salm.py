@@ -43,6 +43,14 @@ from guards.protect.surrogate import build_surrogate
 logger = logging.getLogger(__name__)
 
 
+INITS: tuple[str, ...] = ("uniform", "class_texture", "class_frequency")
+# (cycles per pixel down, across): high spatial frequencies, where area-downsampled MRI has the least power,
+# and distinguishable from each other under flips and 1-pixel shifts (orientation / period differ).
+FREQUENCIES: tuple[tuple[float, float], ...] = (
+    (0.5, 0.5), (0.0, 0.5), (0.5, 0.0), (0.25, 0.25), (0.25, -0.25), (0.0, 0.25), (0.25, 0.0), (0.5, 0.25),
+)
+
+
 @dataclass(frozen=True)
 class NoiseConfig:
     """Options of :func:`error_minimizing_noise` (budget in [0, 1] image units)."""
@@ -62,12 +70,16 @@ class NoiseConfig:
     lr: float = 2e-3  # Adam
     augment: bool = True
     saturate: bool = True
+    init: str = "uniform"  # "uniform" (Huang et al.), "class_texture" or "class_frequency" (module docstring)
+    tile: int = 4  # side of the class texture tile
 
     def __post_init__(self) -> None:
         if not 0.0 < self.epsilon <= 1.0:
             raise GuardError(f"protect.epsilon {self.epsilon!r} must be in (0, 1]")
         if self.rho is not None and not 0.0 < self.rho <= 1.0:
             raise GuardError(f"protect.rho {self.rho!r} must be in (0, 1]")
+        if self.init not in INITS:
+            raise GuardError(f"protect.init {self.init!r} is unknown; use one of {list(INITS)}")
         if self.batch_size <= 0:
             raise GuardError(f"batch size {self.batch_size!r} must be positive")
 
@@ -95,6 +107,32 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         p = F.pad(x, (2, 2, 2, 2), mode="reflect")
         x = p[..., 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w]
     return x
+
+
+def _class_texture(
+    y: torch.Tensor, shape: torch.Size, *, classes: int, tile: int, gen: torch.Generator
+) -> torch.Tensor:
+    """+-1 per pixel: each class's own random ``tile x tile`` sign pattern repeated over the image."""
+    tiles = torch.randint(0, 2, (classes, tile, tile), generator=gen).float() * 2 - 1
+    h, w = shape[-2:]
+    reps = (-(-h // tile), -(-w // tile))
+    full = tiles.repeat(1, *reps)[:, :h, :w]
+    return full[y][:, None].expand(shape).contiguous()
+
+
+def _class_frequency(y: torch.Tensor, shape: torch.Size, *, classes: int, gen: torch.Generator) -> torch.Tensor:
+    """+-1 per pixel: each class gets a square wave at its own high spatial frequency (seeded assignment)."""
+    if classes > len(FREQUENCIES):
+        return _class_texture(y, shape, classes=classes, tile=4, gen=gen)
+    order = torch.randperm(len(FREQUENCIES), generator=gen)[:classes]
+    h, w = shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    waves = torch.stack(
+        [torch.cos(2 * torch.pi * (FREQUENCIES[int(j)][0] * yy + FREQUENCIES[int(j)][1] * xx) + torch.pi / 4)
+         for j in order]
+    )
+    full = torch.where(waves >= 0, 1.0, -1.0).float()
+    return full[y][:, None].expand(shape).contiguous()
 
 
 def _train(
@@ -194,7 +232,12 @@ def error_minimizing_noise(
         mask = batch_masks(saliency.cpu(), gray.cpu(), rho=config.rho).to(dev)
     m = mask.to(x.dtype)
     eps = config.epsilon
-    delta = (torch.rand(x.shape, generator=gen) * 2 - 1).to(dev) * eps * m
+    if config.init == "class_frequency":
+        delta = _class_frequency(y.cpu(), x.shape, classes=classes, gen=gen).to(dev) * eps * m
+    elif config.init == "class_texture":
+        delta = _class_texture(y.cpu(), x.shape, classes=classes, tile=config.tile, gen=gen).to(dev) * eps * m
+    else:
+        delta = (torch.rand(x.shape, generator=gen) * 2 - 1).to(dev) * eps * m
     delta = (x + delta).clamp(0, 1) - x
 
     acc = 0.0
