@@ -1,0 +1,196 @@
+"""The gate report as one self-contained HTML page: no script, no external style sheet, no network.
+
+Order, for a data steward: the verdict; what failed and what can be changed; input counts; waivers; one section
+per check (summary, advice, examined counts, figures, findings table, artefact links, other details); the policy.
+Every piece of text from a check, the context or the policy goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+from urllib.parse import urlparse
+
+from guards.checks.base import CheckResult
+from guards.gate import GateDecision
+from guards.policy import ReleasePolicy
+from guards.report import svg
+
+MAX_ROWS = 300  # findings rows per check; the rest are counted
+MAX_DETAILS_CHARS = 20_000
+_PLOTTED_DETAILS = ("roc", "curves", "distributions")
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+.verdict{padding:1em;border-radius:6px;font-size:1.4em;font-weight:bold}
+.pass{background:#e3f5e1;border:2px solid #2ca02c}.fail{background:#fbe3e3;border:2px solid #d62728}
+.warn{background:#fff4d6}.waived{background:#eef}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:.9em;
+text-align:left;vertical-align:top}tr.fail td{background:#fdeaea}tr.warn td{background:#fff8e1}
+section{border-top:1px solid #ddd;margin-top:1.5em}pre{background:#f6f6f6;padding:.5em;overflow:auto;
+font-size:.8em;max-height:30em}.figs{display:flex;flex-wrap:wrap;gap:1em}
+"""
+
+
+def _e(x: object) -> str:
+    return escape(str(x), quote=True)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return "" if v is None else str(v)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, classes: Sequence[str] = ()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{_e(classes[i])}"' if i < len(classes) else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{_e(_fmt(c))}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _number(v: object) -> float | None:
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v)):
+        return float(v)
+    return None
+
+
+def _subgroup_figures(result: CheckResult) -> list[str]:
+    """A bar chart per metric measured for several subgroups (risk, share, AUC per subgroup)."""
+    by_metric: dict[str, dict[str, float]] = defaultdict(dict)
+    thresholds: dict[str, float | None] = {}
+    for f in result.findings:
+        v = _number(f.value)
+        if v is None:
+            continue
+        by_metric[f.metric][f.subgroup] = v
+        thresholds.setdefault(f.metric, _number(f.threshold))
+    figs = []
+    for metric, values in by_metric.items():
+        if len(values) >= 2 or any(k != "all" for k in values):
+            figs.append(svg.bar_chart(values, title=f"{result.id}: {metric} per subgroup", ylabel=metric,
+                                      threshold=thresholds.get(metric)))
+    return figs
+
+
+def _detail_figures(result: CheckResult) -> list[str]:
+    figs = []
+    roc = result.details.get("roc")
+    if isinstance(roc, Mapping):
+        curves = {str(k): (v.get("fpr", []), v.get("tpr", [])) for k, v in roc.items() if isinstance(v, Mapping)}
+        if curves:
+            figs.append(svg.roc_chart(curves, title=f"{result.id}: ROC per subgroup (log-log)"))
+    curves_raw = result.details.get("curves")
+    if isinstance(curves_raw, Mapping):
+        series: dict[str, list[float]] = {}
+        for name, v in curves_raw.items():
+            if isinstance(v, list):
+                series[str(name)] = [x for x in v if _number(x) is not None]
+            elif isinstance(v, Mapping):
+                for sub, w in v.items():
+                    if isinstance(w, list):
+                        series[f"{name}/{sub}"] = [x for x in w if _number(x) is not None]
+        if series:
+            figs.append(svg.line_chart(series, title=f"{result.id}: learning curves", ylabel="accuracy"))
+    dists = result.details.get("distributions")
+    if isinstance(dists, Mapping):
+        for column, shares in dists.items():
+            if isinstance(shares, Mapping):
+                vals = {str(k): float(x) for k, x in shares.items() if _number(x) is not None}
+                figs.append(svg.bar_chart(vals, title=f"{result.id}: distribution of {column}", ylabel="share"))
+    return figs
+
+
+def _link(name: str, target: str) -> str:
+    parsed = urlparse(target)
+    if parsed.scheme or parsed.netloc or target.startswith("/"):
+        return f"<li>{_e(name)}: {_e(target)} (not linked: only paths inside the report folder are linked)</li>"
+    return f'<li><a href="{_e(target)}">{_e(name)}</a></li>'
+
+
+def _check_section(result: CheckResult, outcome: str, role: str) -> str:
+    parts = [f'<section id="check-{_e(result.id)}"><h2>Check <code>{_e(result.id)}</code>: '
+             f'<span class="{_e(outcome.split()[0])}">{_e(outcome)}</span> ({_e(role)})</h2>']
+    if result.summary:
+        parts.append(f"<p>{_e(result.summary)}</p>")
+    if result.advice:
+        parts.append(f"<p><strong>What you can change:</strong> {_e(result.advice)}</p>")
+    parts.append("<h3>What was examined</h3>")
+    parts.append(_table(["count", "value"], sorted(result.examined.items())) if result.examined
+                 else "<p><strong>Nothing was examined.</strong></p>")
+    figs = _subgroup_figures(result) + _detail_figures(result)
+    if figs:
+        parts.append('<h3>Figures</h3><div class="figs">' + "".join(figs) + "</div>")
+    parts.append(f"<h3>Findings ({len(result.findings)})</h3>")
+    rows = [(f.status, f.metric, f.subgroup, f.value, f.threshold, f.evidence) for f in result.findings[:MAX_ROWS]]
+    parts.append(_table(["status", "metric", "subgroup", "value", "threshold", "evidence"], rows,
+                        classes=[str(r[0]) for r in rows]))
+    if len(result.findings) > MAX_ROWS:
+        parts.append(f"<p>{len(result.findings) - MAX_ROWS} more findings are in gate.json.</p>")
+    if result.artefacts:
+        parts.append("<h3>Artefacts</h3><ul>" + "".join(_link(k, v) for k, v in result.artefacts.items()) + "</ul>")
+    rest = {k: v for k, v in result.details.items() if k not in _PLOTTED_DETAILS}
+    if rest:
+        text = json.dumps(rest, indent=1, default=str, sort_keys=True)
+        if len(text) > MAX_DETAILS_CHARS:
+            text = text[:MAX_DETAILS_CHARS] + "\n... (cut)"
+        parts.append(f"<details><summary>Other details</summary><pre>{_e(text)}</pre></details>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _counts(context: Mapping[str, Any]) -> str:
+    counts = context.get("counts")
+    flat: dict[str, Any] = dict(counts) if isinstance(counts, Mapping) else {}
+    for k in ("seen", "published", "quarantined", "excluded"):
+        if k in context:
+            flat[k] = context[k]
+    if not flat:
+        return "<p>No input counts were given.</p>"
+    order = ["seen", "published", "quarantined", "excluded"]
+    keys = [k for k in order if k in flat] + sorted(k for k in flat if k not in order)
+    return _table(["input files", "count"], [(k, flat[k]) for k in keys])
+
+
+def render_html(decision: GateDecision, results: Sequence[CheckResult], *, policy: ReleasePolicy,
+                context: Mapping[str, Any]) -> str:
+    """The whole page as a string (see the module docstring for its order)."""
+    verdict = "PASSED: the release may be published" if decision.passed else "FAILED: nothing is published"
+    cls = "pass" if decision.passed else "fail"
+    run_id = context.get("run_id")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>Release Guard gate report</title>',
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Release Guard gate report{(' — run ' + _e(run_id)) if run_id else ''}</h1>",
+        f'<div class="verdict {cls}">{_e(verdict)}</div>',
+        "<h2>Summary</h2>",
+    ]
+    if decision.reasons:
+        parts.append("<p>The release is blocked because:</p><ul>"
+                     + "".join(f"<li>{_e(r)}</li>" for r in decision.reasons) + "</ul>")
+    else:
+        parts.append("<p>Every blocking check passed (or was waived with a written reason).</p>")
+    if decision.advisories:
+        parts.append("<p>Advisory (does not block):</p><ul>"
+                     + "".join(f"<li>{_e(a)}</li>" for a in decision.advisories) + "</ul>")
+    parts.append(_table(["check", "role", "outcome"], [(o.id, o.role, o.outcome) for o in decision.outcomes],
+                        classes=[o.outcome.split()[0] for o in decision.outcomes]))
+    parts.append("<h2>Input counts</h2>" + _counts(context))
+    parts.append("<h2>Waivers</h2>")
+    parts.append(_table(["check", "reason"], [(w.check, w.reason) for w in decision.waivers])
+                 if decision.waivers else "<p>No waiver was applied.</p>")
+    outcomes = {o.id: o for o in decision.outcomes}
+    for result in results:
+        o = outcomes.get(result.id)
+        parts.append(_check_section(result, o.outcome if o else result.status, o.role if o else "blocking"))
+    policy_text = json.dumps(policy.to_dict(), indent=1, default=str)
+    parts.append(f'<section id="policy"><h2>Policy used</h2><pre>{_e(policy_text)}</pre></section>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
