@@ -29,7 +29,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no telemetry from a re
 
 import pandas as pd  # noqa: E402
 from great_expectations.core.metric_domain_types import MetricDomainTypes  # noqa: E402
-from great_expectations.execution_engine import PandasExecutionEngine  # noqa: E402
+from great_expectations.execution_engine.pandas_execution_engine import PandasExecutionEngine  # noqa: E402
 from great_expectations.expectations.expectation import BatchExpectation  # noqa: E402
 from great_expectations.expectations.metrics.metric_provider import metric_value  # noqa: E402
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider  # noqa: E402
@@ -69,13 +69,13 @@ def kl_divergence(observed: Mapping[str, float], reference: Mapping[str, float])
     return out
 
 
-class TableSubgroupStats(TableMetricProvider):  # type: ignore[misc]
+class TableSubgroupStats(TableMetricProvider):
     """``table.subgroup_stats``: :func:`subgroup_stats` of the batch."""
 
     metric_name = METRIC
     value_keys = ("subgroup_column", "included_column", "label_column")
 
-    @metric_value(engine=PandasExecutionEngine)  # type: ignore[misc]
+    @metric_value(engine=PandasExecutionEngine)
     def _pandas(cls, execution_engine: PandasExecutionEngine, metric_domain_kwargs: dict[str, Any],
                 metric_value_kwargs: dict[str, Any], metrics: dict[str, Any],
                 runtime_configuration: dict[str, Any]) -> Stats:
@@ -86,7 +86,7 @@ class TableSubgroupStats(TableMetricProvider):  # type: ignore[misc]
                               label_column=metric_value_kwargs.get("label_column") or "label")
 
 
-class _SubgroupExpectation(BatchExpectation):  # type: ignore[misc]
+class _SubgroupExpectation(BatchExpectation):
     subgroup_column: str
     included_column: str = "included"
     label_column: str = "label"

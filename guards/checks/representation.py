@@ -39,6 +39,7 @@ from guards.policy import ReleasePolicy
 logger = logging.getLogger(__name__)
 
 CHECK_ID = "representation"
+_COLUMNS: dict[str, Any] = {"included_column": "included", "label_column": "label"}
 DOCS_DIR = "datadocs"
 SUITE_NAME = "release_representation"
 
@@ -78,7 +79,9 @@ def load_reference(path: str, *, subgroups: tuple[str, ...]) -> dict[str, dict[s
 
 
 def _plan(df: pd.DataFrame, policy: ReleasePolicy, reference: dict[str, dict[str, float]]) -> list[_Planned]:
-    from great_expectations.expectations import ExpectColumnDistinctValuesToContainSet
+    from great_expectations.expectations.core.expect_column_distinct_values_to_contain_set import (
+        ExpectColumnDistinctValuesToContainSet,
+    )
 
     from guards.checks import gx_expectations as gxe
 
@@ -98,23 +101,22 @@ def _plan(df: pd.DataFrame, policy: ReleasePolicy, reference: dict[str, dict[str
                                                    condition_parser="pandas"),
             "required_subgroups_present", f"{col}={'|'.join(values)}", ",".join(values)))
     has_labels = "label" in df.columns and bool((pd.to_numeric(df["label"], errors="coerce") >= 0).any())
-    common = {"included_column": "included", "label_column": "label"}
     for col in cols:
         values = sorted({str(v) for v in df[col].astype(str).unique() if v != UNKNOWN} | set(required.get(col, [])))
         for v in values:
             plans.append(_Planned(gxe.ExpectSubgroupShareAtLeast(
-                subgroup_column=col, value=v, min_count=sec.min_count, min_share=sec.min_share, **common),
+                subgroup_column=col, value=v, min_count=sec.min_count, min_share=sec.min_share, **_COLUMNS),
                 "subgroup_count_share", f"{col}={v}", f"count>={sec.min_count}, share>={sec.min_share}"))
             plans.append(_Planned(gxe.ExpectSubgroupExclusionRateRatioAtMost(
-                subgroup_column=col, value=v, max_ratio=sec.exclusion_ratio_max, **common),
+                subgroup_column=col, value=v, max_ratio=sec.exclusion_ratio_max, **_COLUMNS),
                 "exclusion_rate_ratio", f"{col}={v}", sec.exclusion_ratio_max))
             if has_labels:
                 plans.append(_Planned(gxe.ExpectSubgroupLabelPrevalenceToBeBetween(
                     subgroup_column=col, value=v, min_value=sec.prevalence_min, max_value=sec.prevalence_max,
-                    **common), "label_prevalence", f"{col}={v}", f"[{sec.prevalence_min}, {sec.prevalence_max}]"))
+                    **_COLUMNS), "label_prevalence", f"{col}={v}", f"[{sec.prevalence_min}, {sec.prevalence_max}]"))
         if col in reference:
             plans.append(_Planned(gxe.ExpectSubgroupKlDivergenceToBeLessThan(
-                subgroup_column=col, reference=reference[col], threshold=sec.kl_max, **common),
+                subgroup_column=col, reference=reference[col], threshold=sec.kl_max, **_COLUMNS),
                 "kl_divergence", f"{col}", sec.kl_max))
     return plans
 
@@ -122,15 +124,17 @@ def _plan(df: pd.DataFrame, policy: ReleasePolicy, reference: dict[str, dict[str
 def _validate(df: pd.DataFrame, plans: list[_Planned], docs_dir: Path) -> list[Any]:
     """Run the suite in an ephemeral context and build Data Docs into ``docs_dir``; results in plan order."""
     import great_expectations as gx
+    from great_expectations.checkpoint.actions import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     context.add_data_docs_site(site_name="release", site_config={
         "class_name": "SiteBuilder",
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder", "show_cta_footer": False},
         "show_how_to_buttons": False,
-    })
+    })  # type: ignore[typeddict-unknown-key]
     asset = context.data_sources.add_pandas("cohort").add_dataframe_asset("cohort")
     batch = asset.add_batch_definition_whole_dataframe("cohort")
     suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
@@ -139,10 +143,10 @@ def _validate(df: pd.DataFrame, plans: list[_Planned], docs_dir: Path) -> list[A
     vd = context.validation_definitions.add(gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name=SUITE_NAME, validation_definitions=[vd], result_format={"result_format": "SUMMARY"},
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="datadocs", site_names=["release"])]))
+        actions=[UpdateDataDocsAction(name="datadocs", site_names=["release"])]))
     run = checkpoint.run(batch_parameters={"dataframe": df})
     results = next(iter(run.run_results.values())).results
-    by_id = {r.expectation_config.id: r for r in results}
+    by_id = {r.expectation_config.id if r.expectation_config else None: r for r in results}
     return [by_id[p.expectation.id] for p in plans]
 
 
