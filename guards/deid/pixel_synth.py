@@ -80,7 +80,7 @@ def burned_in_sample(rng: np.random.Generator, *, variant: str, rows: int = 384,
     stack = [np.where(_text_mask(rng, rows, cols, lines), 1.0, _background(rng, rows, cols)) for _ in range(frames)]
     ds = _header(surname, given, pid, date, clinic, modality="CT" if variant == "signed_16" else "US")
     _store(ds, np.stack(stack), variant)
-    tokens = [surname, given, pid, date[4:6] + date[6:8] + date[:4]] + clinic.split()
+    tokens = [surname, given, pid, date[4:6] + date[6:8] + date[:4]] + [w for w in clinic.split() if len(w) >= 3]
     return BurnedInSample(dataset=ds, tokens=tokens, variant=variant)
 
 
