@@ -1,0 +1,282 @@
+"""Ingest: walk a source, read every file's header without its pixel data, and account for every file.
+
+Each file of the source ends as exactly one row of the index (guards.manifest.MANIFEST_SCHEMA):
+
+- ``indexed``: a usable DICOM instance (a file without the 128-byte preamble and ``DICM`` prefix is indexed when
+  it parses, with the reason "no preamble" recorded, as PS3.10 7.1 readers commonly tolerate);
+- ``quarantined``, with a specific reason, the file copied byte for byte under ``out_dir/quarantine/``: zero
+  bytes, not DICOM, truncated, unreadable pixel data (native Pixel Data shorter than Rows x Columns x
+  SamplesPerPixel x BitsAllocated/8 x NumberOfFrames), unsupported transfer syntax (no installed decoder),
+  no SOPInstanceUID, larger than the policy allows;
+- ``excluded``, with a reason: DICOMDIR media directories (PS3.10 8.6, rebuilt by readers, not published),
+  expected sidecar tables (``policy.sidecars``, e.g. labels.csv), symbolic links when not followed.
+
+Invariant, checked before the index is written: files seen = indexed + quarantined + excluded.
+Sources are local paths or fsspec URLs (``file://``, ``memory://``, or any protocol whose fsspec
+implementation is installed); remote files are read through fsspec and quarantine copies are local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import shutil
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import fsspec
+import pyarrow as pa
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+
+from guards.errors import InputError
+from guards.manifest import HEADER_KEYWORDS, empty_row, to_table, write_table
+from guards.policy import IngestSection
+from guards.progress import progress
+
+logger = logging.getLogger(__name__)
+
+QUARANTINE = "quarantine"
+FETCHED = "fetched"
+INDEX = "index.parquet"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+_NATIVE_TS = {
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+}
+_PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError,
+                 struct.error, OverflowError, EOFError, IndexError, UnicodeDecodeError)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The index of a source: one row per file, the counts by status, and the source root."""
+
+    table: pa.Table = field(repr=False)
+    counts: dict[str, int]
+    root: Path
+    index_path: Path
+
+
+def _open_source(source: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
+    text = str(source)
+    fs, _, paths = fsspec.get_fs_token_paths(text)
+    root = paths[0].rstrip("/") if paths else text
+    if not fs.exists(root) or not fs.isdir(root):
+        raise InputError(f"source {text!r} is not an existing folder; pass the root of a DICOM tree")
+    return fs, root
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def _walk(fs: fsspec.AbstractFileSystem, root: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every entry under root (files and symlinks), relative POSIX path and fsspec info, sorted."""
+    entries: list[tuple[str, dict[str, Any]]] = []
+    for dirpath, _dirs, files in fs.walk(root, detail=True):
+        for name, info in sorted(files.items()):
+            full = posixpath.join(dirpath, name) if not name.startswith(dirpath) else name
+            rel = posixpath.relpath(full, root)
+            entries.append((rel, info))
+    return sorted(entries, key=lambda e: e[0])
+
+
+def _expected_pixel_bytes(ds: Dataset) -> int | None:
+    """Bytes of native Pixel Data (PS3.5 8.1.1); YBR_FULL_422 stores 2 values per pixel (PS3.3 C.7.6.3.1.2)."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if bits == 1:
+        return (rows * cols * spp * frames + 7) // 8
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        spp = 2
+    return rows * cols * spp * frames * (bits // 8)
+
+
+def _pixel_problem(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
+    """A reason the pixel data cannot be used, checked without decoding it; None when it looks usable."""
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    if ts == DEFLATED:
+        # The whole data set is deflated (PS3.5 A.5): sizes on disk say nothing, so read it all.
+        try:
+            fp.seek(0)
+            full = dcmread(fp)
+            full.PixelData  # noqa: B018 - reading it is the check
+        except _PARSE_ERRORS as e:
+            return f"unreadable pixel data in deflated data set: {type(e).__name__}: {e}"[:500]
+        return None
+    if ts and ts not in _NATIVE_TS:
+        try:
+            available = get_decoder(ts).is_available
+        except (NotImplementedError, ValueError):
+            available = False
+        if not available:
+            return f"unsupported transfer syntax {ts}: no installed decoder for its pixel data"
+        return None
+    expected = _expected_pixel_bytes(ds)
+    if expected is None:
+        return "unreadable pixel data: Rows, Columns or BitsAllocated missing or invalid"
+    # Pixel Data is the last large element; the bytes after the header must hold it.
+    header_end = fp.tell()
+    remaining = size - header_end
+    if remaining < expected:
+        return f"unreadable pixel data: {remaining} bytes left for Pixel Data, {expected} expected (truncated)"
+    return None
+
+
+def _header(ds: Dataset) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for keyword in HEADER_KEYWORDS:
+        try:
+            value = ds.get(keyword)
+        except _PARSE_ERRORS:
+            value = None
+        row[keyword] = None if value is None or value == "" else str(value)
+    for keyword, column in (("Rows", "Rows"), ("Columns", "Columns"), ("NumberOfFrames", "NumberOfFrames"),
+                            ("BitsAllocated", "BitsAllocated"), ("SamplesPerPixel", "SamplesPerPixel")):
+        try:
+            value = ds.get(keyword)
+            row[column] = int(value) if value not in (None, "") else None
+        except _PARSE_ERRORS:
+            row[column] = None
+    row["TransferSyntaxUID"] = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else None
+    return row
+
+
+def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: IngestSection) -> dict[str, Any]:
+    """One index row for one file (status and reason decided here)."""
+    row = empty_row(rel)
+    row["size"] = size
+    if size == 0:
+        row.update(status="quarantined", reason="zero bytes")
+        return row
+    if size > policy.max_file_bytes:
+        row.update(status="quarantined", reason=f"file of {size} bytes exceeds ingest.max_file_bytes")
+        return row
+    has_prefix = len(data_head) >= 132 and data_head[128:132] == b"DICM"
+    notes: list[str] = []
+    try:
+        fp.seek(0)
+        ds = dcmread(fp, stop_before_pixels=True, force=not has_prefix)
+        if not has_prefix:
+            # force=True parses almost anything: demand the attributes of a composite instance.
+            if "SOPClassUID" not in ds and "DirectoryRecordSequence" not in ds:
+                raise InvalidDicomError("no DICM prefix and no SOPClassUID")
+            notes.append("no preamble: read without the 128-byte preamble and DICM prefix")
+        for _ in ds.iterall():  # convert every element (nested too) now, so a bad VR or value shows here
+            pass
+    except _PARSE_ERRORS as e:
+        if has_prefix or "Value Representation" in str(e):
+            detail = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            row.update(status="quarantined", reason=f"truncated or corrupt DICOM header: {detail}"[:500])
+        else:
+            row.update(status="quarantined", reason="not DICOM: no DICM prefix and does not parse as DICOM")
+        return row
+    if "DirectoryRecordSequence" in ds:
+        row.update(status="excluded", reason="DICOMDIR media directory (PS3.10 8.6): not an instance",
+                   is_dicomdir=True)
+        return row
+    try:
+        row.update(_header(ds))
+    except _PARSE_ERRORS as e:
+        row.update(status="quarantined", reason=f"invalid header values: {type(e).__name__}: {e}"[:500])
+        return row
+    row["is_dicomdir"] = False
+    if not row.get("SOPInstanceUID"):
+        row.update(status="quarantined", reason="no SOPInstanceUID: not a composite instance")
+        return row
+    has_pixels = "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds
+    row["has_pixels"] = has_pixels
+    if has_pixels:
+        problem = _pixel_problem(fp, ds, size)
+        if problem:
+            row.update(status="quarantined", reason=problem)
+            return row
+    row.update(status="indexed", reason="; ".join(notes))
+    return row
+
+
+def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> IngestResult:
+    """Index every file under ``source`` into ``out_dir/index.parquet``; copy unusable files to quarantine."""
+    fs, root = _open_source(source)
+    out_dir = Path(out_dir)
+    quarantine = out_dir / QUARANTINE
+    # A remote source is fetched once into out_dir/fetched/ so that later steps read local files.
+    local_root = Path(root) if _is_local(fs) else out_dir / FETCHED
+    for stale in (quarantine, out_dir / FETCHED):
+        if stale.exists():
+            shutil.rmtree(stale)  # re-running the step replaces its outputs
+    entries = _walk(fs, root)
+    rows: list[dict[str, Any]] = []
+    for rel, info in progress(entries, total=len(entries), what="ingest", logger=logger):
+        full = posixpath.join(root, rel)
+        if posixpath.basename(rel) in policy.sidecars:
+            row = empty_row(rel)
+            row.update(status="excluded", reason="sidecar table (ingest.sidecars), not an instance",
+                       size=int(info.get("size") or 0))
+            rows.append(row)
+            continue
+        if info.get("islink") and not policy.follow_symlinks:
+            row = empty_row(rel)
+            row.update(status="excluded", reason="symbolic link (ingest.follow_symlinks = false)")
+            rows.append(row)
+            continue
+        size = int(info.get("size") or 0)
+        try:
+            with fs.open(full, "rb") as f, warnings.catch_warnings():
+                # pydicom warns on every odd value; the index records problems as reasons instead.
+                warnings.simplefilter("ignore")
+                head = f.read(132)
+                row = _classify(head, f, size, rel, policy)
+                if row["status"] == "quarantined":
+                    f.seek(0)
+                    _copy_atomic(f, quarantine / rel)
+                elif row["status"] == "indexed" and not _is_local(fs):
+                    f.seek(0)
+                    _copy_atomic(f, local_root / rel)
+        except OSError as e:
+            row = empty_row(rel)
+            row.update(status="quarantined", reason=f"cannot be read: {type(e).__name__}: {e}"[:500], size=size)
+        if row["status"] != "excluded" and row.get("size") and row["status"] == "indexed":
+            row["sha256"] = _sha256(fs, full)
+        rows.append(row)
+    table = to_table(rows)
+    counts = {"seen": len(entries), "indexed": 0, "quarantined": 0, "excluded": 0}
+    for status in table.column("status").to_pylist():
+        counts[status] += 1
+    if counts["seen"] != counts["indexed"] + counts["quarantined"] + counts["excluded"]:
+        raise InputError(f"ingest lost track of files: {counts}; please report this as a bug")
+    index_path = out_dir / INDEX
+    write_table(table, index_path)
+    logger.info("ingest: %s", counts)
+    return IngestResult(table=table, counts=counts, root=local_root, index_path=index_path)
+
+
+def _copy_atomic(f: BinaryIO, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with tmp.open("wb") as out:
+        shutil.copyfileobj(f, out)
+    tmp.replace(target)
+
+
+def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
