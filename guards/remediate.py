@@ -18,12 +18,13 @@ applies to the released files (:class:`ValueTransform`), and the list of suppres
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
+from pydicom.dataset import Dataset
 
 from guards.checks.reid import class_sizes, quasi_identifiers_present
 from guards.cohort import UNKNOWN, age_band, age_years, band_labels
@@ -284,3 +285,22 @@ def remediate(cohort: pa.Table, *, policy: ReleasePolicy, max_suppression: float
 
 
 HeaderTransform = Callable[[str], str]
+
+
+def rewrite_dataset(ds: Dataset, transforms: Mapping[str, HeaderTransform]) -> dict[str, tuple[str, str]]:
+    """Apply ``transforms`` (DICOM keyword -> transform, e.g. :attr:`RemediationResult.transforms`) to the
+    top-level elements of a released dataset in place; returns keyword -> (old, new) for the values changed.
+
+    Elements absent from ``ds`` are left absent; a transform that gives an empty value keeps the element with an
+    empty value (PatientAge, PatientSize, PatientWeight and the dates are Type 2 or 3 in the IODs that carry them).
+    """
+    changed: dict[str, tuple[str, str]] = {}
+    for keyword, transform in transforms.items():
+        if keyword not in ds:
+            continue
+        old = str(ds[keyword].value if ds[keyword].value is not None else "")
+        new = transform(old)
+        if new != old.strip(" \x00"):
+            ds[keyword].value = new
+            changed[keyword] = (old, new)
+    return changed

@@ -46,6 +46,14 @@ def minority_cohort(*, seed: int = 7, majority: int = 400, minority: int = 6) ->
     return make_cohort(rows)
 
 
+def spread_cohort(seed: int = 3) -> pa.Table:
+    """600 patients with spread ages and weights: most records unique until generalised."""
+    rng = np.random.default_rng(seed)
+    rows = [{"PatientSex": "F" if i % 2 else "M", "PatientAge": f"{int(rng.integers(20, 95)):03d}Y",
+             "PatientWeight": f"{rng.uniform(50, 100):.1f}", "sex": "F" if i % 2 else "M"} for i in range(600)]
+    return make_cohort(rows)
+
+
 @pytest.fixture(scope="module")
 def policy() -> ReleasePolicy:
     return ReleasePolicy()
@@ -99,10 +107,7 @@ def test_remediation_passes_and_shows_cost(policy: ReleasePolicy) -> None:
 
 def test_remediation_generalises_before_suppressing(policy: ReleasePolicy) -> None:
     """When many records are at risk, generalisation is applied rather than suppressing over the limit."""
-    rng = np.random.default_rng(3)
-    rows = [{"PatientSex": "F" if i % 2 else "M", "PatientAge": f"{int(rng.integers(20, 80)):03d}Y",
-             "PatientWeight": f"{rng.uniform(50, 100):.1f}", "sex": "F" if i % 2 else "M"} for i in range(600)]
-    fixed = remediate(make_cohort(rows), policy=policy)
+    fixed = remediate(spread_cohort(), policy=policy)
     assert fixed.passed and fixed.within_suppression_limit
     assert fixed.losses["suppressed_share"] <= 0.05
     assert fixed.generalisations["PatientWeight"] != "released values"
@@ -167,3 +172,39 @@ def test_quasi_identifiers_present_skip_unknown_columns(policy: ReleasePolicy) -
     df = reid.included_frame(make_cohort([{"PatientSex": "M"}, {"PatientSex": "F"}]))
     assert reid.quasi_identifiers_present(df, policy) == ("PatientSex",)
     assert set(QI_COLUMNS) == set(policy.reid.quasi_identifiers)
+
+
+def test_header_transforms_rewrite_a_dataset_read_back(policy: ReleasePolicy, tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    from guards.remediate import rewrite_dataset
+
+    fixed = remediate(spread_cohort(), policy=policy)
+    ds = pydicom.Dataset()
+    ds.PatientAge, ds.PatientWeight, ds.PatientSex, ds.SOPInstanceUID = "093Y", "72.5", "F", "2.25.1"
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    changed = rewrite_dataset(ds, fixed.transforms)
+    assert changed["PatientAge"] == ("093Y", "090Y")  # top-coded 90+
+    assert "PatientSex" not in changed
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    back = pydicom.dcmread(path)
+    assert back.PatientAge == "090Y" and back.PatientSex == "F"
+    assert str(back.PatientWeight or "") == fixed.transforms["PatientWeight"]("72.5")  # empty when suppressed
+
+
+def test_header_values_keep_the_remediated_classes(policy: ReleasePolicy) -> None:
+    """Header values are one-to-one with the cohort's generalised values: the released files have the same
+    equivalence classes as the remediated cohort the check passed."""
+    cohort = spread_cohort()
+    fixed = remediate(cohort, policy=policy)
+    assert set(fixed.transforms) >= {"PatientAge", "PatientWeight"}
+    original = cohort.to_pandas()
+    remediated = fixed.table.to_pandas()
+    for column, t in fixed.transforms.items():
+        pairs = set(zip(original[column].map(t.header_value), remediated[column], strict=True))
+        assert len({h for h, _ in pairs}) == len(pairs) == len({c for _, c in pairs}), column
