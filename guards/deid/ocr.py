@@ -101,16 +101,28 @@ def parse_tsv(text: str, *, scale: float = 1.0, shift: int = 0) -> list[OcrWord]
 
 
 def ocr_words(
-    image: npt.NDArray[np.uint8], *, language: str = "eng", psm: int = SPARSE_TEXT_PSM, timeout_s: float = 120.0
+    image: npt.NDArray[np.uint8],
+    *,
+    language: str = "eng",
+    psm: int = SPARSE_TEXT_PSM,
+    scale: int = 1,
+    timeout_s: float = 120.0,
 ) -> list[OcrWord]:
-    """Words tesseract finds in an 8-bit grey ``image`` (rows x columns), boxes in the image's coordinates."""
+    """Words tesseract finds in an 8-bit grey ``image`` (rows x columns), boxes in the image's coordinates.
+
+    ``scale`` > 1 enlarges the frame by pixel repetition before OCR (a variant for small text; its effect is
+    measured in benchmarks/ocr/RESULTS.md); boxes are mapped back to the frame.
+    """
+    if scale < 1:
+        raise OcrError(f"ocr_words scale must be 1 or more, got {scale}")
     if image.ndim != 2 or image.dtype != np.uint8:
         raise OcrError(f"ocr_words needs a 2-D uint8 image, got shape {image.shape} dtype {image.dtype}")
     exe = tesseract_path()
     env = dict(os.environ, OMP_THREAD_LIMIT="1")
     with tempfile.TemporaryDirectory(prefix="guard-ocr-") as tmp:
         pgm = Path(tmp) / "frame.pgm"
-        _write_pgm(pgm, np.pad(image, BORDER, constant_values=0))
+        big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1) if scale > 1 else image
+        _write_pgm(pgm, np.pad(big, BORDER, constant_values=0))
         cmd = [exe, str(pgm), "stdout", "--psm", str(psm), "-l", language, "tsv"]
         try:
             done = subprocess.run(cmd, capture_output=True, check=False, timeout=timeout_s, env=env)
@@ -123,7 +135,7 @@ def ocr_words(
             f"check that the '{language}' traineddata is installed (tesseract --list-langs)"
         )
     rows, cols = image.shape
-    words = parse_tsv(done.stdout.decode("utf-8", "replace"), shift=BORDER)
+    words = parse_tsv(done.stdout.decode("utf-8", "replace"), shift=BORDER, scale=float(scale))
     return [
         OcrWord(w.text, w.confidence, max(0, w.x0), max(0, w.y0), min(cols, w.x1), min(rows, w.y1), w.line)
         for w in words
