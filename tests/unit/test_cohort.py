@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -123,3 +124,27 @@ def test_index_without_columns_is_refused(key: PseudonymKey) -> None:
     with pytest.raises(InputError, match="StudyInstanceUID"):
         build_cohort(pa.table({"path": ["a"], "status": ["indexed"]}), deid_manifest=None, labels={},
                      policy=ReleasePolicy(), key=key)
+
+
+def test_joins_the_real_deid_manifest(tmp_path: Path, key: PseudonymKey) -> None:
+    """Built from guards.deid's own outputs: study UIDs are the release's, quasi-identifiers the released ones."""
+    import shutil
+
+    from guards.deid import deidentify_tree
+    from guards.manifest import read_table
+    from guards.testdata import pydicom_test_dir
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(pydicom_test_dir() / name, src / name)
+    policy = ReleasePolicy()
+    deidentify_tree(src, tmp_path / "deid", policy=policy, key=key)
+    index = read_table(tmp_path / "deid" / ".ingest" / "index.parquet")
+    manifest = read_table(tmp_path / "deid" / "manifest.parquet")
+    cohort = build_cohort(index, deid_manifest=manifest, labels={}, policy=policy, key=key)
+    assert cohort.num_rows == 2 and all(cohort.column("included").to_pylist())
+    released_studies = {r["StudyInstanceUID"] for r in manifest.to_pylist() if r["status"] == "published"}
+    assert set(cohort.column("StudyInstanceUID").to_pylist()) == released_studies
+    assert set(index.column("PatientSex").to_pylist()) - {None, ""}  # the originals carry a sex ...
+    assert cohort.column("PatientSex").to_pylist() == ["unknown", "unknown"]  # ... the release does not
