@@ -187,3 +187,29 @@ def test_burned_in_name_is_read_by_ocr(tmp_path: Path) -> None:
     result = phi.run(rel, source_dir=src, policy=policy, ocr=True)
     assert result.examined["ocr_frames"] == 1 and result.examined["ocr_words"] >= 1
     assert any("PixelData frame 0 (OCR text)" in f.evidence for f in result.findings), result.findings
+
+
+def test_source_uid_in_file_meta_is_found(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested="9X0001")
+    from pydicom import dcmread
+
+    ds = dcmread(rel / "img.dcm")
+    ds.file_meta.MediaStorageSOPInstanceUID = SRC_UIDS[2]
+    ds.save_as(rel / "img.dcm")
+    result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    ev = [f.evidence for f in result.findings]
+    assert any("FileMetaInformation > MediaStorageSOPInstanceUID holds a uid token" in e for e in ev), ev
+
+
+def test_gate_report_names_the_leaked_element(tmp_path: Path) -> None:
+    from guards.report import write_report
+
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested=ACCESSION)
+    result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    policy = ReleasePolicy(gate=GateSection(blocking=("phi",), advisory=()))
+    index = write_report(decide([result], policy=policy), [result], tmp_path / "report", policy=policy, context={})
+    html = index.read_text(encoding="utf-8")
+    assert "FAILED" in html and "RequestAttributesSequence[0] &gt; AccessionNumber" in html
+    assert ACCESSION not in html and ACCESSION not in (tmp_path / "report" / "gate.json").read_text(encoding="utf-8")
