@@ -138,40 +138,11 @@ def _out_name(ds: Dataset, source_path: str, key: PseudonymKey) -> str:
 
 
 def _index(src: str | Path, dst: Path, policy: ReleasePolicy) -> tuple[Path, list[dict[str, Any]]]:
-    """The ingest index of ``src`` (guards.ingest), as rows; its work files go under ``dst/.ingest``.
+    """The ingest index of ``src`` (guards.ingest), as rows; its files go under ``dst/.ingest``."""
+    from guards.ingest import ingest
 
-    Until guards.ingest is installed, a local walk of a local folder stands in for it (same row shape).
-    """
-    try:
-        from guards.ingest import ingest
-    except ImportError:
-        log.warning("guards.ingest is not available: indexing %s with the local walk of guards.deid.tree", src)
-        return _local_index(Path(src), policy)
     result = ingest(src, out_dir=dst / INGEST_DIR, policy=policy.ingest)
     return Path(result.root), result.table.to_pylist()
-
-
-def _local_index(src: Path, policy: ReleasePolicy) -> tuple[Path, list[dict[str, Any]]]:
-    if not src.is_dir():
-        raise InputError(f"source {str(src)!r} is not a folder; pass the root of a DICOM tree")
-    rows: list[dict[str, Any]] = []
-    for p in sorted(q for q in src.rglob("*") if q.is_file()):
-        rel = p.relative_to(src).as_posix()
-        row: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
-        row.update(path=rel, source_path=rel, size=p.stat().st_size, status="indexed", reason="")
-        if p.name in policy.ingest.sidecars:
-            row.update(status="excluded", reason="sidecar table, not an instance")
-        else:
-            try:
-                ds = dcmread(p, stop_before_pixels=True)
-                if "DirectoryRecordSequence" in ds:
-                    row.update(status="excluded", reason="DICOMDIR: rebuilt by readers, not published")
-                elif "SOPInstanceUID" not in ds:
-                    row.update(status="quarantined", reason="no SOPInstanceUID: not a composite instance")
-            except (*_FILE_ERRORS, OSError) as e:
-                row.update(status="quarantined", reason=f"not readable as DICOM: {type(e).__name__}: {e}")
-        rows.append(row)
-    return src, rows
 
 
 def deidentify_tree(
@@ -236,7 +207,7 @@ def _one(
         return row
 
     try:
-        ds = dcmread(path)
+        ds = dcmread(path, force=True)  # ingest indexed it: files without the preamble are accepted there too
     except (*_FILE_ERRORS, OSError) as e:
         return failed(f"unreadable at deid: {type(e).__name__}: {e}")
     try:

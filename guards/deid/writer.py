@@ -98,7 +98,9 @@ def _write_dataset(fp: DicomBytesIO, ds: Dataset, implicit: bool, parent_encodin
                 if elem.length == _UNDEFINED:
                     write(_SEQUENCE_DELIMITER)
                 continue
-        elif elem.VR == "SQ" and not elem.is_buffered:
+            if elem.is_implicit_VR != implicit:
+                elem = ds[tag]  # encoded otherwise than the file says (a writer's mistake): decode, re-encode
+        if isinstance(elem, DataElement) and elem.VR == "SQ" and not elem.is_buffered:
             _write_sequence(fp, elem, implicit, encoding)
             continue
         with tag_in_exception(tag):

@@ -43,3 +43,17 @@ def test_same_bytes_as_pydicom(name: str, key: PseudonymKey) -> None:
     source = dcmread(path)
     if "PixelData" in source:
         assert back.PixelData == source.PixelData  # pixel data byte-exact
+
+
+def test_implicit_elements_in_an_explicit_file_are_reencoded(key: PseudonymKey) -> None:
+    """SC_rgb_jpeg.dcm says explicit VR but holds implicit-VR elements; pydicom's own writer fails on it."""
+    path = pydicom_test_dir() / "SC_rgb_jpeg.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = dcmread(path)
+        with pytest.raises(TypeError):
+            source.save_as(BytesIO(), enforce_file_format=True)
+        ds = deidentify_dataset(dcmread(path), policy=POLICY, key=key)
+        back = dcmread(BytesIO(encode_part10(ds)))
+    assert back.PixelData == source.PixelData
+    assert back.ImageType == source.ImageType and back.PatientIdentityRemoved == "YES"
