@@ -178,3 +178,16 @@ def test_no_residual_phi_in_the_stand_in_corpus(tmp_path: Path, key: PseudonymKe
             assert t.encode() not in data and t not in text, (rel, token)
             examined += 1
     assert examined == 16 * 9
+
+
+def test_default_policy_runs_real_pixel_cleaning(tmp_path: Path, key: PseudonymKey) -> None:
+    """With the default policy (Clean Pixel Data on) guards.deid.pixels examines each image; a CT without
+    burned-in text is published with its pixel data unchanged and the 113101 method code recorded."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(pydicom_test_dir() / "CT_small.dcm", src / "ct.dcm")
+    result = deidentify_tree(src, tmp_path / "out", policy=ReleasePolicy(), key=key)
+    (row,) = [r for r in result.table.to_pylist() if r["status"] == "published"]
+    out = dcmread(tmp_path / "out" / row["path"])
+    assert out.PixelData == dcmread(src / "ct.dcm").PixelData
+    assert "113101" in [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
