@@ -213,3 +213,26 @@ def test_gate_report_names_the_leaked_element(tmp_path: Path) -> None:
     html = index.read_text(encoding="utf-8")
     assert "FAILED" in html and "RequestAttributesSequence[0] &gt; AccessionNumber" in html
     assert ACCESSION not in html and ACCESSION not in (tmp_path / "report" / "gate.json").read_text(encoding="utf-8")
+
+
+def test_ocr_mosaic_assigns_words_to_the_right_file(tmp_path: Path) -> None:
+    """Three frames go into one tesseract call; only the file whose pixels hold the name is reported."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    src = _source(tmp_path)
+    rel = tmp_path / "release"
+    rel.mkdir()
+    font = ImageFont.load_default(size=36)
+    for i, text in enumerate(["", "QUORRINGTON", "LATERAL"]):
+        img = Image.new("L", (360, 80), 0)
+        if text:
+            ImageDraw.Draw(img).text((10, 20), text, fill=255, font=font)
+        uids = (f"2.25.80{i}1", f"2.25.80{i}2", f"2.25.80{i}3")
+        ds = _dataset(name="8F3A2C", pid="8F3A2C19", birth="", study="", accession="", nested_accession="",
+                      uids=uids, institution="", pixels=np.asarray(img))
+        ds.save_as(rel / f"f{i}.dcm", enforce_file_format=True)
+    result = phi.run(rel, source_dir=src, policy=ReleasePolicy(pixels=PixelsSection(ocr_all=True)), ocr=True)
+    assert result.examined["ocr_frames"] == 3 and result.examined["ocr_calls"] == 1
+    ocr_hits = [f.evidence for f in result.findings if "(OCR text)" in f.evidence]
+    assert ocr_hits == ["f1.dcm: PixelData frame 0 (OCR text) holds a name token from the source's PatientName "
+                        "(11 characters)"]
