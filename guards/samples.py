@@ -202,10 +202,10 @@ def ct_slice(rng: np.random.Generator, size: int, *, nodule: bool, z: int) -> np
 def burn_text(pixels: np.ndarray, lines: list[str], *, value: int) -> np.ndarray:
     """Draw ``lines`` in white on a dark band in the top-left corner (cap height >= 12 px), as modalities do."""
     h, w = pixels.shape
-    font = ImageFont.load_default(size=max(14, h // 16))
+    font = ImageFont.load_default(size=max(14, h // 12))
     canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
-    line_h = max(14, h // 16) + 6
+    line_h = max(14, h // 12) + 8
     band_w = min(w, max(int(draw.textlength(line, font=font)) for line in lines) + 12)
     band = np.zeros((h, w), dtype=bool)
     band[: line_h * len(lines) + 8, :band_w] = True
