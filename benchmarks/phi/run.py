@@ -50,19 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ocr-files", type=int, default=50)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json (default: print only)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the generated and de-identified trees here and reuse them on the next run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sys.path.insert(0, str(HERE.parent / "deid_throughput"))
     from synth import generate  # type: ignore[import-not-found]
 
-    work = Path(tempfile.mkdtemp(prefix="phi-bench-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="phi-bench-"))
     try:
         src, deid = work / "src", work / "deid"
-        generate(src, instances=args.instances, seed=args.seed)
         policy = ReleasePolicy()
-        t0 = time.perf_counter()
-        deidentify_tree(src, deid, policy=policy, key=PseudonymKey(os.urandom(32)))
-        deid_s = time.perf_counter() - t0
+        deid_s = float("nan")
+        if not (deid / "manifest.parquet").is_file():
+            shutil.rmtree(src, ignore_errors=True)
+            shutil.rmtree(deid, ignore_errors=True)
+            generate(src, instances=args.instances, seed=args.seed)
+            t0 = time.perf_counter()
+            deidentify_tree(src, deid, policy=policy, key=PseudonymKey(os.urandom(32)))
+            deid_s = time.perf_counter() - t0
+        shutil.rmtree(work / "ocr_subset", ignore_errors=True)
         no_ocr = _timed_run(deid, src, policy, ocr=False)
         sub = work / "ocr_subset"
         sub.mkdir()
@@ -84,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "results.json").write_text(text + "\n", encoding="utf-8")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -172,10 +172,16 @@ class TokenIndex:
             self.skipped[f"{category}: common word"] += 1
             return
         self.tokens.setdefault(words, Token(words=words, category=category, source_element=source_element))
+        self._lengths = None
+
+    _lengths: tuple[int, ...] | None = None
 
     @property
     def lengths(self) -> tuple[int, ...]:
-        return tuple(sorted({len(k) for k in self.tokens}))
+        """Word counts of the tokens (the n-grams to try), computed once after the last add."""
+        if self._lengths is None:
+            self._lengths = tuple(sorted({len(k) for k in self.tokens}))
+        return self._lengths
 
 
 def _element_strings(elem: DataElement) -> list[str]:
