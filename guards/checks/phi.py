@@ -9,7 +9,9 @@ released file is searched for it, MIDI-B style:
 - the raw bytes of every released file (anything the parser skips: undefined lengths, odd encodings,
   non-DICOM files such as sidecar tables), as ASCII words with their byte offset;
 - the text tesseract reads in the pixels (PS3.15 E.3.1 Clean Pixel Data Option), on the files the pixel
-  policy marks risky (``pixels.risky_modalities`` or BurnedInAnnotation YES) or on all when ``pixels.ocr_all``.
+  policy marks risky (``pixels.risky_modalities`` or BurnedInAnnotation YES) or on all when ``pixels.ocr_all``;
+  up to 8 frames per instance, evenly spaced; frames of one shape are OCR'd 16 to a tesseract call (a mosaic
+  with blank gaps, words mapped back by their box), because starting tesseract dominates on small frames.
 
 Token rules (what counts as source PHI, and what is skipped as too generic):
 
@@ -227,7 +229,7 @@ def _read(path: Path, *, pixels: bool) -> FileDataset | None:
         return None
 
 
-def _dicom_files(root: Path) -> list[Path]:
+def _files_under(root: Path) -> list[Path]:
     """Regular files under ``root``, skipping hidden folders and ``quarantine/`` (not part of a release)."""
     out = []
     for p in sorted(root.rglob("*")):
@@ -258,7 +260,7 @@ def gather_source_tokens(source_dir: Path, *, policy: ReleasePolicy) -> SourcePh
     patient_of: dict[str, str] = {}
     files = 0
     keep_dates = policy.deid.retain_longitudinal == "full"
-    paths = _dicom_files(source_dir)
+    paths = _files_under(source_dir)
     for path in progress(paths, total=len(paths), what="phi: source headers", logger=log):
         ds = _read(path, pixels=False)
         if ds is None:
@@ -534,7 +536,7 @@ def run(release_dir: Path, *, source_dir: Path, policy: ReleasePolicy, ocr: bool
     batcher = _OcrBatcher(language=policy.pixels.language, counts=counts)
     hits: list[Hit] = []
     scoped = 0
-    files = [p for p in _dicom_files(release_dir) if p.relative_to(release_dir).as_posix() != "manifest.parquet"]
+    files = [p for p in _files_under(release_dir) if p.relative_to(release_dir).as_posix() != "manifest.parquet"]
     for path in progress(files, total=len(files), what="phi: released files", logger=log):
         rel = path.relative_to(release_dir).as_posix()
         patient = source.patient_of.get(mapping.get(rel, ""))
