@@ -36,6 +36,13 @@ font-size:.8em;max-height:30em}.figs{display:flex;flex-wrap:wrap;gap:1em}
 """
 
 
+_CSS_CLASS = {"not run": "fail", "no data": "fail"}
+
+
+def _css(outcome: str) -> str:
+    return _CSS_CLASS.get(outcome, outcome)
+
+
 def _e(x: object) -> str:
     return escape(str(x), quote=True)
 
@@ -116,7 +123,7 @@ def _link(name: str, target: str) -> str:
 
 def _check_section(result: CheckResult, outcome: str, role: str) -> str:
     parts = [f'<section id="check-{_e(result.id)}"><h2>Check <code>{_e(result.id)}</code>: '
-             f'<span class="{_e(outcome.split()[0])}">{_e(outcome)}</span> ({_e(role)})</h2>']
+             f'<span class="{_e(_css(outcome))}">{_e(outcome)}</span> ({_e(role)})</h2>']
     if result.summary:
         parts.append(f"<p>{_e(result.summary)}</p>")
     if result.advice:
@@ -181,7 +188,7 @@ def render_html(decision: GateDecision, results: Sequence[CheckResult], *, polic
         parts.append("<p>Advisory (does not block):</p><ul>"
                      + "".join(f"<li>{_e(a)}</li>" for a in decision.advisories) + "</ul>")
     parts.append(_table(["check", "role", "outcome"], [(o.id, o.role, o.outcome) for o in decision.outcomes],
-                        classes=[o.outcome.split()[0] for o in decision.outcomes]))
+                        classes=[_css(o.outcome) for o in decision.outcomes]))
     parts.append("<h2>Input counts</h2>" + _counts(context))
     parts.append("<h2>Waivers</h2>")
     parts.append(_table(["check", "reason"], [(w.check, w.reason) for w in decision.waivers])
