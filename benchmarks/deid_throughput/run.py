@@ -10,9 +10,10 @@ tool reads each file from disk, de-identifies it and writes it to disk, in one p
   with its default ``dicom`` recipe, one call per file so that same-named files in different folders do not
   collide).
 
-Each timing is the best of ``--repeats`` passes over the corpus (files / second, failures counted apart). On the
-generated corpus, every output is searched for the source PHI tokens the generator recorded
-(``SampleCorpus.phi_tokens``), in the bytes and in the decoded element values, case-insensitively.
+Each timing is the best of ``--repeats`` passes over the corpus, the tools taking turns in every round
+(files / second, failures counted apart). On the generated corpus, every output is searched for the source PHI
+tokens the generator recorded (``SampleCorpus.phi_tokens``), in the bytes and in the decoded element values,
+case-insensitively.
 
 Usage: ``.venv/bin/python benchmarks/deid_throughput/run.py --generated 2000 --repeats 3``
 (peers: ``pip install -r benchmarks/deid_throughput/requirements.txt``).
@@ -125,25 +126,34 @@ def _readable(files: list[Path]) -> list[Path]:
     return keep
 
 
-def _time_tool(tool: Tool, files: list[Path], root: Path, out: Path, repeats: int) -> dict[str, Any]:
-    best = float("inf")
+def _one_pass(tool: Tool, files: list[Path], root: Path, out: Path) -> tuple[float, int]:
+    """Seconds for one pass of ``tool`` over ``files`` (outputs under ``out``), and the files it failed on."""
+    if out.exists():
+        shutil.rmtree(out)
+    targets = [out / f.relative_to(root) for f in files]
+    for t in {t.parent for t in targets}:
+        t.mkdir(parents=True, exist_ok=True)
     failures = 0
+    start = time.perf_counter()
+    for f, t in zip(files, targets, strict=True):
+        try:
+            tool(f, t)
+        except Exception:  # noqa: BLE001 - a peer's failure on one file is counted, not fatal
+            failures += 1
+    return time.perf_counter() - start, failures
+
+
+def _time_tools(tools: dict[str, Tool], files: list[Path], root: Path, out: Path, repeats: int) -> dict[str, Any]:
+    """Best of ``repeats`` passes per tool; the tools take turns in every round, so that a change of load on a
+    shared machine hits them alike."""
+    best = {name: float("inf") for name in tools}
+    failures = dict.fromkeys(tools, 0)
     for _ in range(repeats):
-        if out.exists():
-            shutil.rmtree(out)
-        targets = [out / f.relative_to(root) for f in files]
-        for t in {t.parent for t in targets}:
-            t.mkdir(parents=True, exist_ok=True)
-        failures = 0
-        start = time.perf_counter()
-        for f, t in zip(files, targets, strict=True):
-            try:
-                tool(f, t)
-            except Exception:  # noqa: BLE001 - a peer's failure on one file is counted, not fatal
-                failures += 1
-        best = min(best, time.perf_counter() - start)
-    return {"files": len(files), "failures": failures, "seconds": round(best, 3),
-            "files_per_s": round(len(files) / best, 1)}
+        for name, tool in tools.items():
+            seconds, failures[name] = _one_pass(tool, files, root, out / name)
+            best[name] = min(best[name], seconds)
+    return {name: {"files": len(files), "failures": failures[name], "seconds": round(best[name], 3),
+                   "files_per_s": round(len(files) / best[name], 1)} for name in tools}
 
 
 def _time_tree(files: list[Path], root: Path, out: Path, repeats: int, *, phi: dict[str, list[str]]) -> dict[str, Any]:
@@ -239,11 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     for cname, (root, files) in corpora.items():
         log.info("corpus %s: %d files", cname, len(files))
         entry: dict[str, Any] = {"files": len(files), "tools": {}}
-        for tname, tool in tools.items():
-            out = work / "out" / cname / tname
-            entry["tools"][tname] = _time_tool(tool, files, root, out, args.repeats)
+        entry["tools"] = _time_tools(tools, files, root, work / "out" / cname, args.repeats)
+        for tname in tools:
             if cname == "generated":
-                entry["tools"][tname].update(_residual_phi(phi, out))
+                entry["tools"][tname].update(_residual_phi(phi, work / "out" / cname / tname))
             log.info("  %-18s %s", tname, entry["tools"][tname])
         tree_out = work / "out" / cname / "release-guard-tree"
         tree_phi = phi if cname == "generated" else {}
