@@ -103,14 +103,18 @@ def main() -> None:
         rep, f = measure("representation (GX suite + Data Docs)", lambda: representation.run(
             cohort, source_index=None, policy=policy, report_dir=Path(tmp)), traced=args.tracemalloc)
         rows.append({**f, "status": rep.status, "expectations": rep.examined["expectations"],
-                     "failing": sorted({x.subgroup for x in rep.findings if x.status == "fail"})})
+                     "failing": [f"{x.subgroup} {x.metric}={x.value} (limit {x.threshold})"
+                                 for x in rep.findings if x.status == "fail"]})
     risk, f = measure("reid risk", lambda: reid.run(cohort, policy=policy), traced=args.tracemalloc)
     rows.append({**f, "status": risk.status, "records": risk.examined["records"],
                  "k": risk.details["overall"]["k"], "max_risk": risk.details["overall"]["prosecutor_max"],
                  "records_above": risk.details["overall"]["records_above"]})
     fixed, f = measure("remediation", lambda: remediate(cohort, policy=policy), traced=args.tracemalloc)
     rows.append({**f, "passed": fixed.passed, "steps": list(fixed.steps),
-                 "suppressed": fixed.losses["suppressed_records"], "paid_most": fixed.paid_most()})
+                 "suppressed": fixed.losses["suppressed_records"], "paid_most": fixed.paid_most(),
+                 "highest_suppressed_shares": sorted(fixed.subgroup_losses, key=lambda s: -s["suppressed_share"])[:4],
+                 "distinct_values": {c: f"{v['distinct_before']} -> {v['distinct_after']}"
+                                     for c, v in fixed.losses["columns"].items()}})
     after, f = measure("reid on remediated cohort", lambda: reid.run(fixed.table, policy=policy),
                        traced=args.tracemalloc)
     rows.append({**f, "status": after.status})
