@@ -6,10 +6,13 @@ Samarati & Sweeney (1998) and the greedy search of El Emam et al., "A globally o
 the de-identification of health data" (JAMIA 2009), simplified to a greedy walk:
 
 1. ages are generalised to the policy's bands with 90+ top-coded (HIPAA Safe Harbor aggregates ages over 89);
-2. while more records are at risk than ``max_suppression`` allows, the single one-level step (over all
+2. while more records are at risk than ``max_suppression`` allows (overall, or ``max_subgroup_suppression``
+   within any subgroup of ``policy.cohort.subgroups``, so that suppression does not fall on a minority: Knolle
+   et al., Nature 2026), the single one-level step (over all
    quasi-identifiers) that leaves the fewest records at risk is applied; ties prefer attributes earlier in
    ``STEP_ORDER`` (sizes, weights and years before sex and ethnic group, the subgroup columns themselves);
-3. the records still at risk are suppressed (``included`` set to False with a reason).
+3. steps the end state does not need are undone, latest first (a minimal generalisation, as in Samarati's);
+4. the records still at risk are suppressed (``included`` set to False with a reason).
 
 The result also gives, per DICOM attribute, the transform of released header values that the pipeline
 applies to the released files (:class:`ValueTransform`), and the list of suppressed studies.
@@ -177,15 +180,18 @@ def _at_risk(df: pd.DataFrame, qis: tuple[str, ...], k: int, max_risk: float) ->
     return (sizes < k) | (1.0 / sizes > max_risk)
 
 
-def remediate(cohort: pa.Table, *, policy: ReleasePolicy, max_suppression: float = 0.05) -> RemediationResult:
+def remediate(cohort: pa.Table, *, policy: ReleasePolicy, max_suppression: float = 0.05,
+              max_subgroup_suppression: float = 0.25) -> RemediationResult:
     """Generalise and suppress quasi-identifiers of ``cohort`` until k and the maximum risk hold.
 
     ``max_suppression`` is the largest share of included records that may be suppressed instead of
     generalising further; when every hierarchy is exhausted the remaining records at risk are suppressed anyway
-    and ``within_suppression_limit`` is False.
+    and ``within_suppression_limit`` is False. ``max_subgroup_suppression`` bounds the share of any one
+    subgroup's records that may be suppressed (1.0 switches the per-subgroup bound off).
     """
-    if not 0.0 <= max_suppression <= 1.0:
-        raise GuardError(f"max_suppression {max_suppression!r} is out of range; use a share from 0.0 to 1.0")
+    for name, value in (("max_suppression", max_suppression), ("max_subgroup_suppression", max_subgroup_suppression)):
+        if not 0.0 <= value <= 1.0:
+            raise GuardError(f"{name} {value!r} is out of range; use a share from 0.0 to 1.0")
     sec = policy.reid
     full = cohort.to_pandas()
     inc_mask = full["included"].astype(bool) if "included" in full.columns else pd.Series(True, index=full.index)
@@ -208,7 +214,19 @@ def remediate(cohort: pa.Table, *, policy: ReleasePolicy, max_suppression: float
     n = len(work)
     limit = int(max_suppression * n)
     risky = _at_risk(work, qis, sec.k, sec.max_risk) if n else pd.Series(dtype=bool)
-    while n and int(risky.sum()) > limit:
+    groups = [df[c].astype(str).to_numpy() for c in policy.cohort.subgroups if c in df.columns]
+
+    def too_many(risky: pd.Series) -> bool:
+        if int(risky.sum()) > limit:
+            return True
+        flags = risky.to_numpy()
+        for values in groups:
+            shares = pd.Series(flags).groupby(values).mean()
+            if float(shares.max()) > max_subgroup_suppression:
+                return True
+        return False
+
+    while n and too_many(risky):
         best: tuple[int, int, str] | None = None
         for order, q in enumerate(sorted(qis, key=lambda c: STEP_ORDER.index(c) if c in STEP_ORDER else 99)):
             if level[q] + 1 >= len(hierarchies[q]):
@@ -222,7 +240,19 @@ def remediate(cohort: pa.Table, *, policy: ReleasePolicy, max_suppression: float
             break
         step(best[2], level[best[2]] + 1)
         risky = _at_risk(work, qis, sec.k, sec.max_risk)
-    within = int(risky.sum()) <= limit if n else True
+    # minimal generalisation: undo steps (latest first) that the final state does not need
+    floor = {q: (1 if q == "PatientAge" else 0) for q in qis}
+    for q in reversed(list(dict.fromkeys(s.split(":")[0] for s in steps))):
+        while n and level[q] > floor[q]:
+            trial = work.copy()
+            trial[q] = _apply(original[q], hierarchies[q][level[q] - 1])
+            trial_risky = _at_risk(trial, qis, sec.k, sec.max_risk)
+            if too_many(trial_risky):
+                break
+            work, risky = trial, trial_risky
+            level[q] -= 1
+            steps.append(f"{q}: back to {hierarchies[q][level[q]].description}")
+    within = not too_many(risky) if n else True
     suppressed_mask = risky.to_numpy() if n else []
 
     # the remediated cohort: generalised values on every row, suppressed records no longer included

@@ -12,6 +12,7 @@ import pytest
 
 from guards.checks import reid
 from guards.cohort import COHORT_SCHEMA, QI_COLUMNS, UNKNOWN
+from guards.errors import GuardError
 from guards.policy import ReleasePolicy
 from guards.remediate import ValueTransform, remediate
 
@@ -81,28 +82,44 @@ def test_average_hides_the_minority(policy: ReleasePolicy) -> None:
 
 
 def test_remediation_passes_and_shows_cost(policy: ReleasePolicy) -> None:
+    """Default: no subgroup may lose more than 25% of its records, so the minority is kept and its
+    ethnic group is generalised away instead; the cost is reported per column and per subgroup."""
     cohort = minority_cohort()
     fixed = remediate(cohort, policy=policy)
     assert fixed.passed and fixed.within_suppression_limit
     after = reid.run(fixed.table, policy=policy)
     assert after.status == "pass", after.summary
-    # ages went to bands first, and the cost is reported overall and per subgroup
-    assert fixed.steps[0].startswith("PatientAge: age bands")
-    assert fixed.losses["suppressed_records"] == len(fixed.suppressed_studies) == 6
-    assert fixed.losses["columns"]["PatientAge"]["distinct_before"] > fixed.losses["columns"]["PatientAge"][
-        "distinct_after"]
-    assert fixed.paid_most() == "ethnic_group=C"
+    assert fixed.steps[0].startswith("PatientAge: age bands")  # ages go to bands first
+    assert fixed.generalisations["EthnicGroup"] == "suppressed"
+    assert fixed.generalisations["PatientAge"] == "age bands ['0-17', '18-39', '40-64', '65-89', '90+']"  # undone
+    assert fixed.losses["columns"]["EthnicGroup"] == {"applied": "suppressed", "distinct_before": 3,
+                                                      "distinct_after": 1, "records_changed": 406}
+    assert fixed.losses["suppressed_records"] == len(fixed.suppressed_studies) == 1
     c = next(s for s in fixed.subgroup_losses if s["subgroup"] == "ethnic_group=C")
-    assert c["suppressed_share"] == 1.0
-    a = next(s for s in fixed.subgroup_losses if s["subgroup"] == "ethnic_group=A")
-    assert a["suppressed"] == 0
-    out = fixed.table.to_pylist()
-    assert sum(not r["included"] for r in out) == 6
-    assert {r["exclusion_reason"] for r in out if not r["included"]} == {"re-identification risk: suppressed by"
-                                                                       " remediation"}
+    assert (c["records"], c["suppressed"], c["changed_share"]) == (6, 1, 1.0)
+    assert fixed.paid_most() == "ethnic_group=C"
+    assert set(fixed.transforms) == {"PatientAge", "EthnicGroup", "PatientWeight"}
     # with the check's remediate switch, the failing check carries the same plan
     preview = reid.run(cohort, policy=policy.with_overrides({"reid.remediate": True}))
-    assert preview.details["remediation"]["suppressed_studies"] == 6
+    assert preview.details["remediation"]["generalisations"] == fixed.generalisations
+
+
+def test_remediation_without_subgroup_bound_suppresses_the_minority(policy: ReleasePolicy) -> None:
+    """Without the per-subgroup bound the cheapest fix removes the minority: the cost shows who paid."""
+    fixed = remediate(minority_cohort(), policy=policy, max_subgroup_suppression=1.0)
+    assert fixed.passed and reid.run(fixed.table, policy=policy).status == "pass"
+    assert fixed.losses["suppressed_records"] == len(fixed.suppressed_studies) == 6
+    assert fixed.generalisations["EthnicGroup"] == "released values"
+    assert fixed.paid_most() == "ethnic_group=C"
+    c = next(s for s in fixed.subgroup_losses if s["subgroup"] == "ethnic_group=C")
+    a = next(s for s in fixed.subgroup_losses if s["subgroup"] == "ethnic_group=A")
+    assert (c["suppressed_share"], a["suppressed"]) == (1.0, 0)
+    out = fixed.table.to_pylist()
+    assert sum(not r["included"] for r in out) == 6
+    assert {r["exclusion_reason"] for r in out if not r["included"]} == {
+        "re-identification risk: suppressed by remediation"}
+    with pytest.raises(GuardError, match="max_subgroup_suppression"):
+        remediate(minority_cohort(), policy=policy, max_subgroup_suppression=2.0)
 
 
 def test_remediation_generalises_before_suppressing(policy: ReleasePolicy) -> None:
