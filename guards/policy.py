@@ -93,6 +93,7 @@ class ProtectSection:
     augment: bool = True  # optimise through flip + shift, as a victim is likely to train
     saturate: bool = True  # every masked pixel gets the full budget (eps * sign) at the end
     pseudo_label_clusters: int = 4  # k-means clusters for images without a label
+    init: str = "class_frequency"  # noise start: "uniform", "class_texture" or "class_frequency" (guards.protect.salm)
 
 
 @dataclass(frozen=True)

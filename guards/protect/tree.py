@@ -88,6 +88,7 @@ def noise_config(section: ProtectSection, *, batch_size: int) -> NoiseConfig:
         width=section.surrogate_width,
         augment=section.augment,
         saturate=section.saturate,
+        init=section.init,
     )
 
 
