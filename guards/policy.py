@@ -139,6 +139,8 @@ class ReidSection:
     max_risk: float = 0.09  # EMA Policy 0070
     remediate: bool = False
     population: str = ""
+    max_suppression: float = 0.05  # share of included records remediation may suppress (guards.remediate)
+    max_subgroup_suppression: float = 0.25  # share of any one subgroup's records it may suppress
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "representation.prevalence_max": (0.0, 1.0),
     "reid.max_risk": (0.0, 1.0),
     "reid.k": (1, 1e9),
+    "reid.max_suppression": (0.0, 1.0),
+    "reid.max_subgroup_suppression": (0.0, 1.0),
     "unlearnability.margin": (0.0, 1.0),
     "membership.tpr_at_1pct_fpr_max": (0.0, 1.0),
     "membership.auc_max": (0.0, 1.0),

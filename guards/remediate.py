@@ -180,15 +180,20 @@ def _at_risk(df: pd.DataFrame, qis: tuple[str, ...], k: int, max_risk: float) ->
     return (sizes < k) | (1.0 / sizes > max_risk)
 
 
-def remediate(cohort: pa.Table, *, policy: ReleasePolicy, max_suppression: float = 0.05,
-              max_subgroup_suppression: float = 0.25) -> RemediationResult:
+def remediate(cohort: pa.Table, *, policy: ReleasePolicy, max_suppression: float | None = None,
+              max_subgroup_suppression: float | None = None) -> RemediationResult:
     """Generalise and suppress quasi-identifiers of ``cohort`` until k and the maximum risk hold.
 
     ``max_suppression`` is the largest share of included records that may be suppressed instead of
     generalising further; when every hierarchy is exhausted the remaining records at risk are suppressed anyway
     and ``within_suppression_limit`` is False. ``max_subgroup_suppression`` bounds the share of any one
-    subgroup's records that may be suppressed (1.0 switches the per-subgroup bound off).
+    subgroup's records that may be suppressed (1.0 switches the per-subgroup bound off). Both default to
+    ``policy.reid.max_suppression`` and ``policy.reid.max_subgroup_suppression``.
     """
+    if max_suppression is None:
+        max_suppression = policy.reid.max_suppression
+    if max_subgroup_suppression is None:
+        max_subgroup_suppression = policy.reid.max_subgroup_suppression
     for name, value in (("max_suppression", max_suppression), ("max_subgroup_suppression", max_subgroup_suppression)):
         if not 0.0 <= value <= 1.0:
             raise GuardError(f"{name} {value!r} is out of range; use a share from 0.0 to 1.0")

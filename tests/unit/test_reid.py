@@ -106,7 +106,7 @@ def test_remediation_passes_and_shows_cost(policy: ReleasePolicy) -> None:
 
 def test_remediation_without_subgroup_bound_suppresses_the_minority(policy: ReleasePolicy) -> None:
     """Without the per-subgroup bound the cheapest fix removes the minority: the cost shows who paid."""
-    fixed = remediate(minority_cohort(), policy=policy, max_subgroup_suppression=1.0)
+    fixed = remediate(minority_cohort(), policy=policy.with_overrides({"reid.max_subgroup_suppression": 1.0}))
     assert fixed.passed and reid.run(fixed.table, policy=policy).status == "pass"
     assert fixed.losses["suppressed_records"] == len(fixed.suppressed_studies) == 6
     assert fixed.generalisations["EthnicGroup"] == "released values"
