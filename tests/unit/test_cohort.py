@@ -148,3 +148,15 @@ def test_joins_the_real_deid_manifest(tmp_path: Path, key: PseudonymKey) -> None
     assert set(cohort.column("StudyInstanceUID").to_pylist()) == released_studies
     assert set(index.column("PatientSex").to_pylist()) - {None, ""}  # the originals carry a sex ...
     assert cohort.column("PatientSex").to_pylist() == ["unknown", "unknown"]  # ... the release does not
+
+
+def test_key_never_in_the_cohort_files(index: pa.Table, deid_manifest: pa.Table, key: PseudonymKey, key_hex: str,
+                                        tmp_path: Path) -> None:
+    from guards.manifest import write_table
+
+    cohort = build_cohort(index, deid_manifest=deid_manifest, labels={}, policy=ReleasePolicy(), key=key)
+    write_table(cohort, tmp_path / "cohort.parquet")
+    write_table(patients_view(cohort), tmp_path / "patients.parquet")
+    for p in tmp_path.iterdir():
+        data = p.read_bytes()
+        assert key_hex.encode() not in data and bytes.fromhex(key_hex) not in data

@@ -225,3 +225,13 @@ def test_header_values_keep_the_remediated_classes(policy: ReleasePolicy) -> Non
     for column, t in fixed.transforms.items():
         pairs = set(zip(original[column].map(t.header_value), remediated[column], strict=True))
         assert len({h for h, _ in pairs}) == len(pairs) == len({c for _, c in pairs}), column
+
+
+def test_check_result_round_trips_with_remediation_details(policy: ReleasePolicy, tmp_path: Path) -> None:
+    from guards.checks.base import CheckResult
+
+    result = reid.run(minority_cohort(), policy=policy.with_overrides({"reid.remediate": True}))
+    result.write(tmp_path / "reid.json")
+    back = CheckResult.read(tmp_path / "reid.json")
+    assert back.status == "fail" and back.findings == result.findings
+    assert back.details["remediation"]["losses"]["suppressed_records"] == 1
