@@ -69,7 +69,7 @@ class PixelsSection:
     padding: int = 4  # pixels added around each detected text box
     min_confidence: float = 30.0  # tesseract word confidence (0-100) to count as text
     language: str = "eng"
-    verify_passes: int = 1  # times the cleaned frames are read again and any text still found is hidden too
+    verify_passes: int = 2  # at most this many re-reads of cleaned frames, hiding any text still found
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,9 @@ _OCR_FOLD = str.maketrans("OQDILZSB", "00011258")
 
 
 def matches_header(word: str, tokens: set[str]) -> bool:
-    """True when the OCR ``word`` equals, contains, or is a truncation (4+ characters) of a header token.
+    """True when the OCR ``word`` equals or contains a header token, or is a piece (4+ characters) of one.
+
+    Pieces cover overlays that truncate (``PATIENTFI...``) and OCR that splits a value (``MRN`` ``1628790``).
 
     Both sides are also compared with the letters OCR confuses with digits folded (O/Q/D to 0, I/L to 1, Z to
     2, S to 5, B to 8), so that ``24-MAY-O2`` matches ``24MAY02``.
@@ -118,7 +120,7 @@ def matches_header(word: str, tokens: set[str]) -> bool:
 
 def _match(w: str, tokens: set[str]) -> bool:
     for t in tokens:
-        if w == t or (len(t) >= 4 and t in w) or (len(w) >= 4 and t.startswith(w)):
+        if w == t or (len(t) >= 4 and t in w) or (len(w) >= 4 and w in t):
             return True
     return False
 

@@ -12,7 +12,7 @@ Decision per instance:
    :mod:`guards.deid.pixel_display`.
 3. Words to hide: in a risky instance every word tesseract reads with ``min_confidence`` or more (at least two
    letters or digits, no taller than an eighth of the frame), in any instance every word that matches a PHI
-   header value or looks like a date or an identifier (6+ digits).
+   header value or looks like a date or an identifier (6+ digits), whatever its confidence.
 4. Mode ``clean`` (default): the words' boxes, grown by ``padding``, are filled with the frame's darkest stored
    value; every other pixel keeps its stored bytes. The cleaned frames are read again (``verify_passes``) and
    any word still to hide is filled too. Burned In Annotation becomes ``NO`` and ``method_code`` is ``113101``
@@ -94,10 +94,10 @@ def _to_hide(word: OcrWord, *, risky: bool, tokens: set[str], policy: PixelsSect
     """(hide the word, it matches a header PHI value)."""
     if matches_header(word.text, tokens):
         return True, True
+    if looks_like_phi(word.text):  # dates and long digit runs are hidden whatever tesseract's confidence
+        return True, False
     if word.confidence < policy.min_confidence:
         return False, False
-    if looks_like_phi(word.text):
-        return True, False
     tall = (word.y1 - word.y0) > max(rows // 8, 16)
     return risky and len(normalize(word.text)) >= 2 and not tall, False
 
