@@ -57,6 +57,15 @@ def test_ocr_words_reads_text_touching_the_top_edge() -> None:
     assert all(w.y0 >= 0 for w in words)
 
 
+def test_ocr_words_upscaled_maps_boxes_back_to_the_frame() -> None:
+    image = _drawn("ZEBRA 4471902", at=(30, 50))
+    words = ocr_words(image, scale=2)
+    zebra = [w for w in words if normalize(w.text) == "ZEBRA"]
+    assert zebra and 24 <= zebra[0].x0 <= 36 and 48 <= zebra[0].y0 <= 62 and zebra[0].x1 <= 320
+    with pytest.raises(OcrError, match="scale must be 1 or more"):
+        ocr_words(image, scale=0)
+
+
 def test_ocr_words_on_a_blank_frame_finds_nothing() -> None:
     assert ocr_words(np.zeros((64, 96), dtype=np.uint8)) == []
 
@@ -117,6 +126,7 @@ def test_header_tokens_hold_name_parts_ids_dates_and_institution() -> None:
         ("WESTWA", True),  # truncated by the overlay ("WESTWA...")
         ("24-MAY—O2", True),  # letter O read for the digit 0
         ("120907058", True),  # accession number
+        ("0907058", True),  # a piece of it, as when OCR splits "ACC 120907058" oddly
         ("MR", False),  # too short to mean anything
         ("ULTRASOUND", False),  # not a header value
     ],
