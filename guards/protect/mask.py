@@ -12,6 +12,11 @@ frame. The paper's exact rule is not public in full; the rule implemented here i
    (stable sort on the score, ties broken by raster order), so the sparsity is exactly rho at the resolution
    the mask is computed at. ``native_mask`` recomputes the selection at native resolution from the upsampled
    saliency, so the stored image's mask has exactly round(rho * foreground) pixels as well.
+
+Measured justification: the exact-count rule is what the unit tests check (tests/unit/test_protect_mask.py).
+The choice of saliency (surrogate gradient + contrast) against alternatives (intensity, random positions)
+was NOT compared on the benchmark in this first version (no time on the shared 2-core machine); it is the
+first thing to measure next (benchmarks/unlearnable/RESULTS.md, "What is missing").
 """
 
 from __future__ import annotations
