@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--corpora", default="pydicom,pydicom-data,generated", help="comma-separated subset")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("pydicom", "deid", "dicognito", "guards"):
@@ -231,18 +232,22 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="deid_bench_"))
     results: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_at_start": list(os.getloadavg())},
+        "command": " ".join(["run.py", *(argv if argv is not None else sys.argv[1:])]),
         "repeats": args.repeats,
         "corpora": {},
     }
+    wanted = set(args.corpora.split(","))
     corpora: dict[str, tuple[Path, list[Path]]] = {}
-    pyd = _readable(pydicom_test_files())
-    corpora["pydicom"] = (_common_root(pyd), pyd)
-    data = _readable(pydicom_data_files())
+    if "pydicom" in wanted:
+        pyd = _readable(pydicom_test_files())
+        corpora["pydicom"] = (_common_root(pyd), pyd)
+    data = _readable(pydicom_data_files()) if "pydicom-data" in wanted else []
     if data:
         corpora["pydicom-data"] = (_common_root(data), data)
     phi: dict[str, list[str]] = {}
-    if args.generated:
+    if args.generated and "generated" in wanted:
         corpora["generated"], phi, results["generated_source"] = _generated(work, args.generated, args.seed)
 
     tools = _tools()
