@@ -4,7 +4,7 @@ Thin by design: every task imports ``guards`` inside its body and calls one func
 ``guards.pipeline``; no file reads, torch or pandas imports at parse time (the cron comes from the
 ``GUARD_SCHEDULE`` environment variable, which ``make``/docker set from the policy's ``release.schedule``).
 
-ingest -> plan_shards -> deid.expand -> merge_deid -> protect.expand -> merge_protect -> cohort
+ingest -> plan_shards -> deid.expand -> merge_deid -> protect -> cohort
        -> check_<id> (in parallel) -> gate -> publish
 """
 
@@ -106,7 +106,7 @@ def guard_release() -> None:
         from guards import pipeline
 
         rc = _run_context()
-        return pipeline.merge_deid(rc["paths"], policy=rc["policy"], key=rc["key"])
+        return pipeline.merge_deid(rc["paths"])
 
     @task(queue=GUARD_QUEUE_GPU or None)
     def protect(merged: dict[str, Any]) -> dict[str, Any]:

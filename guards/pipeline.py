@@ -9,6 +9,7 @@ step functions, one task each; ``run_pipeline`` calls them in order.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -19,10 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from guards.checks.base import CheckResult
 from guards.errors import InputError
 from guards.keys import PseudonymKey
-from guards.manifest import read_table, status_counts, write_table
+from guards.manifest import CROSSWALK_SCHEMA, read_table, status_counts, to_table, write_table
 from guards.policy import ReleasePolicy, load_policy
 
 logger = logging.getLogger(__name__)
@@ -122,16 +125,104 @@ def read_labels(path: Path) -> dict[str, int]:
     return labels
 
 
-def step_deid(source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> dict[str, Any]:
-    """Ingest and de-identify the source (PS3.15 Annex E) into ``run/deid``; the crosswalk goes to ``private/``."""
-    from guards.deid import deidentify_tree
+def step_ingest(source: str | Path, paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
+    """Index every source file into ``run/ingest/index.parquet`` (quarantine with reasons; nothing dropped)."""
+    from guards.ingest import ingest
 
-    if paths.deid.exists():
-        shutil.rmtree(paths.deid)
-    result = deidentify_tree(
-        source, paths.deid, policy=policy, key=key, crosswalk=paths.private / f"crosswalk-{paths.run_id}.parquet"
+    result = ingest(source, out_dir=paths.ingest, policy=policy.ingest)
+    (paths.ingest / "source_root.txt").write_text(str(result.root), encoding="utf-8")
+    return {"counts": dict(result.counts), "index": str(result.index_path)}
+
+
+def _shard_of(patient_id: str, shards: int) -> int:
+    """A patient's shard: stable across runs and machines, so a patient's studies stay together."""
+    return int.from_bytes(hashlib.sha256(patient_id.encode("utf-8")).digest()[:8], "big") % shards
+
+
+def plan_shards(paths: RunPaths, *, shards: int) -> list[int]:
+    """Split the indexed instances into at most ``shards`` groups of patients; returns the non-empty shard ids.
+
+    Rows ingest did not index (quarantined, excluded) are not de-identified: :func:`merge_deid` carries them.
+    """
+    if shards < 1:
+        raise InputError(f"shards must be at least 1, got {shards}")
+    index = read_table(paths.ingest / "index.parquet")
+    rows = [r for r in index.to_pylist() if r["status"] == "indexed"]
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(_shard_of(r.get("PatientID") or "", shards), []).append(r)
+    shard_dir = paths.ingest / "shards"
+    for stale in (shard_dir, paths.deid):  # a fresh plan starts de-identification afresh
+        if stale.exists():
+            shutil.rmtree(stale)
+    for shard, members in groups.items():
+        write_table(to_table(members), shard_dir / f"{shard:04d}.parquet")
+    logger.info("planned %d shard(s) over %d instances", len(groups), len(rows))
+    return sorted(groups)
+
+
+def step_deid_shard(
+    source: str | Path, paths: RunPaths, shard: int, *, policy: ReleasePolicy, key: PseudonymKey
+) -> dict[str, Any]:
+    """De-identify one shard into ``run/deid`` (PS3.15 Annex E); its manifest and crosswalk are its own."""
+    from guards.deid.tree import deidentify_index
+
+    root = Path((paths.ingest / "source_root.txt").read_text(encoding="utf-8"))
+    rows = read_table(paths.ingest / "shards" / f"{shard:04d}.parquet").to_pylist()
+    result = deidentify_index(
+        root, rows, paths.deid, policy=policy, key=key,
+        crosswalk=paths.private / paths.run_id / f"crosswalk-{shard:04d}.parquet",
+        manifest_path=paths.deid / ".shards" / f"{shard:04d}.parquet",
     )
-    return {"counts": dict(result.counts), "manifest": str(result.manifest_path)}
+    return {"shard": shard, "counts": dict(result.counts)}
+
+
+def merge_deid(paths: RunPaths) -> dict[str, Any]:
+    """One ``deid/manifest.parquet`` from the shards plus the files ingest did not index, one row per input file.
+
+    A SOP Instance found in two shards (the same instance filed under two patients) is published once; the
+    other copy is excluded with a reason. Temporary files of crashed attempts are removed.
+    """
+    from guards.deid.tree import remove_partial
+
+    remove_partial(paths.deid)
+    index = read_table(paths.ingest / "index.parquet").to_pylist()
+    rows = [{**r, "path": r.get("source_path") or r["path"]} for r in index if r["status"] != "indexed"]
+    seen: dict[str, str] = {}
+    for part in sorted((paths.deid / ".shards").glob("*.parquet")):
+        for r in read_table(part).to_pylist():
+            if r["status"] == "published":
+                if r["path"] in seen:
+                    r = {**r, "status": "excluded",
+                         "reason": f"duplicate SOPInstanceUID: the same instance as {seen[r['path']]!r}"}
+                else:
+                    seen[r["path"]] = r["source_path"]
+            rows.append(r)
+    expected = sum(1 for r in index)
+    if len(rows) != expected:
+        raise InputError(f"deid accounted for {len(rows)} of {expected} input files: a shard is missing; re-run it")
+    table = to_table(rows)
+    write_table(table, paths.deid / "manifest.parquet")
+    crosswalks = sorted((paths.private / paths.run_id).glob("crosswalk-*.parquet"))
+    if crosswalks:
+        merged = pa.concat_tables([read_table(c) for c in crosswalks]).to_pylist()
+        unique = sorted({(r["kind"], r["original"], r["pseudonym"]) for r in merged})
+        write_table(to_table([{"kind": k, "original": o, "pseudonym": p} for k, o, p in unique], CROSSWALK_SCHEMA),
+                    paths.private / f"crosswalk-{paths.run_id}.parquet")
+        shutil.rmtree(paths.private / paths.run_id)
+    counts = status_counts(table)
+    counts["seen"] = table.num_rows
+    return {"counts": counts, "manifest": str(paths.deid / "manifest.parquet")}
+
+
+def step_deid(
+    source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey, shards: int = 1
+) -> dict[str, Any]:
+    """ingest -> plan shards -> de-identify each shard -> merge, in-process (the DAG runs shards in parallel)."""
+    step_ingest(source, paths, policy=policy)
+    for shard in plan_shards(paths, shards=shards):
+        step_deid_shard(source, paths, shard, policy=policy, key=key)
+    return merge_deid(paths)
 
 
 def pseudonymous_labels(labels: dict[str, int], key: PseudonymKey, policy: ReleasePolicy) -> dict[str, int]:
@@ -170,7 +261,7 @@ def step_cohort(source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, k
     """Build the study table every check reads (one row per study, subgroup columns, label)."""
     from guards.cohort import build_cohort, patients_view
 
-    index = read_table(paths.deid / ".ingest" / "index.parquet")
+    index = read_table(paths.ingest / "index.parquet")
     deid_manifest = read_table(paths.deid / "manifest.parquet")
     root = _source_root(source)
     labels = read_labels(root / policy.ingest.labels)
@@ -197,7 +288,7 @@ def run_check(
     if check_id == "representation":
         from guards.checks import representation
 
-        index = read_table(paths.deid / ".ingest" / "index.parquet")
+        index = read_table(paths.ingest / "index.parquet")
         result = representation.run(cohort, source_index=index, policy=policy, report_dir=paths.report)
     elif check_id == "reid":
         from guards.checks import reid

@@ -161,8 +161,28 @@ def deidentify_tree(
                 "write it outside (e.g. OUT/private/crosswalk.parquet)"
             )
     dst.mkdir(parents=True, exist_ok=True)
-    _remove_partial(dst)
+    remove_partial(dst)
     root, index_rows = _index(src, dst, policy)
+    return deidentify_index(root, index_rows, dst, policy=policy, key=key, crosswalk=crosswalk)
+
+
+def deidentify_index(
+    root: Path,
+    index_rows: list[dict[str, Any]],
+    dst: Path,
+    *,
+    policy: ReleasePolicy,
+    key: PseudonymKey,
+    crosswalk: Path | None = None,
+    manifest_path: Path | None = None,
+) -> DeidResult:
+    """De-identify the files of ingest index rows (read under ``root``) into ``dst``.
+
+    Rows already quarantined or excluded by ingest are carried over with their reason. Used whole by
+    :func:`deidentify_tree`, and one shard (a group of patients) at a time by the pipeline, where several
+    shards write into the same ``dst`` in parallel, each with its own ``manifest_path`` and crosswalk.
+    """
+    dst = Path(dst).resolve()
     pairs: dict[tuple[str, str], str] | None = {} if crosswalk is not None else None
     rows: list[dict[str, Any]] = []
     written: dict[str, str] = {}
@@ -174,7 +194,7 @@ def deidentify_tree(
         source_path = r.get("source_path") or r["path"]
         rows.append(_one(root / r["path"], source_path, dst, policy=policy, key=key, pairs=pairs, written=written))
     table = to_table(rows)
-    manifest_path = dst / "manifest.parquet"
+    manifest_path = manifest_path or dst / "manifest.parquet"
     write_table(table, manifest_path)
     if crosswalk is not None and pairs is not None:
         cw = to_table(
@@ -234,10 +254,10 @@ def _one(
     return _row(rel, source_path, ds, data, "published", "")
 
 
-def _remove_partial(dst: Path) -> None:
+def remove_partial(dst: Path) -> None:
     """Remove temporary files a crashed run left behind (they never carry a final name)."""
     for p in dst.rglob(".*.tmp"):
         os.unlink(p)
 
 
-__all__ = ["DeidResult", "deidentify_tree"]
+__all__ = ["DeidResult", "deidentify_index", "deidentify_tree", "remove_partial"]
