@@ -4,7 +4,7 @@ Thin by design: every task imports ``guards`` inside its body and calls one func
 ``guards.pipeline``; no file reads, torch or pandas imports at parse time (the cron comes from the
 ``GUARD_SCHEDULE`` environment variable, which ``make``/docker set from the policy's ``release.schedule``).
 
-ingest -> plan_shards -> deid.expand -> merge_deid -> protect -> cohort
+ingest -> plan_shards -> deid.expand -> merge_deid -> protect -> cohort -> remediate
        -> check_<id> (in parallel) -> gate -> publish
 """
 
@@ -123,6 +123,13 @@ def guard_release() -> None:
         rc = _run_context()
         return pipeline.step_cohort(rc["source"], rc["paths"], policy=rc["policy"], key=rc["key"])
 
+    @task
+    def remediate(built: dict[str, Any]) -> dict[str, Any]:
+        from guards import pipeline
+
+        rc = _run_context()
+        return pipeline.step_remediate(rc["paths"], policy=rc["policy"])
+
     @task(retries=0)
     def check(check_id: str, built: dict[str, Any]) -> dict[str, Any]:
         from guards import pipeline
@@ -165,7 +172,7 @@ def guard_release() -> None:
     ingested = ingest()
     shards = plan_shards(ingested)
     merged = merge_deid(deid.expand(shard=shards))
-    built = cohort(protect(merged))
+    built = remediate(cohort(protect(merged)))
     results = check.partial(built=built).expand(check_id=list(CHECKS))
     publish(gate(results))
 

@@ -278,6 +278,55 @@ def step_cohort(source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, k
     return {"studies": cohort.num_rows}
 
 
+def step_remediate(paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
+    """Re-identification remediation (policy ``reid.remediate``): generalise or suppress quasi-identifiers.
+
+    The released headers are rewritten with the same transforms as the cohort (guards.remediate), suppressed
+    studies become ``excluded`` with a reason in the release manifest, and the cost (overall and per subgroup)
+    is written to ``cohort/remediation.json`` for the report and the datasheet.
+    """
+    if not policy.reid.remediate:
+        return {"skipped": True}
+    from pydicom import dcmread
+
+    from guards.remediate import SUPPRESSION_REASON, remediate, rewrite_dataset
+
+    cohort = read_table(paths.cohort / "cohort.parquet")
+    result = remediate(cohort, policy=policy)
+    tree = paths.release_tree(policy)
+    manifest = read_table(tree / "manifest.parquet").to_pylist()
+    suppressed = set(result.suppressed_studies)
+    rewritten = 0
+    for row in manifest:
+        if row["status"] != "published":
+            continue
+        if row["StudyInstanceUID"] in suppressed:
+            row.update(status="excluded", reason=SUPPRESSION_REASON)
+            continue
+        path = tree / row["path"]
+        ds = dcmread(path)
+        if rewrite_dataset(ds, result.transforms):
+            tmp = path.with_name(f".{path.name}.tmp")
+            ds.save_as(tmp, enforce_file_format=True)
+            tmp.replace(path)
+            data = path.read_bytes()
+            row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            rewritten += 1
+    write_table(to_table(manifest), tree / "manifest.parquet")
+    write_table(result.table, paths.cohort / "cohort.parquet")
+    summary = {
+        "generalisations": result.generalisations,
+        "suppressed_studies": len(suppressed),
+        "rewritten_files": rewritten,
+        "losses": result.losses,
+        "subgroup_losses": result.subgroup_losses,
+        "passed": result.passed,
+    }
+    (paths.cohort / "remediation.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    logger.info("remediation: %d files rewritten, %d studies suppressed", rewritten, len(suppressed))
+    return {"rewritten": rewritten, "suppressed": len(suppressed), "passed": result.passed}
+
+
 def run_check(
     check_id: str, source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, device: str = "cpu"
 ) -> dict[str, Any]:
@@ -329,7 +378,10 @@ def step_gate(paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
 
     results = [CheckResult.read(p) for p in sorted(paths.checks.glob("*.json"))]
     decision = decide(results, policy=policy)
-    context = {"run_id": paths.run_id, "counts": input_counts(paths, policy)}
+    context: dict[str, Any] = {"run_id": paths.run_id, "counts": input_counts(paths, policy)}
+    remediation = paths.cohort / "remediation.json"
+    if remediation.is_file():
+        context["remediation"] = json.loads(remediation.read_text(encoding="utf-8"))
     write_report(decision, results, paths.report, policy=policy, context=context)
     return {"passed": decision.passed, "report": str(paths.report / "index.html"), "reasons": list(decision.reasons)}
 
@@ -371,6 +423,12 @@ def datasheet(paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> s
     ]
     waivers = gate.get("waivers", [])
     lines += [f"- `{w['check']}`: {w['reason']}" for w in waivers] or ["None."]
+    remediation = paths.cohort / "remediation.json"
+    if remediation.is_file():
+        r = json.loads(remediation.read_text(encoding="utf-8"))
+        lines += ["", "## Re-identification remediation", "",
+                  f"- Studies suppressed: {r['suppressed_studies']}; files rewritten: {r['rewritten_files']}"]
+        lines += [f"- `{column}`: {level}" for column, level in r["generalisations"].items()]
     lines += ["", "## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
     return "\n".join(lines)
 
@@ -441,6 +499,7 @@ def run_pipeline(
         ("deid", lambda: step_deid(source, paths, policy=policy, key=key)),
         ("protect", lambda: step_protect(source, paths, policy=policy, key=key, device=device)),
         ("cohort", lambda: step_cohort(source, paths, policy=policy, key=key)),
+        ("remediate", lambda: step_remediate(paths, policy=policy)),
     ]
     for check_id in enabled_checks(policy):
         steps.append((f"check:{check_id}", _check_step(check_id, source, paths, policy=policy, device=device)))
