@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 import fsspec
 import pyarrow as pa
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
@@ -46,6 +47,9 @@ QUARANTINE = "quarantine"
 FETCHED = "fetched"
 INDEX = "index.parquet"
 DEFLATED = "1.2.840.10008.1.2.1.99"
+PIXEL_DATA_TAG = 0x7FE00010
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, PIXEL_DATA_TAG)  # Float / Double Float / Pixel Data
+DEFER_BYTES = 1 << 20  # values larger than this stay on disk while the header is checked
 _NATIVE_TS = {
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
@@ -107,6 +111,31 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
     return rows * cols * spp * frames * (bits // 8)
 
 
+def _pixel_element_header(fp: BinaryIO, ds: Dataset) -> tuple[int, int] | None:
+    """Tag and value length of the element where ``stop_before_pixels`` stopped (PS3.5 7.1.2/7.1.3), or None at EOF.
+
+    Only the element header is read: the value (the pixels) is neither read nor decoded.
+    """
+    start = fp.tell()
+    head = fp.read(12)
+    fp.seek(start)
+    if len(head) < 8:
+        return None
+    little = getattr(ds, "original_encoding", (None, True))[1] is not False
+    implicit = getattr(ds, "original_encoding", (False, None))[0] is True
+    order = "<" if little else ">"
+    group, elem = struct.unpack(order + "HH", head[:4])
+    if implicit:
+        (length,) = struct.unpack(order + "L", head[4:8])
+    elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+        if len(head) < 12:
+            return None
+        (length,) = struct.unpack(order + "L", head[8:12])
+    else:
+        (length,) = struct.unpack(order + "H", head[6:8])
+    return (group << 16) | elem, length
+
+
 def _pixel_problem(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
     """A reason the pixel data cannot be used, checked without decoding it; None when it looks usable."""
     ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
@@ -130,12 +159,33 @@ def _pixel_problem(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
     expected = _expected_pixel_bytes(ds)
     if expected is None:
         return "unreadable pixel data: Rows, Columns or BitsAllocated missing or invalid"
-    # Pixel Data is the last large element; the bytes after the header must hold it.
     header_end = fp.tell()
     remaining = size - header_end
+    element = _pixel_element_header(fp, ds)
+    if element is not None and element[0] == PIXEL_DATA_TAG:
+        length = element[1]
+        if length == 0xFFFFFFFF:
+            return f"unreadable pixel data: undefined-length (encapsulated) Pixel Data under native syntax {ts}"
+        # Values have even length (PS3.5 7.1.1): one padding byte is allowed.
+        if length not in (expected, expected + (expected % 2)):
+            return (f"unreadable pixel data: Pixel Data value length {length} does not match Rows x Columns x "
+                    f"SamplesPerPixel x BitsAllocated/8 x NumberOfFrames = {expected}")
+    # The bytes after the header must hold the value (a file that ends inside Pixel Data is truncated).
     if remaining < expected:
         return f"unreadable pixel data: {remaining} bytes left for Pixel Data, {expected} expected (truncated)"
     return None
+
+
+def _convert_all(ds: Dataset) -> None:
+    """Convert every raw element, recursing into sequences, leaving deferred (huge) values unread on disk."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length > DEFER_BYTES:
+            continue  # a huge value (e.g. a large private element): its VR was parsed, the bytes are not loaded
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _convert_all(item)
 
 
 def _header(ds: Dataset) -> dict[str, Any]:
@@ -171,14 +221,13 @@ def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: Inges
     notes: list[str] = []
     try:
         fp.seek(0)
-        ds = dcmread(fp, stop_before_pixels=True, force=not has_prefix)
+        ds = dcmread(fp, stop_before_pixels=True, force=not has_prefix, defer_size=DEFER_BYTES)
         if not has_prefix:
             # force=True parses almost anything: demand the attributes of a composite instance.
             if "SOPClassUID" not in ds and "DirectoryRecordSequence" not in ds:
                 raise InvalidDicomError("no DICM prefix and no SOPClassUID")
             notes.append("no preamble: read without the 128-byte preamble and DICM prefix")
-        for _ in ds.iterall():  # convert every element (nested too) now, so a bad VR or value shows here
-            pass
+        _convert_all(ds)  # convert every element (nested too) now, so a bad VR or value shows here
     except _PARSE_ERRORS as e:
         if has_prefix or "Value Representation" in str(e):
             detail = f"{type(e).__name__}: {str(e).splitlines()[0]}"
@@ -199,7 +248,11 @@ def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: Inges
     if not row.get("SOPInstanceUID"):
         row.update(status="quarantined", reason="no SOPInstanceUID: not a composite instance")
         return row
-    has_pixels = "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds
+    if row["TransferSyntaxUID"] == DEFLATED:  # positions in the inflated stream are not file positions
+        has_pixels = "Rows" in ds and "BitsAllocated" in ds
+    else:
+        element = _pixel_element_header(fp, ds)
+        has_pixels = element is not None and element[0] in _PIXEL_TAGS
     row["has_pixels"] = has_pixels
     if has_pixels:
         problem = _pixel_problem(fp, ds, size)
@@ -242,17 +295,18 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
                 warnings.simplefilter("ignore")
                 head = f.read(132)
                 row = _classify(head, f, size, rel, policy)
+                # One open per file: the copy (quarantine, or the local copy of a remote source) and the
+                # checksum of indexed files are made from the same handle.
                 if row["status"] == "quarantined":
                     f.seek(0)
                     _copy_atomic(f, quarantine / rel)
-                elif row["status"] == "indexed" and not _is_local(fs):
+                elif row["status"] == "indexed":
                     f.seek(0)
-                    _copy_atomic(f, local_root / rel)
+                    target = None if _is_local(fs) else local_root / rel
+                    row["sha256"] = _hash_and_copy(f, target)
         except OSError as e:
             row = empty_row(rel)
             row.update(status="quarantined", reason=f"cannot be read: {type(e).__name__}: {e}"[:500], size=size)
-        if row["status"] != "excluded" and row.get("size") and row["status"] == "indexed":
-            row["sha256"] = _sha256(fs, full)
         rows.append(row)
     table = to_table(rows)
     counts = {"seen": len(entries), "indexed": 0, "quarantined": 0, "excluded": 0}
@@ -267,6 +321,7 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
 
 
 def _copy_atomic(f: BinaryIO, target: Path) -> None:
+    """Copy ``f`` to ``target`` through a temporary name, then rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     with tmp.open("wb") as out:
@@ -274,9 +329,23 @@ def _copy_atomic(f: BinaryIO, target: Path) -> None:
     tmp.replace(target)
 
 
-def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def _hash_and_copy(f: BinaryIO, target: Path | None) -> str:
+    """SHA-256 of ``f`` read in 1 MiB chunks, copying it to ``target`` (temporary name, then rename) if given."""
     h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
+    out: BinaryIO | None = None
+    tmp: Path | None = None
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        out = tmp.open("wb")
+    try:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+            if out is not None:
+                out.write(chunk)
+    finally:
+        if out is not None:
+            out.close()
+    if tmp is not None and target is not None:
+        tmp.replace(target)
     return h.hexdigest()
