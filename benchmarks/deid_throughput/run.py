@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--corpora", default="pydicom,pydicom-data,generated", help="comma-separated subset")
+    parser.add_argument("--tools", default="", help="comma-separated subset (default: all, release-guard-tree too)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("pydicom", "deid", "dicognito", "guards"):
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         corpora["generated"], phi, results["generated_source"] = _generated(work, args.generated, args.seed)
 
     tools = _tools()
+    chosen = set(args.tools.split(",")) if args.tools else set(tools) | {"release-guard-tree"}
+    tools = {k: v for k, v in tools.items() if k in chosen}
     for cname, (root, files) in corpora.items():
         log.info("corpus %s: %d files", cname, len(files))
         entry: dict[str, Any] = {"files": len(files), "tools": {}}
@@ -259,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             if cname == "generated":
                 entry["tools"][tname].update(_residual_phi(phi, work / "out" / cname / tname))
             log.info("  %-18s %s", tname, entry["tools"][tname])
-        tree_out = work / "out" / cname / "release-guard-tree"
-        tree_phi = phi if cname == "generated" else {}
-        entry["tools"]["release-guard-tree"] = _time_tree(files, root, tree_out, args.repeats, phi=tree_phi)
-        log.info("  %-18s %s", "release-guard-tree", entry["tools"]["release-guard-tree"])
+        if "release-guard-tree" in chosen:
+            tree_out = work / "out" / cname / "release-guard-tree"
+            tree_phi = phi if cname == "generated" else {}
+            entry["tools"]["release-guard-tree"] = _time_tree(files, root, tree_out, args.repeats, phi=tree_phi)
+            log.info("  %-18s %s", "release-guard-tree", entry["tools"]["release-guard-tree"])
         _ratios(entry)
         results["corpora"][cname] = entry
     args.json.write_text(json.dumps(results, indent=2) + "\n")
