@@ -29,8 +29,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from guards.errors import GuardError
 from guards.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ SITES = [("St. Example General Hospital", "1 Hospital Way, Springfield"),
 DEVICES = [("ACME Imaging", "Radix 500", "CR"), ("Globex Medical", "DR-9", "DX"),
            ("Initech Health", "Clarity DX", "DX")]
 CT_DEVICE = ("Initech Health", "Helix 64")
+
+
+class SampleSpecError(GuardError, ValueError):
+    """Raised when :func:`generate_corpus` or :class:`Population` gets an option out of range."""
+
+
 PHYSICIANS = [("House", "Gregory"), ("Quinn", "Michaela"), ("Grey", "Meredith"), ("Carter", "John"),
               ("Yang", "Cristina"), ("Ross", "Douglas")]
 
@@ -67,7 +74,7 @@ class Population:
     sex: tuple[tuple[str, float], ...] = (("F", 0.5), ("M", 0.5))
     ethnic_groups: tuple[tuple[str, float], ...] = (("GROUP A", 0.6), ("GROUP B", 0.35), ("GROUP C", 0.05))
     prevalence: tuple[tuple[str, float], ...] = (("GROUP A", 0.4), ("GROUP B", 0.4), ("GROUP C", 0.3))
-    age_mean: float = 55.0
+    age_mean: float = 55.0  # age in years at the first study (normal, clipped to 18-97)
     age_sd: float = 18.0
     repeat_study_share: float = 0.3  # share of patients with a second study at a later date
     ct_share: float = 0.15  # share of studies that also have a small CT series
@@ -79,13 +86,15 @@ class Population:
     def __post_init__(self) -> None:
         for name in ("repeat_study_share", "ct_share", "burned_in_share", "monochrome1_share", "non_ascii_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"Population.{name} must be within [0, 1], got {getattr(self, name)}")
+                raise SampleSpecError(f"Population.{name} must be within [0, 1], got {getattr(self, name)}; "
+                                      "give a share between 0 and 1")
         if not 1 <= self.sites <= len(SITES):
-            raise ValueError(f"Population.sites must be 1 to {len(SITES)}, got {self.sites}")
+            raise SampleSpecError(f"Population.sites must be 1 to {len(SITES)}, got {self.sites}")
         groups = {g for g, _ in self.ethnic_groups}
         missing = groups - {g for g, _ in self.prevalence}
         if missing:
-            raise ValueError(f"Population.prevalence lacks the groups {sorted(missing)}")
+            raise SampleSpecError(f"Population.prevalence lacks the groups {sorted(missing)}; "
+                                  "give a label prevalence for every ethnic group")
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,11 @@ def _uid(seed: int, *parts: object) -> str:
     """A deterministic UID under the 2.25 root (PS3.5 B.2) from the seed and a path of parts."""
     digest = hashlib.sha256(":".join(str(p) for p in (seed, *parts)).encode()).digest()
     return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+def _age(birth: date, on: date) -> int:
+    """Completed years of age on ``on`` (the Patient's Age (0010,1010) of PS3.3 C.7.2.2)."""
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
 
 
 def _choice(rng: np.random.Generator, items: tuple[tuple[str, float], ...]) -> str:
@@ -130,7 +144,8 @@ class _Patient:
     phone: str
 
 
-def _patient(rng: np.random.Generator, index: int, population: Population) -> _Patient:
+def _patient(rng: np.random.Generator, index: int, population: Population, *, first_study: date) -> _Patient:
+    """One invented patient whose age at ``first_study`` follows the population's age distribution."""
     roll = rng.random()
     if roll < population.non_ascii_share * 0.6:
         family, given = LATIN1_NAMES[int(rng.integers(len(LATIN1_NAMES)))]
@@ -142,7 +157,7 @@ def _patient(rng: np.random.Generator, index: int, population: Population) -> _P
         family, given = FAMILY[int(rng.integers(len(FAMILY)))], GIVEN[int(rng.integers(len(GIVEN)))]
         charset = "ISO_IR 100"
     age = float(np.clip(rng.normal(population.age_mean, population.age_sd), 18, 97))
-    birth = date(2025, 6, 1) - timedelta(days=int(age * 365.25) + int(rng.integers(0, 365)))
+    birth = first_study - timedelta(days=int(age * 365.25) + int(rng.integers(0, 365)))
     sex = _choice(rng, population.sex)
     size = float(np.round(rng.normal(1.75 if sex == "M" else 1.63, 0.07), 2))
     weight = float(np.round(rng.normal(82 if sex == "M" else 68, 12), 1))
@@ -223,10 +238,10 @@ def burn_text(pixels: np.ndarray, lines: list[str], *, value: int) -> np.ndarray
 
 def _base_dataset(p: _Patient, *, sop_class: str, sop_uid: str) -> Dataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "2.25.302213456765423234978001"
+    meta.ImplementationClassUID = UID("2.25.302213456765423234978001")
     meta.ImplementationVersionName = "RGUARD_SAMPLES"
     ds = Dataset()
     ds.file_meta = meta
@@ -251,7 +266,7 @@ def _study_tokens(p: _Patient, st: dict[str, Any]) -> list[str]:
 def _fill_common(ds: Dataset, p: _Patient, st: dict[str, Any], *, modality: str, series_uid: str,
                  series_number: int, instance: int, seed: int) -> None:
     d = st["date"].strftime("%Y%m%d")
-    age = (st["date"] - p.birth).days // 365
+    age = _age(p.birth, st["date"])
     # Patient module (PS3.3 C.7.1.1)
     ds.PatientName = _pn(p.family, p.given)
     ds.PatientID = p.patient_id
@@ -366,6 +381,8 @@ def _radiograph(p: _Patient, st: dict[str, Any], rng: np.random.Generator, *, se
         value = "YES" if inconsistent < 0.5 else "NO" if inconsistent < 0.75 else None
     else:
         value = "NO" if inconsistent < 0.6 else None
+    if value is None and modality == "DX":  # Type 1 in the DX Image module (PS3.3 C.8.11.3): wrong, not absent
+        value = "NO"
     if value is not None:
         ds.BurnedInAnnotation = value
     monochrome1 = rng.random() < population.monochrome1_share
@@ -384,6 +401,12 @@ def _radiograph(p: _Patient, st: dict[str, Any], rng: np.random.Generator, *, se
         ds.PixelIntensityRelationshipSign = 1 if not monochrome1 else -1
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
         ds.LossyImageCompression = "00"
+        ds.PresentationLUTShape = "INVERSE" if monochrome1 else "IDENTITY"
+        # DX Anatomy Imaged module (PS3.3 C.8.11.5)
+        ds.ImageLaterality = "U"
+        region = Dataset()
+        region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "T-D3000", "SRT", "Chest"
+        ds.AnatomicRegionSequence = Sequence([region])
         ds.ImagerPixelSpacing = [0.139, 0.139]
         ds.DetectorType = "SCINTILLATOR"
         ds.DetectorID = f"DET-{st['serial']}"
@@ -429,9 +452,9 @@ def generate_corpus(out: Path, *, studies: int, seed: int, population: Populatio
                     image_size: int = 256) -> SampleCorpus:
     """Write ``studies`` generated studies under ``out`` plus ``out/labels.csv``; deterministic per ``seed``."""
     if studies < 1:
-        raise ValueError(f"studies must be at least 1, got {studies}")
+        raise SampleSpecError(f"studies must be at least 1, got {studies}")
     if image_size < 64:
-        raise ValueError(f"image_size must be at least 64 pixels, got {image_size}")
+        raise SampleSpecError(f"image_size must be at least 64 pixels, got {image_size}")
     population = population or Population()
     rng = np.random.default_rng(seed)
     out = Path(out)
@@ -440,13 +463,13 @@ def generate_corpus(out: Path, *, studies: int, seed: int, population: Populatio
     plan: list[tuple[_Patient, dict[str, Any]]] = []
     patients: list[_Patient] = []
     while len(plan) < studies:
-        p = _patient(rng, len(patients), population)
+        first = date(2019, 1, 1) + timedelta(days=int(rng.integers(0, 5 * 365)))
+        p = _patient(rng, len(patients), population, first_study=first)
         patients.append(p)
         n_studies = 2 if rng.random() < population.repeat_study_share else 1
-        first = date(2019, 1, 1) + timedelta(days=int(rng.integers(0, 5 * 365)))
         for k in range(min(n_studies, studies - len(plan))):
             site = SITES[int(rng.integers(population.sites))]
-            st = {
+            st: dict[str, Any] = {
                 "study_uid": _uid(seed, "study", p.index, k),
                 "date": first + timedelta(days=int(rng.integers(90, 700)) * k),
                 "time": f"{int(rng.integers(7, 19)):02d}{int(rng.integers(0, 60)):02d}{int(rng.integers(0, 60)):02d}",
@@ -468,6 +491,7 @@ def generate_corpus(out: Path, *, studies: int, seed: int, population: Populatio
     phi_tokens: dict[str, list[str]] = {}
     burned_in: dict[str, list[str]] = {}
     labels: dict[str, int] = {}
+    first_age: dict[int, int] = {}  # patient index -> age in years at the first study
     for p, st in progress(plan, total=len(plan), what="samples", logger=logger):
         tokens = _study_tokens(p, st)
         study_dir = out / p.patient_id / f"{st['date']:%Y%m%d}_{st['accession']}"
@@ -484,6 +508,7 @@ def generate_corpus(out: Path, *, studies: int, seed: int, population: Populatio
             if drawn_tokens:
                 burned_in[rel] = drawn_tokens
         labels[st["study_uid"]] = st["label"]
+        first_age.setdefault(p.index, _age(p.birth, st["date"]))
     labels_csv = out / "labels.csv"
     with labels_csv.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -491,8 +516,9 @@ def generate_corpus(out: Path, *, studies: int, seed: int, population: Populatio
         writer.writerows(sorted(labels.items()))
     demographics = [
         {"PatientID": p.patient_id, "PatientSex": p.sex, "EthnicGroup": p.ethnic_group,
-         "PatientBirthDate": p.birth.strftime("%Y%m%d"), "PatientName": _pn(p.family, p.given)}
-        for p in patients
+         "PatientBirthDate": p.birth.strftime("%Y%m%d"), "PatientName": _pn(p.family, p.given),
+         "PatientAge": first_age[p.index]}
+        for p in patients if p.index in first_age
     ]
     logger.info("samples: %d studies, %d patients, %d files under %s", len(plan), len(patients), len(files), out)
     return SampleCorpus(root=out, files=files, labels_csv=labels_csv, phi_tokens=phi_tokens, burned_in=burned_in,

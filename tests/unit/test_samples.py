@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from guards.errors import GuardError
 from guards.samples import Population, SampleCorpus, generate_corpus
 
 # Type 1 / Type 2 attributes of the modules the samples use (PS3.3 C.7.1.1, C.7.2.1, C.7.3.1, C.7.5.1,
@@ -18,6 +19,19 @@ REQUIRED = ["SOPClassUID", "SOPInstanceUID", "PatientName", "PatientID", "Patien
             "Modality", "SeriesInstanceUID", "SeriesNumber", "Manufacturer", "InstanceNumber", "SamplesPerPixel",
             "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
             "PixelRepresentation", "PixelData"]
+# Type 1 / Type 2 attributes of the modality-specific modules (PS3.3 C.8.1.1 CR Series, C.8.11 DX Series / Image /
+# Anatomy Imaged / Detector, C.8.2.1 CT Image, C.7.6.2 Image Plane, C.7.4.1 Frame of Reference).
+REQUIRED_BY_MODALITY = {
+    "CR": ["BodyPartExamined", "ViewPosition"],
+    "DX": ["PresentationIntentType", "PixelIntensityRelationship", "PixelIntensityRelationshipSign",
+           "RescaleIntercept", "RescaleSlope", "RescaleType", "PresentationLUTShape", "LossyImageCompression",
+           "BurnedInAnnotation", "ImageType", "ImageLaterality", "AnatomicRegionSequence", "DetectorType",
+           "ImagerPixelSpacing"],
+    "CT": ["ImageType", "RescaleIntercept", "RescaleSlope", "KVP", "AcquisitionNumber", "PixelSpacing",
+           "ImageOrientationPatient", "ImagePositionPatient", "SliceThickness", "FrameOfReferenceUID",
+           "PositionReferenceIndicator", "PatientPosition"],
+}
+SOP_CLASS = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1", "CT": "1.2.840.10008.5.1.4.1.1.2"}
 
 
 def test_every_file_reads_back_with_required_attributes_and_pixels(sample_corpus: SampleCorpus) -> None:
@@ -25,8 +39,10 @@ def test_every_file_reads_back_with_required_attributes_and_pixels(sample_corpus
     for path in sample_corpus.files:
         ds = dcmread(path)
         assert ds.preamble is not None and ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
-        for keyword in REQUIRED:
+        for keyword in REQUIRED + REQUIRED_BY_MODALITY[ds.Modality]:
             assert keyword in ds, (path.name, keyword)
+        assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == SOP_CLASS[ds.Modality]
+        assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (16, 12, 11)
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         pixels = ds.pixel_array
         assert pixels.shape == (ds.Rows, ds.Columns) and pixels.max() > 0
@@ -104,7 +120,8 @@ def test_non_ascii_names_declare_their_character_set(tmp_path: Path) -> None:
 
 
 def test_subgroup_shares_follow_the_population(tmp_path: Path) -> None:
-    pop = Population(ethnic_groups=(("GROUP A", 0.6), ("GROUP B", 0.34), ("GROUP C", 0.06)), ct_share=0.0)
+    pop = Population(ethnic_groups=(("GROUP A", 0.6), ("GROUP B", 0.34), ("GROUP C", 0.06)),
+                     prevalence=(("GROUP A", 0.5), ("GROUP B", 0.3), ("GROUP C", 0.1)), ct_share=0.0)
     corpus = generate_corpus(tmp_path, studies=400, seed=9, image_size=64, population=pop)
     groups = [d["EthnicGroup"] for d in corpus.demographics]
     sexes = [d["PatientSex"] for d in corpus.demographics]
@@ -114,6 +131,24 @@ def test_subgroup_shares_follow_the_population(tmp_path: Path) -> None:
         sd = (share * (1 - share) / n) ** 0.5
         assert abs(observed - share) < 4 * sd + 0.01, (group, observed, share)
     assert abs(sexes.count("F") / n - 0.5) < 0.1
+    ages = np.array([d["PatientAge"] for d in corpus.demographics], dtype=float)
+    assert abs(ages.mean() - pop.age_mean) < 4 * pop.age_sd / n**0.5 + 1.0, ages.mean()
+    assert 18 <= ages.min() and ages.max() <= 97
+    # label prevalence per group, read from the headers the files really carry
+    by_group: dict[str, list[int]] = {}
+    studies_per_patient: dict[str, set[str]] = {}
+    for path in corpus.files:
+        ds = dcmread(path, stop_before_pixels=True)
+        born, seen = ds.PatientBirthDate, ds.StudyDate  # PatientAge agrees with birth date and study date
+        assert ds.PatientAge == f"{int(seen[:4]) - int(born[:4]) - int(seen[4:] < born[4:]):03d}Y"
+        by_group.setdefault(str(ds.EthnicGroup), []).append(corpus.labels[ds.StudyInstanceUID])
+        studies_per_patient.setdefault(str(ds.PatientID), set()).add(str(ds.StudyInstanceUID))
+    for group, prevalence in pop.prevalence:
+        observed_labels = by_group[group]
+        sd = (prevalence * (1 - prevalence) / len(observed_labels)) ** 0.5
+        assert abs(float(np.mean(observed_labels)) - prevalence) < 4 * sd + 0.02, (group, prevalence)
+    repeat = sum(len(s) > 1 for s in studies_per_patient.values()) / len(studies_per_patient)
+    assert abs(repeat - pop.repeat_study_share) < 0.1
     burned = len(corpus.burned_in) / len(corpus.files)
     assert 0.14 < burned < 0.26
 
@@ -125,6 +160,8 @@ def test_burned_in_annotation_is_set_inconsistently(tmp_path: Path) -> None:
         ds = dcmread(corpus.root / rel, stop_before_pixels=True)
         values.add(ds.get("BurnedInAnnotation"))
     assert {"YES", "NO", None} <= values  # as in real archives: sometimes right, sometimes wrong, often absent
+    photometric = {dcmread(p, stop_before_pixels=True).PhotometricInterpretation for p in corpus.files}
+    assert photometric == {"MONOCHROME1", "MONOCHROME2"}
 
 
 @pytest.mark.skipif(subprocess.run(["which", "tesseract"], capture_output=True).returncode != 0,
@@ -180,3 +217,5 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
         generate_corpus(tmp_path, studies=0, seed=1)
     with pytest.raises(ValueError, match="burned_in_share"):
         Population(burned_in_share=1.5)
+    with pytest.raises(GuardError, match="prevalence lacks the groups"):
+        Population(ethnic_groups=(("GROUP Z", 1.0),))
