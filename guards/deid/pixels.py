@@ -196,6 +196,9 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection) -> PixelOutcome:
         images = display_frames(ds, _decode(ds))
     except _Unwritable as e:
         return PixelOutcome(action="quarantine", reason=str(e), risk=risk)
+    except (ValueError, KeyError, AttributeError, IndexError, TypeError) as e:
+        reason = f"Pixel Data cannot be displayed for OCR ({type(e).__name__}: {e}); check the LUT and pixel attributes"
+        return PixelOutcome(action="quarantine", reason=reason, risk=risk)
     tokens = header_tokens(ds)
     everything = list(range(len(images)))
     try:

@@ -99,6 +99,13 @@ def test_undecodable_pixel_data_is_quarantined_with_the_transfer_syntax() -> Non
     assert "1.2.840.10008.1.2.4.80" in outcome.reason and "cannot be decoded" in outcome.reason
 
 
+def test_pixel_data_that_cannot_be_displayed_is_quarantined() -> None:
+    ds = _sample("palette", seed=12).dataset
+    del ds.RedPaletteColorLookupTableData  # a PALETTE COLOR instance without its red LUT
+    outcome = clean_pixel_data(ds, policy=POLICY)
+    assert outcome.action == "quarantine" and "cannot be displayed" in outcome.reason
+
+
 def test_mode_quarantine_quarantines_and_leaves_pixels() -> None:
     ds = _sample("mono2_8", seed=9).dataset
     before = ds.PixelData
