@@ -5,11 +5,13 @@ Each file of the source ends as exactly one row of the index (guards.manifest.MA
 - ``indexed``: a usable DICOM instance (a file without the 128-byte preamble and ``DICM`` prefix is indexed when
   it parses, with the reason "no preamble" recorded, as PS3.10 7.1 readers commonly tolerate);
 - ``quarantined``, with a specific reason, the file copied byte for byte under ``out_dir/quarantine/``: zero
-  bytes, not DICOM, truncated, unreadable pixel data (native Pixel Data shorter than Rows x Columns x
-  SamplesPerPixel x BitsAllocated/8 x NumberOfFrames), unsupported transfer syntax (no installed decoder),
+  bytes, not DICOM, truncated (the file ends inside an element), bad VR or unparseable header, unreadable
+  pixel data (native Pixel Data length other than Rows x Columns x SamplesPerPixel x BitsAllocated/8 x
+  NumberOfFrames, checked from the element header without decoding), unsupported transfer syntax (no installed decoder),
   no SOPInstanceUID, larger than the policy allows;
 - ``excluded``, with a reason: DICOMDIR media directories (PS3.10 8.6, rebuilt by readers, not published),
-  expected sidecar tables (``policy.sidecars``, e.g. labels.csv), symbolic links when not followed.
+  expected sidecar tables (``policy.sidecars``, e.g. labels.csv), symbolic links when not followed, broken
+  links and links to folders. Hidden files are indexed like any other; file extensions are ignored.
 
 Invariant, checked before the index is written: files seen = indexed + quarantined + excluded.
 Sources are local paths or fsspec URLs (``file://``, ``memory://``, or any protocol whose fsspec
@@ -34,7 +36,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder
+from pydicom.pixels.utils import get_decoder
 
 from guards.errors import InputError
 from guards.manifest import HEADER_KEYWORDS, empty_row, to_table, write_table
@@ -95,15 +97,24 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str) -> list[tuple[str, dict[str,
     return sorted(entries, key=lambda e: e[0])
 
 
-def _expected_pixel_bytes(ds: Dataset) -> int | None:
-    """Bytes of native Pixel Data (PS3.5 8.1.1); YBR_FULL_422 stores 2 values per pixel (PS3.3 C.7.6.3.1.2)."""
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        return None
+def _expected_pixel_bytes(ds: Dataset) -> int | str:
+    """Bytes of native Pixel Data (PS3.5 8.1.1), or which attribute is missing or invalid.
+
+    YBR_FULL_422 stores 2 values per pixel (PS3.3 C.7.6.3.1.2); BitsAllocated 1 packs 8 pixels a byte.
+    """
+    values: dict[str, int] = {}
+    for keyword, default in (("Rows", None), ("Columns", None), ("BitsAllocated", None),
+                             ("SamplesPerPixel", 1), ("NumberOfFrames", 1)):
+        raw = ds.get(keyword)
+        if raw in (None, "") and default is not None:
+            values[keyword] = default
+            continue
+        try:
+            values[keyword] = int(raw)
+        except (TypeError, ValueError):
+            return f"{keyword} {'missing' if raw is None else f'invalid ({raw!r})'}"
+    rows, cols, bits = values["Rows"], values["Columns"], values["BitsAllocated"]
+    spp, frames = values["SamplesPerPixel"], values["NumberOfFrames"]
     if bits == 1:
         return (rows * cols * spp * frames + 7) // 8
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
@@ -157,8 +168,8 @@ def _pixel_problem(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
             return f"unsupported transfer syntax {ts}: no installed decoder for its pixel data"
         return None
     expected = _expected_pixel_bytes(ds)
-    if expected is None:
-        return "unreadable pixel data: Rows, Columns or BitsAllocated missing or invalid"
+    if isinstance(expected, str):
+        return f"unreadable pixel data: its size cannot be known, {expected}"
     header_end = fp.tell()
     remaining = size - header_end
     element = _pixel_element_header(fp, ds)
@@ -176,16 +187,38 @@ def _pixel_problem(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
     return None
 
 
-def _convert_all(ds: Dataset) -> None:
-    """Convert every raw element, recursing into sequences, leaving deferred (huge) values unread on disk."""
+class _TruncatedError(Exception):
+    """The file ends inside an element (its value is shorter than its length field)."""
+
+
+def _convert_all(ds: Dataset, size: int) -> None:
+    """Convert every raw element, recursing into sequences, leaving deferred (huge) values unread on disk.
+
+    pydicom reads a value cut short by the end of the file without complaint: a value shorter than its
+    length field (PS3.5 7.1) is reported here as truncation.
+    """
     for tag in list(ds.keys()):
         raw = ds.get_item(tag, keep_deferred=True)
-        if isinstance(raw, RawDataElement) and raw.value is None and raw.length > DEFER_BYTES:
-            continue  # a huge value (e.g. a large private element): its VR was parsed, the bytes are not loaded
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
+            if raw.value is None and raw.length > DEFER_BYTES:
+                # A huge value (e.g. a large private element): deferred, its bytes are not loaded.
+                if raw.value_tell + raw.length > size:
+                    raise _TruncatedError(f"file ends inside element {raw.tag} ({raw.length} bytes declared)")
+                continue
+            if raw.value is not None and len(raw.value) < raw.length:
+                raise _TruncatedError(f"file ends inside element {raw.tag} ({raw.length} bytes declared, "
+                                      f"{len(raw.value)} present)")
         elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value:
-                _convert_all(item)
+                _convert_all(item, size)
+
+
+def _meta_truncated(ds: Dataset, size: int) -> bool:
+    """True when File Meta Information Group Length (PS3.10 7.1) reaches past the end of the file."""
+    meta = getattr(ds, "file_meta", None)
+    length = meta.get("FileMetaInformationGroupLength") if meta is not None else None
+    return isinstance(length, int) and 132 + 12 + length > size
 
 
 def _header(ds: Dataset) -> dict[str, Any]:
@@ -227,7 +260,12 @@ def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: Inges
             if "SOPClassUID" not in ds and "DirectoryRecordSequence" not in ds:
                 raise InvalidDicomError("no DICM prefix and no SOPClassUID")
             notes.append("no preamble: read without the 128-byte preamble and DICM prefix")
-        _convert_all(ds)  # convert every element (nested too) now, so a bad VR or value shows here
+        if has_prefix and _meta_truncated(ds, size):
+            raise _TruncatedError("file ends inside the File Meta Information")
+        _convert_all(ds, size)  # convert every element (nested too) now, so a bad VR or value shows here
+    except _TruncatedError as e:
+        row.update(status="quarantined", reason=f"truncated: {e}"[:500])
+        return row
     except _PARSE_ERRORS as e:
         if has_prefix or "Value Representation" in str(e):
             detail = f"{type(e).__name__}: {str(e).splitlines()[0]}"
@@ -283,9 +321,10 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
                        size=int(info.get("size") or 0))
             rows.append(row)
             continue
-        if info.get("islink") and not policy.follow_symlinks:
+        link_reason = _link_reason(fs, full, policy) if info.get("islink") else None
+        if link_reason:
             row = empty_row(rel)
-            row.update(status="excluded", reason="symbolic link (ingest.follow_symlinks = false)")
+            row.update(status="excluded", reason=link_reason)
             rows.append(row)
             continue
         size = int(info.get("size") or 0)
@@ -318,6 +357,17 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
     write_table(table, index_path)
     logger.info("ingest: %s", counts)
     return IngestResult(table=table, counts=counts, root=local_root, index_path=index_path)
+
+
+def _link_reason(fs: fsspec.AbstractFileSystem, path: str, policy: IngestSection) -> str | None:
+    """Why a symbolic link is excluded, or None when it is followed as the file it points to."""
+    if not policy.follow_symlinks:
+        return "symbolic link (ingest.follow_symlinks = false)"
+    if not fs.exists(path):
+        return "broken symbolic link: its target does not exist"
+    if fs.isdir(path):
+        return "symbolic link to a folder: ingest does not descend into linked folders (no cycles, no duplicates)"
+    return None
 
 
 def _copy_atomic(f: BinaryIO, target: Path) -> None:

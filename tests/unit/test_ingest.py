@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
+import shutil
+import tracemalloc
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import fsspec
+import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import HTJ2KLossless
 
 from guards import testdata
 from guards.ingest import ingest
@@ -55,43 +63,72 @@ def test_dicomdir_is_recognised_and_excluded(tmp_path: Path) -> None:
     assert "DICOMDIR" in rows["DICOMDIR"]["reason"]
 
 
-def _bad_corpus(root: Path) -> dict[str, str]:
-    """Write the bad-input corpus; returns file name -> expected status:reason fragment."""
+HUGE_PRIVATE_BYTES = 3_000_000
+
+
+def _write_bad_corpus(root: Path) -> None:
+    """The bad-input corpus of the acceptance list (plus the other cases the contract names), built from CT_small."""
     root.mkdir()
     data = CT.read_bytes()
     (root / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    (root / "truncated_header.dcm").write_bytes(data[:300])
     (root / "zero.dcm").write_bytes(b"")
-    (root / "random.dcm").write_bytes(os.urandom(4096))
+    (root / "random.dcm").write_bytes(np.random.default_rng(7).bytes(4096))
     (root / "nopreamble.dcm").write_bytes(_without_preamble(data))
     ds = dcmread(CT)
     ds.add_new(0x00191010, "LO", "ACME")  # private creator
-    ds.add_new(0x00191001, "OB", b"\0" * 3_000_000)  # a huge private element
+    ds.add_new(0x00191001, "OB", b"\0" * HUGE_PRIVATE_BYTES)  # a huge private element
     ds.save_as(root / "huge_private.dcm")
     bad_vr = bytearray(data)
     pos = bad_vr.find(b"\x10\x00\x10\x00PN")  # (0010,0010) Patient's Name, explicit VR "PN"
     bad_vr[pos + 4 : pos + 6] = b"ZZ"  # an invalid VR
     (root / "bad_vr.dcm").write_bytes(bytes(bad_vr))
     (root / "scan.jpg").write_bytes(data)  # a valid instance under a wrong extension
+    (root / ".hidden.dcm").write_bytes(data)
+    (root / "link.dcm").symlink_to(root / "scan.jpg")
+    short = dcmread(CT)
+    short.Rows = int(short.Rows) + 10  # header promises more pixels than Pixel Data holds
+    short.save_as(root / "pixel_length.dcm")
+    htj2k = dcmread(testdata.pydicom_test_dir() / "693_J2KI.dcm")
+    htj2k.file_meta.TransferSyntaxUID = HTJ2KLossless  # no HTJ2K decoder is installed here
+    htj2k.save_as(root / "htj2k.dcm")
+    shutil.copyfile(testdata.pydicom_test_dir() / "test-SR.dcm", root / "report_sr.dcm")
+    (root / "media").mkdir()
+    shutil.copyfile(testdata.pydicom_test_dir() / "dicomdirtests" / "DICOMDIR", root / "media" / "DICOMDIR")
     (root / "labels.csv").write_text("StudyInstanceUID,label\n")
-    return {
-        "truncated.dcm": "quarantined:truncated",  # file ends inside Pixel Data
-        "zero.dcm": "quarantined:zero bytes",
-        "random.dcm": "quarantined:not DICOM",
-        "nopreamble.dcm": "indexed:no preamble",  # valid data set without preamble: usable, noted
-        "huge_private.dcm": "indexed:",  # large but within ingest.max_file_bytes
-        "bad_vr.dcm": "quarantined:Value Representation",  # an unknown VR in the header
-        "scan.jpg": "indexed:",  # the extension does not matter, the content does
-        "labels.csv": "excluded:sidecar",
-    }
+
+
+# file name -> (expected status, fragment of the reason)
+BAD_CASES = [
+    pytest.param("truncated.dcm", "quarantined", "truncated", id="truncated"),  # file ends inside Pixel Data
+    pytest.param("truncated_header.dcm", "quarantined", "truncated", id="truncated-header"),  # ends in an element
+    pytest.param("zero.dcm", "quarantined", "zero bytes", id="zero-bytes"),
+    pytest.param("random.dcm", "quarantined", "not DICOM", id="random-bytes"),
+    pytest.param("nopreamble.dcm", "indexed", "no preamble", id="no-preamble"),  # valid data set: usable, noted
+    pytest.param("huge_private.dcm", "indexed", "", id="huge-private"),  # large, within ingest.max_file_bytes
+    pytest.param("bad_vr.dcm", "quarantined", "Value Representation", id="bad-vr"),  # an unknown VR in the header
+    pytest.param("scan.jpg", "indexed", "", id="wrong-extension"),  # the content matters, not the extension
+    pytest.param(".hidden.dcm", "indexed", "", id="hidden-file"),  # hidden files are not skipped
+    pytest.param("link.dcm", "excluded", "symbolic link", id="symlink"),  # not followed by default
+    pytest.param("pixel_length.dcm", "quarantined", "does not match", id="pixel-length"),  # checked, not decoded
+    pytest.param("htj2k.dcm", "quarantined", "unsupported transfer syntax", id="unsupported-ts"),
+    pytest.param("report_sr.dcm", "indexed", "", id="structured-report"),  # no pixels, still an instance
+    pytest.param("media/DICOMDIR", "excluded", "DICOMDIR media directory", id="dicomdir"),
+    pytest.param("labels.csv", "excluded", "sidecar", id="sidecar"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, dict[str, Any]]]:
+    """The bad-input corpus ingested once: (source, out_dir, rows by path)."""
+    base = tmp_path_factory.mktemp("bad")
+    _write_bad_corpus(base / "src")
+    result = ingest(base / "src", out_dir=base / "out", policy=POLICY)
+    return base / "src", base / "out", {r["path"]: r for r in result.table.to_pylist()}
 
 
 def _without_preamble(data: bytes) -> bytes:
     """Only the data set: no preamble, DICM prefix or file meta, as some old archives hold (PS3.10 7.1)."""
-    from io import BytesIO
-
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
     ds = dcmread(BytesIO(data))
     buf = DicomBytesIO()
     buf.is_little_endian, buf.is_implicit_VR = True, False
@@ -101,17 +138,74 @@ def _without_preamble(data: bytes) -> bytes:
     return raw
 
 
-def test_bad_input_corpus_each_file_indexed_or_quarantined_with_reason(tmp_path: Path) -> None:
-    expected = _bad_corpus(tmp_path / "src")
-    result = ingest(tmp_path / "src", out_dir=tmp_path / "out", policy=POLICY)
+@pytest.mark.parametrize(("name", "status", "fragment"), BAD_CASES)
+def test_bad_input_ends_indexed_or_quarantined_with_its_reason(
+    bad: tuple[Path, Path, dict[str, dict[str, Any]]], name: str, status: str, fragment: str
+) -> None:
+    src, out, rows = bad
+    row = rows[name]
+    assert row["status"] == status, (name, row["reason"])
+    assert fragment.lower() in (row["reason"] or "").lower(), (name, row["reason"])
+    if status == "quarantined":  # a byte-identical copy under quarantine/<path>
+        assert (out / "quarantine" / name).read_bytes() == (src / name).read_bytes()
+    else:
+        assert not (out / "quarantine" / name).exists()
+    if status == "indexed":
+        assert row["sha256"] == hashlib.sha256((src / name).read_bytes()).hexdigest()
+        assert row["SOPInstanceUID"]
+
+
+def test_bad_corpus_every_file_exactly_once(bad: tuple[Path, Path, dict[str, dict[str, Any]]]) -> None:
+    src, out, rows = bad
+    on_disk = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() or p.is_symlink()}
+    assert set(rows) == on_disk == {p.values[0] for p in BAD_CASES}
+    table = read_table(out / "index.parquet")
+    assert table.schema.equals(MANIFEST_SCHEMA)
+    assert sorted(table.column("path").to_pylist()) == sorted(on_disk)
+
+
+def test_pixel_flags(bad: tuple[Path, Path, dict[str, dict[str, Any]]]) -> None:
+    _, _, rows = bad
+    assert rows["report_sr.dcm"]["has_pixels"] is False  # SR: no Pixel Data element
+    assert rows["scan.jpg"]["has_pixels"] is True
+    assert (rows["scan.jpg"]["Rows"], rows["scan.jpg"]["BitsAllocated"]) == (128, 16)
+    assert rows["media/DICOMDIR"]["is_dicomdir"] is True
+    assert rows["scan.jpg"]["is_dicomdir"] is False
+
+
+def test_huge_private_element_is_not_loaded(tmp_path: Path) -> None:
+    """The header check leaves a large value on disk: peak Python memory stays below the value's size."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = dcmread(CT)
+    ds.add_new(0x00191010, "LO", "ACME")
+    ds.add_new(0x00191001, "OB", b"\0" * 8_000_000)
+    ds.save_as(src / "huge.dcm")
+    del ds
+    tracemalloc.start()
+    try:
+        result = ingest(src, out_dir=tmp_path / "out", policy=POLICY)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.counts["indexed"] == 1
+    assert peak < 4_000_000, peak  # the 8 MB element was never read into memory
+
+
+def test_symlinks_followed_when_asked(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    shutil.copyfile(CT, src / "sub" / "a.dcm")
+    (src / "link.dcm").symlink_to(src / "sub" / "a.dcm")
+    (src / "linkdir").symlink_to(src / "sub")
+    (src / "broken.dcm").symlink_to(src / "missing.dcm")
+    result = ingest(src, out_dir=tmp_path / "out", policy=IngestSection(follow_symlinks=True))
     rows = {r["path"]: r for r in result.table.to_pylist()}
-    assert set(rows) == set(expected)
-    for name, want in expected.items():
-        status, _, fragment = want.partition(":")
-        assert rows[name]["status"] == status, (name, rows[name]["reason"])
-        assert fragment.lower() in (rows[name]["reason"] or "").lower(), (name, rows[name]["reason"])
-        if status == "quarantined":
-            assert rows[name]["reason"]
+    assert set(rows) == {"sub/a.dcm", "link.dcm", "linkdir", "broken.dcm"}
+    assert rows["link.dcm"]["status"] == "indexed"
+    assert (rows["linkdir"]["status"], rows["broken.dcm"]["status"]) == ("excluded", "excluded")
+    assert "folder" in rows["linkdir"]["reason"] and "broken" in rows["broken.dcm"]["reason"]
+    assert result.counts == {"seen": 4, "indexed": 2, "quarantined": 0, "excluded": 2}
 
 
 def test_size_limit_quarantines_with_reason(tmp_path: Path) -> None:
@@ -143,8 +237,8 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_rerun_gives_the_same_index(tmp_path: Path) -> None:
-    expected = _bad_corpus(tmp_path / "src")
+    _write_bad_corpus(tmp_path / "src")
     a = ingest(tmp_path / "src", out_dir=tmp_path / "out", policy=POLICY).table
     b = ingest(tmp_path / "src", out_dir=tmp_path / "out", policy=POLICY).table
     assert a.equals(b)
-    assert a.num_rows == len(expected)
+    assert a.num_rows == len(BAD_CASES)
