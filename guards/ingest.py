@@ -36,7 +36,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels.utils import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
 
 from guards.errors import InputError
 from guards.manifest import HEADER_KEYWORDS, empty_row, to_table, write_table
