@@ -235,6 +235,7 @@ class ReleasePolicy:
 
 
 _RANGES: dict[str, tuple[float, float]] = {
+    "ingest.max_file_bytes": (1, 1e15),
     "protect.epsilon": (0.0, 1.0),
     "protect.rho": (0.0, 1.0),
     "protect.stop_accuracy": (0.0, 1.0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,30 @@ def test_guard_toml_is_the_defaults_and_documents_every_key() -> None:
         assert f"{key.split('.')[-1]} = " in text or key == "gate.waivers"
 
 
+def test_every_guard_toml_key_has_a_comment_above_it() -> None:
+    """Each ``key = value`` line is preceded (in its comment block) by ``# key: what it does``."""
+    section = ""
+    block: list[str] = []
+    undocumented: list[str] = []
+    seen: set[str] = set()
+    for line in GUARD_TOML.read_text().splitlines():
+        header = re.match(r"^\[(\w+)\]$", line)
+        if header:
+            section, block = header.group(1), []
+            continue
+        assignment = re.match(r"^(\w+) = ", line)
+        if assignment:
+            key = assignment.group(1)
+            seen.add(f"{section}.{key}")
+            if not any(c.startswith(f"# {key}:") for c in block):
+                undocumented.append(f"{section}.{key}")
+            block = []
+        elif line.startswith("#"):
+            block.append(line)
+    assert seen == _keys(ReleasePolicy()) - {"gate.waivers"}  # every assignment line found and checked
+    assert undocumented == []
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -50,6 +75,9 @@ def test_guard_toml_is_the_defaults_and_documents_every_key() -> None:
         ({"gate": {"blocking": ["phi"], "advisory": ["phi"]}}, "both blocking and advisory"),
         ({"gate": {"waivers": [{"check": "phi", "reason": "ok"}]}}, "written reason of at least 10"),
         ({"reid": {"k": 0}}, "reid.k: 0 is out of range"),
+        ({"ingest": {"max_file_bytes": 0}}, "ingest.max_file_bytes: 0 is out of range"),  # nothing would pass
+        ({"ingest": {"sidecars": "labels.csv"}}, "ingest.sidecars: expected a list"),  # a string is not a list
+        ({"ingest": {"follow_symlinks": 1}}, "ingest.follow_symlinks: expected true or false"),
     ],
 )
 def test_invalid_values_name_the_key_and_what_is_allowed(data: dict[str, Any], message: str) -> None:
