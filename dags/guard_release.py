@@ -21,6 +21,9 @@ GUARD_OUT = os.environ.get("GUARD_OUT", os.path.join(os.environ.get("AIRFLOW_HOM
 GUARD_SOURCE = os.environ.get("GUARD_SOURCE", "")
 GUARD_POLICY = os.environ.get("GUARD_POLICY", "")
 GUARD_QUEUE_GPU = os.environ.get("GUARD_GPU_QUEUE", "")  # e.g. "gpu" routes protect to the GPU workers
+# A scheduled run needs a source: without GUARD_SOURCE the DAG is manual-only (the form asks for one), since
+# Airflow refuses a schedule on a DAG whose required params have no valid default.
+SCHEDULE = os.environ.get("GUARD_SCHEDULE", "0 2 * * *") if GUARD_SOURCE else None
 RELEASES = Asset(name="guard_releases", uri=f"file://{os.path.abspath(GUARD_OUT)}/releases")
 CHECKS = ("representation", "reid", "phi", "membership", "unlearnability", "attribute")
 
@@ -70,7 +73,7 @@ def _run_context() -> dict[str, Any]:
 
 @dag(
     dag_id="guard_release",
-    schedule=os.environ.get("GUARD_SCHEDULE", "0 2 * * *"),
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

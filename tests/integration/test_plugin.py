@@ -1,0 +1,155 @@
+"""plugins/guard_review.py served by the real Airflow API app (create_app, SimpleAuthManager with one user).
+
+A failing run's report is shown to a client holding a JWT from the auth manager's token endpoint; every route
+refuses a request without a token (401); paths outside a run's report folder are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# Airflow reads its configuration when first imported: point it at a throw-away home before that happens.
+# test_dag.py computes the same home, so the two modules agree whichever is imported first.
+AIRFLOW_HOME = Path(tempfile.gettempdir()) / f"guard-pytest-airflow-{os.getpid()}"
+os.environ.update(
+    AIRFLOW_HOME=str(AIRFLOW_HOME),
+    AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+    AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",  # all-admins mode authenticates every request
+    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="steward:viewer",
+    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(AIRFLOW_HOME / "passwords.json"),
+)
+os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
+
+pytest.importorskip("airflow", reason="apache-airflow is not installed (pip install -e '.[airflow]')")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from guards import pipeline  # noqa: E402
+from guards.keys import PseudonymKey  # noqa: E402
+from guards.policy import ReleasePolicy  # noqa: E402
+from guards.samples import generate_corpus  # noqa: E402
+
+pytestmark = [pytest.mark.airflow]
+
+# deid + cohort + reid only; k far above the corpus size so reid (the only blocking check) fails.
+FAILING = ReleasePolicy().with_overrides({
+    "deid.clean_pixel_data": False, "protect.enabled": False,
+    "gate.blocking": ["reid"], "gate.advisory": [], "reid.k": 1000,
+})
+
+
+@pytest.fixture(scope="module")
+def guard_out(tmp_path_factory: pytest.TempPathFactory, key: PseudonymKey) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("guard-out")
+    root = tmp_path_factory.mktemp("src")
+    generate_corpus(root, studies=12, seed=3, image_size=64)
+    result = pipeline.run_pipeline(root, out, policy=FAILING, key=key, run_id="manual__2026-11-23_failing")
+    assert not result.passed and result.release is None
+    (out / "secret.txt").write_text("outside every report folder", encoding="utf-8")
+    old = os.environ.get("GUARD_OUT")
+    os.environ["GUARD_OUT"] = str(out)
+    yield out
+    if old is None:
+        os.environ.pop("GUARD_OUT", None)
+    else:
+        os.environ["GUARD_OUT"] = old
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    passwords = AIRFLOW_HOME / "passwords.json"
+    if not passwords.exists():  # the auth manager keeps a user's existing password
+        passwords.write_text(json.dumps({"steward": secrets.token_urlsafe(16)}), encoding="utf-8")
+    if not (AIRFLOW_HOME / "airflow.db").exists():
+        subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
+                       env=dict(os.environ), capture_output=True, timeout=300)
+    from airflow.api_fastapi.app import create_app
+
+    return TestClient(create_app(apps="core"))
+
+
+@pytest.fixture(scope="module")
+def token(client: TestClient) -> str:
+    password = json.loads((AIRFLOW_HOME / "passwords.json").read_text(encoding="utf-8"))["steward"]
+    assert client.post("/auth/token", json={"username": "steward", "password": "wrong"}).status_code == 401
+    response = client.post("/auth/token", json={"username": "steward", "password": password})
+    assert response.status_code == 201, response.text
+    return str(response.json()["access_token"])
+
+
+def test_failing_run_listed_with_its_failing_check(client: TestClient, token: str, guard_out: Path) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    runs = client.get("/release-gates/api/runs", headers=auth)
+    assert runs.status_code == 200
+    [run] = runs.json()
+    assert run["run_id"] == "manual__2026-11-23_failing" and run["passed"] is False
+    assert {c["id"] for c in run["failing"]} == {"reid"}
+    page = client.get("/release-gates/", headers=auth)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "FAILED" in page.text and "manual__2026-11-23_failing" in page.text and "<b>reid</b>" in page.text
+
+
+def test_failing_run_report_served(client: TestClient, token: str, guard_out: Path) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    report = guard_out / "runs" / "manual__2026-11-23_failing" / "report"
+    page = client.get("/release-gates/runs/manual__2026-11-23_failing/", headers=auth)
+    assert page.status_code == 200
+    assert page.content == (report / "index.html").read_bytes()
+    gate = client.get("/release-gates/runs/manual__2026-11-23_failing/gate.json", headers=auth)
+    assert gate.status_code == 200 and gate.json()["passed"] is False
+    # the UI's session cookie works as well as the bearer header (the nav view is an iframe)
+    client.cookies.set("_token", token)
+    try:
+        assert client.get("/release-gates/runs/manual__2026-11-23_failing/").status_code == 200
+    finally:
+        client.cookies.clear()
+
+
+@pytest.mark.parametrize("path", [
+    "/release-gates/",
+    "/release-gates/api/runs",
+    "/release-gates/runs/manual__2026-11-23_failing/",
+    "/release-gates/runs/manual__2026-11-23_failing/gate.json",
+])
+def test_every_route_refuses_without_token(client: TestClient, guard_out: Path, path: str) -> None:
+    client.cookies.clear()  # a response may have refreshed the session cookie (JWTRefreshMiddleware)
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": "Bearer not-a-jwt"}).status_code in (401, 403)
+
+
+@pytest.mark.parametrize("path", [
+    "/release-gates/runs/manual__2026-11-23_failing/../../secret.txt",  # normalised by the client: no route
+    "/release-gates/runs/manual__2026-11-23_failing/%2e%2e/%2e%2e/%2e%2e/secret.txt",  # encoded dot-dot
+    "/release-gates/runs/manual__2026-11-23_failing/..%2f..%2f..%2fsecret.txt",  # encoded slashes
+    "/release-gates/runs/..%2f..%2fsecret.txt/x",  # a run id that is not one
+    "/release-gates/runs/manual__2026-11-23_failing/.hidden",  # hidden files are not served
+])
+def test_no_path_outside_the_report(client: TestClient, token: str, guard_out: Path, path: str) -> None:
+    response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 404
+    assert b"outside every report folder" not in response.content
+
+
+def test_gate_report_link_points_at_the_run_page() -> None:
+    from types import SimpleNamespace
+
+    import guard_review  # the plugins folder is on sys.path once Airflow has loaded its plugins
+
+    link = guard_review.GateReportLink()
+    key = SimpleNamespace(dag_id="guard_release", run_id="manual__2026-11-23T02:00:00+00:00")
+    assert link.name == "Gate report"
+    assert link.get_link(SimpleNamespace(task_id="gate"), ti_key=key) == (
+        "/release-gates/runs/manual__2026-11-23T02_00_00_00_00/")
+    assert link.get_link(SimpleNamespace(task_id="cohort"), ti_key=key) == ""
