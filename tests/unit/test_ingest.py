@@ -43,6 +43,7 @@ def test_every_third_party_file_is_accounted_for(root: Path, tmp_path: Path) -> 
     paths = result.table.column("path").to_pylist()
     on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert sorted(paths) == sorted(on_disk)  # exactly one row per file, none missing, none twice
+    assert _files(root) <= set(paths)  # guards.testdata's listing (what other tests use) is covered
     c = result.counts
     assert c["seen"] == len(on_disk) == c["indexed"] + c["quarantined"] + c["excluded"]
     assert c["indexed"] > 0
@@ -227,6 +228,16 @@ def test_memory_fsspec_source_is_fetched_locally(tmp_path: Path) -> None:
     assert rows["study/a.dcm"]["status"] == "indexed"
     assert rows["notes.txt"]["status"] == "quarantined"
     assert (result.root / "study" / "a.dcm").read_bytes() == CT.read_bytes()
+
+
+def test_file_url_source_reads_in_place(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(CT, src / "a.dcm")
+    result = ingest(f"file://{src}", out_dir=tmp_path / "out", policy=POLICY)
+    assert result.counts == {"seen": 1, "indexed": 1, "quarantined": 0, "excluded": 0}
+    assert result.root == src  # local: nothing fetched
+    assert not (tmp_path / "out" / "fetched").exists()
 
 
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
