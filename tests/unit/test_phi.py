@@ -236,3 +236,21 @@ def test_ocr_mosaic_assigns_words_to_the_right_file(tmp_path: Path) -> None:
     ocr_hits = [f.evidence for f in result.findings if "(OCR text)" in f.evidence]
     assert ocr_hits == ["f1.dcm: PixelData frame 0 (OCR text) holds a name token from the source's PatientName "
                         "(11 characters)"]
+
+
+def test_generic_tokens_are_skipped_and_listed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = _dataset(name="Chest^Al", pid="1234", birth="", study="", accession="", nested_accession="",
+                  uids=SRC_UIDS, institution="General Hospital")
+    ds.save_as(src / "a.dcm", enforce_file_format=True)
+    rel = _release(tmp_path, nested="", study="")  # holds BodyPartExamined CHEST, as any chest study may
+    result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    assert result.status == "pass", [f.evidence for f in result.findings]
+    assert result.details["skipped"] == {
+        "name: common word": 1,  # CHEST
+        "name: shorter than 3 characters": 1,  # AL
+        "identifier: numeric, shorter than 5 digits": 1,  # PatientID 1234
+        "identifier: shorter than 3 characters": 1,  # RequestedProcedureID RP in the nested item
+        "institution: common word": 1,  # GENERAL HOSPITAL
+    }
