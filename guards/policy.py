@@ -137,7 +137,7 @@ class ReidSection:
     )
     k: int = 11
     max_risk: float = 0.09  # EMA Policy 0070
-    remediate: bool = False
+    remediate: bool = True  # on by default: a release that fails k-anonymity is generalised, with the cost reported
     population: str = ""
     max_suppression: float = 0.05  # share of included records remediation may suppress (guards.remediate)
     max_subgroup_suppression: float = 0.25  # share of any one subgroup's records it may suppress

@@ -74,8 +74,9 @@ class Population:
     sex: tuple[tuple[str, float], ...] = (("F", 0.5), ("M", 0.5))
     ethnic_groups: tuple[tuple[str, float], ...] = (("GROUP A", 0.6), ("GROUP B", 0.35), ("GROUP C", 0.05))
     prevalence: tuple[tuple[str, float], ...] = (("GROUP A", 0.4), ("GROUP B", 0.4), ("GROUP C", 0.3))
-    age_mean: float = 55.0  # age in years at the first study (normal, clipped to 18-97)
-    age_sd: float = 18.0
+    age_mean: float = 55.0  # age in years at the first study (normal, clipped to age_range)
+    age_sd: float = 14.0
+    age_range: tuple[int, int] = (20, 85)  # an adult chest cohort: no paediatric or 90+ patients by default
     repeat_study_share: float = 0.3  # share of patients with a second study at a later date
     ct_share: float = 0.15  # share of studies that also have a small CT series
     burned_in_share: float = 0.2  # share of radiographs with burned-in name, ID and date
@@ -156,7 +157,7 @@ def _patient(rng: np.random.Generator, index: int, population: Population, *, fi
     else:
         family, given = FAMILY[int(rng.integers(len(FAMILY)))], GIVEN[int(rng.integers(len(GIVEN)))]
         charset = "ISO_IR 100"
-    age = float(np.clip(rng.normal(population.age_mean, population.age_sd), 18, 97))
+    age = float(np.clip(rng.normal(population.age_mean, population.age_sd), *population.age_range))
     birth = first_study - timedelta(days=int(age * 365.25) + int(rng.integers(0, 365)))
     sex = _choice(rng, population.sex)
     size = float(np.round(rng.normal(1.75 if sex == "M" else 1.63, 0.07), 2))
