@@ -1,0 +1,214 @@
+"""dags/guard_release.py: imports cleanly, has the designed task graph, and runs end to end under Airflow.
+
+The end-to-end runs use ``airflow dags test`` in a subprocess with its own AIRFLOW_HOME (SQLite), the key from
+the ``guard_pseudonym_key`` connection (AIRFLOW_CONN_*), on generated samples with a light policy:
+one run passes and publishes a release; one fails its gate, ends failed and publishes nothing. Every line the
+runs logged (the task logs of ``dags test`` go to its output, kept under AIRFLOW_HOME/logs) is searched for
+the key and for each 8-character piece of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# Airflow reads its configuration when first imported; test_plugin.py computes the same home.
+AIRFLOW_HOME = Path(tempfile.gettempdir()) / f"guard-pytest-airflow-{os.getpid()}"
+os.environ.update(
+    AIRFLOW_HOME=str(AIRFLOW_HOME),
+    AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+    AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+)
+pytest.importorskip("airflow", reason="apache-airflow is not installed (pip install -e '.[airflow]')")
+
+from guards.samples import generate_corpus  # noqa: E402
+
+pytestmark = [pytest.mark.airflow]
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+EXPECTED_TASKS = {
+    "ingest", "plan_shards", "deid", "merge_deid", "protect", "cohort", "remediate", "check", "gate", "publish",
+}
+EXPECTED_EDGES = {
+    ("ingest", "plan_shards"), ("plan_shards", "deid"), ("deid", "merge_deid"), ("merge_deid", "protect"),
+    ("protect", "cohort"), ("cohort", "remediate"), ("remediate", "check"), ("check", "gate"), ("gate", "publish"),
+}
+# Light but complete: real de-identification (no OCR of every image), a short SALM noise run, phi + reid
+# blocking. FAILING asks for k far above the corpus size, so reid fails the gate.
+PASSING = """
+[release]
+name = "dag-test"
+[pixels]
+ocr_all = false
+[protect]
+max_rounds = 1
+steps = 2
+train_steps = 2
+warmup_epochs = 1
+[gate]
+blocking = ["phi", "reid"]
+advisory = []
+[reid]
+k = 1
+max_risk = 1.0
+"""
+FAILING = """
+[release]
+name = "dag-test"
+[deid]
+clean_pixel_data = false
+[protect]
+enabled = false
+[gate]
+blocking = ["reid"]
+advisory = []
+[reid]
+k = 1000
+"""
+
+
+def _load_dag(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags["guard_release"]
+
+
+def test_dagbag_imports_without_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    dag = _load_dag(monkeypatch, GUARD_SOURCE="/data/incoming")
+    assert dag.max_active_runs == 1 and dag.catchup is False
+
+
+def test_task_graph_is_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
+    dag = _load_dag(monkeypatch, GUARD_SOURCE="/data/incoming", GUARD_SCHEDULE="30 1 * * *", GUARD_GPU_QUEUE="gpu")
+    assert set(dag.task_dict) == EXPECTED_TASKS
+    edges = {(u, d) for u in dag.task_dict for d in dag.task_dict[u].downstream_task_ids}
+    assert edges == EXPECTED_EDGES
+    assert dag.timetable.expression == "30 1 * * *"  # the nightly cron comes from GUARD_SCHEDULE
+    assert dag.task_dict["protect"].queue == "gpu"  # protect routed to the GPU workers
+    assert dag.task_dict["gate"].trigger_rule == "all_done"  # the report is written even if a check crashed
+    assert dag.task_dict["deid"].retries == 2 and dag.task_dict["publish"].retries == 0
+    assert {"source", "policy", "epsilon", "reid_max_risk", "reid_k", "dry_run", "shards", "waivers"} <= set(
+        dag.params.keys())
+    assert [o.name for o in dag.task_dict["publish"].outlets] == ["guard_releases"]
+
+
+def test_manual_only_without_a_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nightly schedule needs a source; without GUARD_SOURCE the DAG is triggered by hand with the form."""
+    monkeypatch.delenv("GUARD_SOURCE", raising=False)
+    dag = _load_dag(monkeypatch)
+    assert type(dag.timetable).__name__ == "NullTimetable"
+
+
+def test_form_refuses_bad_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = _load_dag(monkeypatch, GUARD_SOURCE="/data/incoming").params
+    params["waivers"] = [{"check": "phi", "reason": "reviewed by the steward"}]  # accepted
+    params["epsilon"] = 0.05
+    with pytest.raises(ParamValidationError, match="waivers"):
+        params["waivers"] = [{"check": "phi", "reason": "short"}]
+    with pytest.raises(ParamValidationError, match="epsilon"):
+        params["epsilon"] = 0.9
+    with pytest.raises(ParamValidationError, match="shards"):
+        params["shards"] = 0
+
+
+@dataclass(frozen=True)
+class DagRun:
+    state: str
+    out: Path
+    log: str
+
+
+@pytest.fixture(scope="module")
+def airflow_run(tmp_path_factory: pytest.TempPathFactory, key_hex: str):  # type: ignore[no-untyped-def]
+    """A function running the DAG once with ``airflow dags test`` on a fresh corpus; the home is shared."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    source = tmp_path_factory.mktemp("samples")
+    generate_corpus(source, studies=24, seed=11, image_size=64)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GUARD_"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__PARALLELISM="4",
+        AIRFLOW_CONN_GUARD_PSEUDONYM_KEY=json.dumps({"conn_type": "generic", "password": key_hex}),
+    )
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+
+    def run(name: str, policy_text: str) -> DagRun:
+        policy = home / f"{name}.toml"
+        policy.write_text(policy_text, encoding="utf-8")
+        out = home / f"out-{name}"
+        run_env = {**env, "GUARD_OUT": str(out)}
+        conf = json.dumps({"source": str(source), "policy": str(policy)})
+        log_file = home / "logs" / f"dags-test-{name}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("w", encoding="utf-8") as f:
+            subprocess.run([AIRFLOW, "dags", "test", "guard_release", "-c", conf], env=run_env, stdout=f,
+                           stderr=subprocess.STDOUT, timeout=900)
+        runs = subprocess.run([AIRFLOW, "dags", "list-runs", "guard_release", "-o", "json"], env=run_env,
+                              check=True, capture_output=True, text=True, timeout=120)
+        state = json.loads(runs.stdout[runs.stdout.index("["):])[0]["state"]
+        return DagRun(state=state, out=out, log=log_file.read_text(encoding="utf-8"))
+
+    run.home = home  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.mark.slow
+def test_dag_run_publishes_a_release_and_logs_no_key(airflow_run: Any, key_hex: str) -> None:
+    result = airflow_run("passing", PASSING)
+    assert result.state == "success", result.log[-3000:]
+    [release] = (result.out / "releases" / "dag-test").iterdir()
+    assert (release / "manifest.parquet").is_file() and (release / "datasheet.md").is_file()
+    gate = json.loads((release / "gate.json").read_text(encoding="utf-8"))
+    assert gate["passed"] is True
+    from guards.manifest import read_table, status_counts
+
+    counts = status_counts(read_table(release / "manifest.parquet"))
+    assert counts["published"] > 0
+    # the logs searched are the task logs: every step left its lines there
+    for task_id in ("ingest", "deid", "protect", "cohort", "gate", "publish"):
+        assert f"task_id='{task_id}'" in result.log
+    _assert_no_key_in_logs(airflow_run.home / "logs", key_hex)
+
+
+@pytest.mark.slow
+def test_failing_gate_fails_the_run_and_publishes_nothing(airflow_run: Any, key_hex: str) -> None:
+    result = airflow_run("failing", FAILING)
+    assert result.state == "failed"
+    assert "release gate FAILED" in result.log
+    assert not (result.out / "releases").exists() or not any((result.out / "releases").rglob("*"))
+    [report] = list((result.out / "runs").glob("*/report/gate.json"))
+    assert json.loads(report.read_text(encoding="utf-8"))["passed"] is False
+    _assert_no_key_in_logs(airflow_run.home / "logs", key_hex)
+
+
+def _assert_no_key_in_logs(logs: Path, key_hex: str) -> None:
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert files, f"no log file under {logs}"
+    pieces = {key_hex[i:i + 8] for i in range(len(key_hex) - 7)}
+    examined = 0
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace").lower()
+        examined += len(text)
+        leaked = sum(1 for p in pieces if p in text)
+        if leaked:  # not an assert: its rewriting would print the pieces
+            pytest.fail(f"{path.name}: {leaked} piece(s) of the pseudonym key in the log", pytrace=False)
+    assert examined > 10_000  # the logs are the task logs of a full run, not an empty file
