@@ -568,8 +568,10 @@ def _result(hits: list[Hit], *, counts: _Counts, source: SourcePhi, scoped: int,
         "ocr_frames": counts.ocr_frames, "ocr_words": counts.ocr_words, "ocr_calls": counts.ocr_calls,
     }
     by_category: dict[str, int] = defaultdict(int)
+    per_file: dict[str, int] = defaultdict(int)
     for h in hits:
         by_category[h.token.category] += 1
+        per_file[h.file] += 1
     findings = [Finding(
         metric="phi_hits", value=len(hits), threshold=0, status="fail" if hits else "pass",
         evidence=(f"{len(hits)} source PHI tokens in {len({h.file for h in hits})} released files "
@@ -588,6 +590,7 @@ def _result(hits: list[Hit], *, counts: _Counts, source: SourcePhi, scoped: int,
                                 evidence="pixel data that could not be decoded was not searched by OCR"))
     details: dict[str, Any] = {
         "hits_by_category": dict(by_category),
+        "hits_per_file": dict(sorted(per_file.items())),  # release paths (pseudonymous) -> number of hits
         "skipped": dict(source.common.skipped) | dict(source.all_dates.skipped),
         "tokens_by_category": _count_categories(source),
         "dates_scoped_to_patient_files": scoped,

@@ -254,3 +254,24 @@ def test_generic_tokens_are_skipped_and_listed(tmp_path: Path) -> None:
         "identifier: shorter than 3 characters": 1,  # RequestedProcedureID RP in the nested item
         "institution: common word": 1,  # GENERAL HOSPITAL
     }
+
+
+def test_every_generated_file_with_phi_is_flagged_when_nothing_was_removed(sample_corpus) -> None:  # type: ignore[no-untyped-def]
+    """The generated corpus scanned against itself: each file guards.samples put PHI into has hits."""
+    result = phi.run(sample_corpus.root, source_dir=sample_corpus.root, policy=POLICY, ocr=False)
+    with_phi = {rel for rel, tokens in sample_corpus.phi_tokens.items() if tokens}
+    assert with_phi
+    assert with_phi <= set(result.details["hits_per_file"])
+    assert result.status == "fail"
+
+
+@pytest.mark.slow
+def test_deidentified_samples_pass_with_ocr(sample_corpus, key, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """guards.deid on the generated samples leaves no source PHI that phi can find (headers, bytes, OCR)."""
+    from guards.deid import deidentify_tree
+
+    deidentify_tree(sample_corpus.root, tmp_path / "deid", policy=POLICY, key=key)
+    result = phi.run(tmp_path / "deid", source_dir=sample_corpus.root, policy=POLICY, ocr=True)
+    assert result.status == "pass", [f.evidence for f in result.findings[:10]]
+    assert result.examined["files"] > 0 and result.examined["ocr_frames"] > 0
+    assert result.details["dates_scoped_to_patient_files"] == result.examined["dicom_files"]
