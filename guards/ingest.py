@@ -13,6 +13,10 @@ Each file of the source ends as exactly one row of the index (guards.manifest.MA
   expected sidecar tables (``policy.sidecars``, e.g. labels.csv), symbolic links when not followed, broken
   links and links to folders. Hidden files are indexed like any other; file extensions are ignored.
 
+Invalid values that still parse (e.g. a value longer than its VR allows, PS3.5 6.2) do not stop a file: it
+is indexed and its reason counts pydicom's warnings and quotes the first. An unknown VR, or a value the
+header cannot be read past, quarantines it.
+
 Invariant, checked before the index is written: files seen = indexed + quarantined + excluded.
 Sources are local paths or fsspec URLs (``file://``, ``memory://``, or any protocol whose fsspec
 implementation is installed); remote files are read through fsspec and quarantine copies are local.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
+import re
 import shutil
 import struct
 import warnings
@@ -329,11 +334,14 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
             continue
         size = int(info.get("size") or 0)
         try:
-            with fs.open(full, "rb") as f, warnings.catch_warnings():
-                # pydicom warns on every odd value; the index records problems as reasons instead.
-                warnings.simplefilter("ignore")
+            with fs.open(full, "rb") as f, warnings.catch_warnings(record=True) as caught:
+                # pydicom warns on odd values (PS3.5 6.2 VR rules): a usable file is indexed with a note
+                # counting them in its reason instead of flooding the log.
+                warnings.simplefilter("always")
                 head = f.read(132)
                 row = _classify(head, f, size, rel, policy)
+                if row["status"] == "indexed" and caught:
+                    row["reason"] = _warning_note(row["reason"], [str(w.message) for w in caught])
                 # One open per file: the copy (quarantine, or the local copy of a remote source) and the
                 # checksum of indexed files are made from the same handle.
                 if row["status"] == "quarantined":
@@ -357,6 +365,14 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
     write_table(table, index_path)
     logger.info("ingest: %s", counts)
     return IngestResult(table=table, counts=counts, root=local_root, index_path=index_path)
+
+
+def _warning_note(reason: str | None, messages: list[str]) -> str:
+    """The reason of an indexed file, with pydicom's warnings on its values counted and the first one quoted."""
+    # Values quoted by pydicom may be PHI: they are masked, the reason keeps only what was wrong.
+    first = re.sub(r"'[^']*'", "'...'", messages[0].split(" Please see")[0])
+    note = f"indexed with {len(messages)} value warning(s) from pydicom, first: {first}"
+    return (f"{reason}; {note}" if reason else note)[:500]
 
 
 def _link_reason(fs: fsspec.AbstractFileSystem, path: str, policy: IngestSection) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tracemalloc
+import warnings
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,12 @@ def _write_bad_corpus(root: Path) -> None:
     bad_vr[pos + 4 : pos + 6] = b"ZZ"  # an invalid VR
     (root / "bad_vr.dcm").write_bytes(bytes(bad_vr))
     (root / "scan.jpg").write_bytes(data)  # a valid instance under a wrong extension
+    long_sh = dcmread(CT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on writing it too
+        long_sh.StationName = "STATION" * 6  # SH allows 16 characters (PS3.5 6.2): invalid but readable
+        long_sh.FrameOfReferenceUID = "1.2.SECRET"  # UI allows digits and dots: pydicom quotes the value
+        long_sh.save_as(root / "invalid_value.dcm")
     (root / ".hidden.dcm").write_bytes(data)
     (root / "link.dcm").symlink_to(root / "scan.jpg")
     short = dcmread(CT)
@@ -109,6 +116,7 @@ BAD_CASES = [
     pytest.param("huge_private.dcm", "indexed", "", id="huge-private"),  # large, within ingest.max_file_bytes
     pytest.param("bad_vr.dcm", "quarantined", "Value Representation", id="bad-vr"),  # an unknown VR in the header
     pytest.param("scan.jpg", "indexed", "", id="wrong-extension"),  # the content matters, not the extension
+    pytest.param("invalid_value.dcm", "indexed", "value warning", id="invalid-value"),  # usable: indexed, noted
     pytest.param(".hidden.dcm", "indexed", "", id="hidden-file"),  # hidden files are not skipped
     pytest.param("link.dcm", "excluded", "symbolic link", id="symlink"),  # not followed by default
     pytest.param("pixel_length.dcm", "quarantined", "does not match", id="pixel-length"),  # checked, not decoded
@@ -172,6 +180,10 @@ def test_pixel_flags(bad: tuple[Path, Path, dict[str, dict[str, Any]]]) -> None:
     assert (rows["scan.jpg"]["Rows"], rows["scan.jpg"]["BitsAllocated"]) == (128, 16)
     assert rows["media/DICOMDIR"]["is_dicomdir"] is True
     assert rows["scan.jpg"]["is_dicomdir"] is False
+    assert rows["scan.jpg"]["reason"] == ""  # a clean instance has no note
+    note = rows["invalid_value.dcm"]["reason"]
+    assert "2 value warning(s)" in note
+    assert "STATION" not in note and "SECRET" not in note  # values (possibly PHI) are never quoted
 
 
 def test_huge_private_element_is_not_loaded(tmp_path: Path) -> None:
