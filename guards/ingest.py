@@ -317,6 +317,33 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
         if stale.exists():
             shutil.rmtree(stale)  # re-running the step replaces its outputs
     entries = _walk(fs, root)
+    # pydicom logs each warning as well, quoting values that may be PHI: silenced for the scan, the
+    # warnings themselves are counted in the rows' reasons (values masked).
+    pydicom_logger = logging.getLogger("pydicom")
+    saved_level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.ERROR)
+    try:
+        rows = _scan(fs, root, entries, policy, quarantine, local_root)
+    finally:
+        pydicom_logger.setLevel(saved_level)
+    if [r["path"] for r in rows] != [rel for rel, _ in entries]:
+        raise InputError("ingest lost track of files: rows do not match the files seen one to one; "
+                         "please report this as a bug")
+    table = to_table(rows)
+    counts = {"seen": len(entries), "indexed": 0, "quarantined": 0, "excluded": 0}
+    for status in table.column("status").to_pylist():
+        counts[status] += 1
+    if counts["seen"] != counts["indexed"] + counts["quarantined"] + counts["excluded"]:
+        raise InputError(f"ingest lost track of files: {counts}; please report this as a bug")
+    index_path = out_dir / INDEX
+    write_table(table, index_path)
+    logger.info("ingest: %s", counts)
+    return IngestResult(table=table, counts=counts, root=local_root, index_path=index_path)
+
+
+def _scan(fs: fsspec.AbstractFileSystem, root: str, entries: list[tuple[str, dict[str, Any]]],
+          policy: IngestSection, quarantine: Path, local_root: Path) -> list[dict[str, Any]]:
+    """One row per entry; quarantine copies, and local copies of a remote source's indexed files."""
     rows: list[dict[str, Any]] = []
     for rel, info in progress(entries, total=len(entries), what="ingest", logger=logger):
         full = posixpath.join(root, rel)
@@ -355,16 +382,7 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
             row = empty_row(rel)
             row.update(status="quarantined", reason=f"cannot be read: {type(e).__name__}: {e}"[:500], size=size)
         rows.append(row)
-    table = to_table(rows)
-    counts = {"seen": len(entries), "indexed": 0, "quarantined": 0, "excluded": 0}
-    for status in table.column("status").to_pylist():
-        counts[status] += 1
-    if counts["seen"] != counts["indexed"] + counts["quarantined"] + counts["excluded"]:
-        raise InputError(f"ingest lost track of files: {counts}; please report this as a bug")
-    index_path = out_dir / INDEX
-    write_table(table, index_path)
-    logger.info("ingest: %s", counts)
-    return IngestResult(table=table, counts=counts, root=local_root, index_path=index_path)
+    return rows
 
 
 def _warning_note(reason: str | None, messages: list[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import tracemalloc
 import warnings
@@ -184,6 +185,26 @@ def test_pixel_flags(bad: tuple[Path, Path, dict[str, dict[str, Any]]]) -> None:
     note = rows["invalid_value.dcm"]["reason"]
     assert "2 value warning(s)" in note
     assert "STATION" not in note and "SECRET" not in note  # values (possibly PHI) are never quoted
+
+
+def test_logs_hold_no_header_values(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """pydicom's own log lines quote values (possibly PHI): none reach the log during ingest."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = dcmread(CT)
+    ds.FrameOfReferenceUID = "1.2.SECRET"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(src / "a.dcm")
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()  # writing the file above logged the value already; only ingest's records count
+    before = logging.getLogger("pydicom").level
+    result = ingest(src, out_dir=tmp_path / "out", policy=POLICY)
+    assert result.counts["indexed"] == 1
+    assert "value warning" in result.table.column("reason")[0].as_py()  # the warning was seen, and counted
+    assert "ingest: done, 1" in caplog.text  # progress was logged
+    assert "SECRET" not in caplog.text
+    assert logging.getLogger("pydicom").level == before  # the level is restored after the scan
 
 
 def test_huge_private_element_is_not_loaded(tmp_path: Path) -> None:
