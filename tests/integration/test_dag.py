@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -162,9 +163,9 @@ def airflow_run(tmp_path_factory: pytest.TempPathFactory, key_hex: str):  # type
         with log_file.open("w", encoding="utf-8") as f:
             subprocess.run([AIRFLOW, "dags", "test", "guard_release", "-c", conf], env=run_env, stdout=f,
                            stderr=subprocess.STDOUT, timeout=900)
-        runs = subprocess.run([AIRFLOW, "dags", "list-runs", "guard_release", "-o", "json"], env=run_env,
-                              check=True, capture_output=True, text=True, timeout=120)
-        state = json.loads(runs.stdout[runs.stdout.index("["):])[0]["state"]
+        with sqlite3.connect(home / "airflow.db") as db:  # the run's state, as the scheduler recorded it
+            [(state,)] = db.execute("SELECT state FROM dag_run WHERE dag_id = 'guard_release' "
+                                    "ORDER BY id DESC LIMIT 1").fetchall()
         return DagRun(state=state, out=out, log=log_file.read_text(encoding="utf-8"))
 
     run.home = home  # type: ignore[attr-defined]
