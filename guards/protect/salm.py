@@ -31,9 +31,11 @@ victim, balanced accuracy): a batch-norm surrogate sat at chance in eval mode (f
 ``surrogate.py``); with ``uniform`` start the surrogate's accuracy on the noised data rose only as fast as it
 learned the anatomy (0.50 -> 0.85 in 8 rounds), never reaching the stop rule; ``class_texture`` gave a victim
 peak of 0.85 against 0.887 clean (1200 training patches, 10 epochs): far above chance + 10 points.
-``class_frequency`` is the default because it is the strongest start of the three by construction; the
-recorded benchmark shows by how much it still misses the target. This module therefore does NOT yet make
-real MRI patches unlearnable at rho 0.1; see RESULTS.md for the figures.
+``class_frequency`` is the default because it is the strongest start of the three by construction; in the
+recorded run (600 patches, 3 rounds, 6 epochs) it gave victim peaks of 0.49 (CNN), 0.69 (ResNet-18), 0.44 (ViT)
+against 0.54 / 0.76 / 0.44 clean, PSNR 40.2 dB: it misses chance + 10 points (0.35) for every victim.
+This module therefore does NOT yet make real MRI patches unlearnable at rho 0.1; see RESULTS.md for the
+figures.
 """
 
 from __future__ import annotations
