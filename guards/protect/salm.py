@@ -172,7 +172,7 @@ def _train(
             xb = _augment(xb, gen)
         loss = F.cross_entropy(model(xb), y[idx.to(y.device)])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
 
 

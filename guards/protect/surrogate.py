@@ -62,7 +62,8 @@ class SmallCNN(nn.Module):
         return torch.flatten(self.pool(self.body(x)), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        out: torch.Tensor = self.head(self.features(x))
+        return out
 
 
 class _BasicBlock(nn.Module):
@@ -103,7 +104,8 @@ class ResNet18(nn.Module):
         return torch.flatten(self.pool(self.layers(self.stem(x))), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        out: torch.Tensor = self.head(self.features(x))
+        return out
 
 
 def build_surrogate(name: str, *, in_channels: int, num_classes: int, width: int = 32) -> SmallCNN | ResNet18:

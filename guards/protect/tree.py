@@ -222,14 +222,14 @@ def protect_tree(
             assert result_noise is not None  # every protectable row contributed images
             ds = pydicom.dcmread(src / rel)
             block = decode(ds)
-            unit = to_unit(block)
+            native_unit = to_unit(block)
             ks = per_row[i]
             delta_model = result_noise.delta[ks, 0]
             sal_model = result_noise.saliency[ks, 0]
-            h, w = unit.shape[1:]
+            h, w = native_unit.shape[1:]
             up = F.interpolate(delta_model[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
             masks = torch.stack(
-                [native_mask(sal_model[j], torch.from_numpy(unit[j]), rho=section.rho) for j in range(len(ks))]
+                [native_mask(sal_model[j], torch.from_numpy(native_unit[j]), rho=section.rho) for j in range(len(ks))]
             )
             delta_native = (up * masks).numpy()
             stored = apply_delta(block, delta_native, epsilon=section.epsilon)
