@@ -102,6 +102,7 @@ def train(
     lr: float = 2e-3,
     weight_decay: float = 0.0,
     evaluate: Callable[[SmallCNN], float] | None = None,
+    min_steps: int = 0,
 ) -> Trained:
     """Train a fresh :class:`SmallCNN` on ``x`` (N x 1 x H x W in [0, 1]) and labels ``y`` with Adam.
 
@@ -116,6 +117,10 @@ def train(
         raise InputError("train: no training images; the split left this model without data")
     if epochs < 1:
         raise InputError(f"train: epochs must be at least 1, got {epochs}")
+    # ``min_steps``: a victim trains to convergence, not for a fixed number of epochs, so small releases get
+    # more epochs (a 143-image release with 15 epochs of batch 32 gave 75 steps and a constant classifier).
+    batches = -(-len(x) // batch_size)
+    epochs = max(epochs, -(-min_steps // batches))
     with cpu_threads(CPU_THREADS if device == "cpu" else None):
         return _train(x, y, n_classes=n_classes, epochs=epochs, seed=seed, device=device, batch_size=batch_size,
                       lr=lr, weight_decay=weight_decay, evaluate=evaluate)

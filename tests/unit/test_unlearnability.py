@@ -82,7 +82,10 @@ def test_per_subgroup_findings_and_curves(protected_result: CheckResult) -> None
     assert {"all", "sex=F", "sex=M", "ethnic_group=majority", "ethnic_group=minority"} <= subgroups
     curves = protected_result.details["curves"]
     assert set(curves) == {"protected", "clean", "random_noise"}
-    assert all(len(c) == EPOCHS and all(0.0 <= v <= 1.0 for v in c) for c in curves.values())
+    # one value per epoch; small releases train for more than policy epochs (VICTIM_MIN_STEPS optimiser steps)
+    lengths = {len(c) for c in curves.values()}
+    assert len(lengths) == 1 and min(lengths) >= EPOCHS
+    assert all(0.0 <= v <= 1.0 for c in curves.values() for v in c)
     json.dumps(protected_result.to_dict())  # JSON-able for checks/<id>.json
 
 
