@@ -66,7 +66,12 @@ def run_demo(studies: int) -> int:
     env = airflow_env()
     logger.info("airflow db migrate (SQLite under %s)", env["AIRFLOW_HOME"])
     airflow("db", "migrate", env=env)
-    conf = json.dumps({"source": str(samples), "policy": str(ROOT / "guard.toml")})
+    # The steward's waiver, recorded in gate.json and the datasheet: the unlearnable noise does not yet bring a
+    # victim to chance on these samples (README, "Where things stand"), so without it the demo's gate fails on
+    # unlearnability. The report still shows the failure, marked as waived, with this reason.
+    waiver = {"check": "unlearnability",
+              "reason": "demo: SALM noise does not yet reach chance on generated samples (README, Where things stand)"}
+    conf = json.dumps({"source": str(samples), "policy": str(ROOT / "guard.toml"), "waivers": [waiver]})
     logger.info("running the guard_release DAG once (airflow dags test)")
     result = subprocess.run(
         [str(Path(sys.executable).with_name("airflow")), "dags", "test", "guard_release", "-c", conf], env=env
@@ -106,7 +111,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ui", action="store_true")
-    parser.add_argument("--studies", type=int, default=int(os.environ.get("DEMO_STUDIES", "120")))
+    parser.add_argument("--studies", type=int, default=int(os.environ.get("DEMO_STUDIES", "150")))
     args = parser.parse_args()
     return run_ui() if args.ui else run_demo(args.studies)
 
