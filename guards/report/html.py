@@ -165,6 +165,24 @@ def _counts(context: Mapping[str, Any]) -> str:
     return _table(["input files", "count"], [(k, flat[k]) for k in keys])
 
 
+def _remediation(context: Mapping[str, Any]) -> str:
+    """What re-identification remediation changed and who paid for it (guards.remediate, context["remediation"])."""
+    r = context.get("remediation")
+    if not isinstance(r, Mapping):
+        return ""
+    parts = ["<h2>Re-identification remediation</h2>",
+             f"<p>{_e(r.get('suppressed_studies', 0))} studies suppressed, {_e(r.get('rewritten_files', 0))} "
+             "released files rewritten with generalised quasi-identifiers.</p>"]
+    generalisations = r.get("generalisations") or {}
+    if generalisations:
+        parts.append(_table(["quasi-identifier", "released as"], list(generalisations.items())))
+    losses = [x for x in r.get("subgroup_losses") or [] if isinstance(x, Mapping)]
+    if losses:
+        keys = sorted({k for x in losses for k in x})
+        parts.append("<p>Cost per subgroup:</p>" + _table(keys, [tuple(x.get(k, "") for k in keys) for x in losses]))
+    return "\n".join(parts)
+
+
 def render_html(decision: GateDecision, results: Sequence[CheckResult], *, policy: ReleasePolicy,
                 context: Mapping[str, Any]) -> str:
     """The whole page as a string (see the module docstring for its order)."""
@@ -190,6 +208,7 @@ def render_html(decision: GateDecision, results: Sequence[CheckResult], *, polic
     parts.append(_table(["check", "role", "outcome"], [(o.id, o.role, o.outcome) for o in decision.outcomes],
                         classes=[_css(o.outcome) for o in decision.outcomes]))
     parts.append("<h2>Input counts</h2>" + _counts(context))
+    parts.append(_remediation(context))
     parts.append("<h2>Waivers</h2>")
     parts.append(_table(["check", "reason"], [(w.check, w.reason) for w in decision.waivers])
                  if decision.waivers else "<p>No waiver was applied.</p>")

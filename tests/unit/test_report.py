@@ -151,3 +151,18 @@ def test_svg_plots_skip_non_finite_values_and_escape_labels() -> None:
     roc = roc_chart({"g": ([0.0, 0.01, 1.0], [0.0, 0.5, 1.0])}, title="roc")
     assert roc.count("<polyline") == 1
     assert "<polyline" not in line_chart({"x": [float("nan")]}, title="c")
+
+
+def test_report_shows_what_remediation_cost_and_who_paid(tmp_path: Path) -> None:
+    results, policy = _results(), _policy()
+    context = {"remediation": {
+        "suppressed_studies": 3, "rewritten_files": 40,
+        "generalisations": {"PatientAge": "age bands 0-17, 18-39, 40-64, 65-89, 90+"},
+        "subgroup_losses": [{"subgroup": "ethnic_group=C<minority>", "records": 6, "suppressed": 2}],
+    }}
+    index = write_report(decide(results, policy=policy), results, tmp_path, policy=policy, context=context)
+    text = index.read_text()
+    assert "Re-identification remediation" in text
+    assert "3 studies suppressed, 40 released files rewritten" in text
+    assert "age bands 0-17" in text
+    assert "ethnic_group=C&lt;minority&gt;" in text  # escaped, as every text in the report
