@@ -85,7 +85,7 @@ class ProtectSection:
     image_size: int = 64
     device: str = "cpu"
     batch_size: int = 0  # 0: chosen from memory
-    max_rounds: int = 15  # rounds of (train surrogate, update noise) before giving up on stop_accuracy
+    max_rounds: int = 5  # rounds of (train surrogate, update noise) before giving up on stop_accuracy
     train_steps: int = 20  # surrogate batches per round
     warmup_epochs: int = 3  # surrogate epochs on clean images before the saliency mask is computed
     surrogate: str = "cnn"  # "cnn" or "resnet18" (guards.protect.surrogate)
