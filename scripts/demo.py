@@ -35,6 +35,8 @@ def demo_key() -> str:
 
 def airflow_env() -> dict[str, str]:
     env = dict(os.environ)
+    # airflow standalone starts its components as `airflow ...` subprocesses: the venv's bin must be on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
     env.update(
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
