@@ -111,17 +111,16 @@ def _cmd_check(args: argparse.Namespace, policy: ReleasePolicy) -> int:
         pipeline.step_deid(args.source, paths, policy=policy, key=key)
         pipeline.step_cohort(args.source, paths, policy=policy, key=key)
         # The checks read the release under test in place of the run's own protected tree.
-        checked = pipeline.RunPaths(out=work, run_id="check")
-        target = checked.release_tree(policy)
+        target = paths.release_tree(policy)
         if target.exists():
             shutil.rmtree(target)
         target.symlink_to(release.resolve(), target_is_directory=True)
         for check_id in pipeline.enabled_checks(policy):
-            pipeline.run_check(check_id, args.source, checked, policy=policy, device=args.device)
-        outcome = pipeline.step_gate(checked, policy=policy)
+            pipeline.run_check(check_id, args.source, paths, policy=policy, device=args.device)
+        outcome = pipeline.step_gate(paths, policy=policy)
         if (release / "report").exists():
             shutil.rmtree(release / "report")
-        shutil.copytree(checked.report, release / "report")
+        shutil.copytree(paths.report, release / "report")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("report: %s", release / "report" / "index.html")

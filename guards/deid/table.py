@@ -102,29 +102,26 @@ def profile_rows() -> tuple[ProfileRow, ...]:
     return tuple(rows)
 
 
+# DeidSection switch -> its option column of Table E.1-1 (PS3.15 E.3); retain_longitudinal is handled apart.
+_OPTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("retain_safe_private", "rtnSafePrivOpt"),
+    ("retain_uids", "rtnUIDsOpt"),
+    ("retain_device_identity", "rtnDevIdOpt"),
+    ("retain_institution_identity", "rtnInstIdOpt"),
+    ("retain_patient_characteristics", "rtnPatCharsOpt"),
+    ("clean_descriptors", "cleanDescOpt"),
+    ("clean_structured_content", "cleanStructContOpt"),
+    ("clean_graphics", "cleanGraphOpt"),
+)
+_LONGITUDINAL_COLUMNS = {"full": "rtnLongFullDatesOpt", "modified": "rtnLongModifDatesOpt"}
+
+
 def enabled_columns(deid: DeidSection) -> tuple[str, ...]:
-    """The option columns of Table E.1-1 that ``deid`` switches on (PS3.15 E.3)."""
-    columns: list[str] = []
-    if deid.retain_safe_private:
-        columns.append("rtnSafePrivOpt")
-    if deid.retain_uids:
-        columns.append("rtnUIDsOpt")
-    if deid.retain_device_identity:
-        columns.append("rtnDevIdOpt")
-    if deid.retain_institution_identity:
-        columns.append("rtnInstIdOpt")
-    if deid.retain_patient_characteristics:
-        columns.append("rtnPatCharsOpt")
-    if deid.retain_longitudinal == "full":
-        columns.append("rtnLongFullDatesOpt")
-    elif deid.retain_longitudinal == "modified":
-        columns.append("rtnLongModifDatesOpt")
-    if deid.clean_descriptors:
-        columns.append("cleanDescOpt")
-    if deid.clean_structured_content:
-        columns.append("cleanStructContOpt")
-    if deid.clean_graphics:
-        columns.append("cleanGraphOpt")
+    """The option columns of Table E.1-1 that ``deid`` switches on (PS3.15 E.3), in the table's column order."""
+    columns = [column for switch, column in _OPTION_COLUMNS[:5] if getattr(deid, switch)]
+    if deid.retain_longitudinal in _LONGITUDINAL_COLUMNS:
+        columns.append(_LONGITUDINAL_COLUMNS[deid.retain_longitudinal])
+    columns += [column for switch, column in _OPTION_COLUMNS[5:] if getattr(deid, switch)]
     return tuple(columns)
 
 
