@@ -19,11 +19,12 @@ from io import BytesIO
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom import __version_info__
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.tag import tag_in_exception
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
@@ -32,6 +33,8 @@ _ITEM = b"\xfe\xff\x00\xe0"
 _ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _UNDEFINED = 0xFFFFFFFF
 _IMPLICIT = struct.Struct("<HHL")
+_META_TEXT = {"UI": b"\x00", "SH": b" ", "AE": b" "}  # padding byte per VR (PS3.5 6.2)
+_META_REQUIRED = (0x00020002, 0x00020003, 0x00020010)
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _EXPLICIT_LONG = struct.Struct("<HH2s2xL")
 
@@ -55,9 +58,59 @@ def encode_part10(ds: Dataset) -> bytes:
     preamble = getattr(ds, "preamble", None) or b"\x00" * 128
     fp.write(preamble)
     fp.write(b"DICM")
-    write_file_meta_info(fp, meta, enforce_standard=True)
+    fast_meta = _encode_file_meta(meta)
+    if fast_meta is None:
+        write_file_meta_info(fp, meta, enforce_standard=True)
+    else:
+        fp.write(fast_meta)
     _write_dataset(fp, ds, implicit)
     return fp.getvalue()
+
+
+def _encode_file_meta(meta: FileMetaDataset) -> bytes | None:
+    """The File Meta Information group as ``write_file_meta_info(enforce_standard=True)`` writes it (PS3.10 7.1),
+    packed directly; None for anything but single-valued UI / SH / AE / OB / UL elements (pydicom writes those).
+    """
+    if any(tag >> 16 != 2 for tag in meta.keys()):
+        return None  # pydicom raises its own error for this
+    if "FileMetaInformationVersion" not in meta or meta["FileMetaInformationVersion"].is_empty:
+        meta.FileMetaInformationVersion = b"\x00\x01"
+    if "ImplementationClassUID" not in meta or meta["ImplementationClassUID"].is_empty:
+        meta.ImplementationClassUID = UID(PYDICOM_IMPLEMENTATION_UID)
+    if "ImplementationVersionName" not in meta:
+        meta.ImplementationVersionName = f"PYDICOM {'.'.join(__version_info__)}"
+    parts: list[bytes] = []
+    for tag in sorted(meta.keys()):
+        if tag == 0x00020000:
+            continue
+        raw = meta.get_item(tag)
+        if isinstance(raw, RawDataElement):
+            header = _raw_header(raw, False)
+            if header is not None and raw.length != _UNDEFINED:
+                parts.append(header + raw.value)  # as read: pydicom's writer copies these bytes too
+                continue
+        elem = meta[tag]
+        value = elem.value
+        vr = elem.VR
+        if vr == "OB" and isinstance(value, bytes):
+            data = value + b"\x00" * (len(value) % 2)
+            parts.append(_EXPLICIT_LONG.pack(2, tag & 0xFFFF, b"OB", len(data)) + data)
+            continue
+        if vr not in _META_TEXT or not isinstance(value, str) or "\\" in value or not value.isascii():
+            return None
+        if not value and tag in _META_REQUIRED:
+            return None  # pydicom names the missing element in its error
+        data = value.encode("ascii")
+        data += _META_TEXT[vr] * (len(data) % 2)
+        if len(data) > 0xFFFF:
+            return None
+        parts.append(_EXPLICIT_SHORT.pack(2, tag & 0xFFFF, vr.encode("ascii"), len(data)) + data)
+    for tag in _META_REQUIRED:
+        if tag not in meta:
+            return None
+    body = b"".join(parts)
+    meta.FileMetaInformationGroupLength = len(body)
+    return _EXPLICIT_SHORT.pack(2, 0, b"UL", 4) + struct.pack("<L", len(body)) + body
 
 
 def _fast_ok(ds: Dataset, ts: object) -> bool:

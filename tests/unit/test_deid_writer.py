@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
 from guards.deid import deidentify_dataset
-from guards.deid.writer import encode_part10
+from guards.deid.writer import _encode_file_meta, encode_part10
 from guards.keys import PseudonymKey
 from guards.policy import DeidSection, ReleasePolicy
 from guards.testdata import pydicom_test_dir
@@ -57,3 +61,46 @@ def test_implicit_elements_in_an_explicit_file_are_reencoded(key: PseudonymKey) 
         back = dcmread(BytesIO(encode_part10(ds)))
     assert back.PixelData == source.PixelData
     assert back.ImageType == source.ImageType and back.PatientIdentityRemoved == "YES"
+
+
+def _pydicom_meta_bytes(meta: FileMetaDataset) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    return fp.getvalue()
+
+
+def test_file_meta_packed_as_pydicom_writes_it_for_every_test_file() -> None:
+    """The packed File Meta Information equals pydicom's ``write_file_meta_info`` on every test file's meta."""
+    compared = fallback = 0
+    for path in sorted(pydicom_test_dir().glob("*.dcm")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                meta = dcmread(path, stop_before_pixels=True).file_meta
+        except Exception:  # noqa: BLE001 - deliberately broken test files; not this test's subject
+            continue
+        if any(t not in meta or meta[t].is_empty for t in (0x00020002, 0x00020003, 0x00020010)):
+            continue  # pydicom refuses these; encode_part10 then uses pydicom's writer and its error
+        packed = _encode_file_meta(copy.deepcopy(meta))
+        if packed is None:
+            fallback += 1
+            continue
+        assert packed == _pydicom_meta_bytes(copy.deepcopy(meta)), path.name
+        compared += 1
+    assert compared >= 70 and fallback == 0, (compared, fallback)
+
+
+def test_file_meta_with_odd_and_optional_elements() -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"  # odd length: padded with NUL
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    meta.SourceApplicationEntityTitle = "ODD"  # AE padded with a space
+    meta.PrivateInformationCreatorUID = "1.2.3"
+    meta.PrivateInformation = b"\x01\x02\x03"
+    packed = _encode_file_meta(copy.deepcopy(meta))
+    assert packed is not None
+    assert packed == _pydicom_meta_bytes(copy.deepcopy(meta))
+    meta.ImplementationVersionName = "A\\B"  # not a single value: pydicom's own writer handles it
+    assert _encode_file_meta(copy.deepcopy(meta)) is None
