@@ -107,14 +107,10 @@ def _cmd_check(args: argparse.Namespace, policy: ReleasePolicy) -> int:
         raise GuardError(f"{release} has no manifest.parquet: pass a tree written by `guard protect` or `guard deid`")
     work = Path(tempfile.mkdtemp(prefix="guard-check-"))
     try:
-        paths = pipeline.RunPaths(out=work, run_id="check")
+        # The checks read the release under test; the source, de-identified here, is their clean reference.
+        paths = pipeline.RunPaths(out=work, run_id="check", under_test=release.resolve())
         pipeline.step_deid(args.source, paths, policy=policy, key=key)
         pipeline.step_cohort(args.source, paths, policy=policy, key=key)
-        # The checks read the release under test in place of the run's own protected tree.
-        target = paths.release_tree(policy)
-        if target.exists():
-            shutil.rmtree(target)
-        target.symlink_to(release.resolve(), target_is_directory=True)
         for check_id in pipeline.enabled_checks(policy):
             pipeline.run_check(check_id, args.source, paths, policy=policy, device=args.device)
         outcome = pipeline.step_gate(paths, policy=policy)

@@ -39,6 +39,7 @@ class RunPaths:
 
     out: Path
     run_id: str
+    under_test: Path | None = None  # `guard check`: an existing release tree checked in place of the run's own
 
     @property
     def run(self) -> Path:
@@ -81,7 +82,10 @@ class RunPaths:
         return self.out / "releases"
 
     def release_tree(self, policy: ReleasePolicy) -> Path:
-        """The tree that is released: the protected one, or the de-identified one when protection is off."""
+        """The tree that is released (and checked): the release under test when one was given, else the protected
+        tree, or the de-identified one when protection is off. The de-identified tree stays the clean reference."""
+        if self.under_test is not None:
+            return self.under_test
         return self.protect if policy.protect.enabled else self.deid
 
 
