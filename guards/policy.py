@@ -86,14 +86,16 @@ class ProtectSection:
     device: str = "cpu"
     batch_size: int = 0  # 0: chosen from memory
     max_rounds: int = 5  # rounds of (train surrogate, update noise) before giving up on stop_accuracy
-    train_steps: int = 20  # surrogate batches per round
-    warmup_epochs: int = 3  # surrogate epochs on clean images before the saliency mask is computed
+    train_steps: int = 40  # surrogate batches (of 64 images) per round
+    warmup_epochs: int = 8  # surrogate epochs on clean images before the noise rounds
+    warmup_min_steps: int = 150  # ... and at least this many surrogate batches, however few the images
     surrogate: str = "cnn"  # "cnn" or "resnet18" (guards.protect.surrogate)
     surrogate_width: int = 32
     augment: bool = True  # optimise through flip + shift, as a victim is likely to train
     saturate: bool = True  # every masked pixel gets the full budget (eps * sign) at the end
     pseudo_label_clusters: int = 4  # k-means clusters for images without a label
     init: str = "class_frequency"  # noise start: "uniform", "class_texture" or "class_frequency" (guards.protect.salm)
+    saliency: Literal["gradient", "flat"] = "gradient"  # mask rule: "gradient" (surrogate input gradient) or "flat"
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "protect.max_rounds": (1, 10_000),
     "protect.train_steps": (0, 1_000_000),
     "protect.warmup_epochs": (0, 10_000),
+    "protect.warmup_min_steps": (0, 1_000_000),
     "protect.surrogate_width": (8, 1024),
     "protect.pseudo_label_clusters": (1, 1024),
 }

@@ -27,6 +27,7 @@ import math
 import struct
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,10 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from guards.protect.salm import NoiseConfig, error_minimizing_noise
+from guards.policy import ProtectSection
+from guards.protect.salm import error_minimizing_noise
 from guards.protect.surrogate import ResNet18, SmallCNN
+from guards.protect.tree import noise_config
 
 logger = logging.getLogger("benchmarks.unlearnable")
 TEMPLATES = Path("/usr/share/mricron/templates")
@@ -49,6 +52,7 @@ GROUPS: dict[int, tuple[range, ...]] = {
 }
 NUM_CLASSES = len(GROUPS)
 PATCH = 32
+DEFAULTS = ProtectSection()
 
 
 def read_nifti(path: Path) -> np.ndarray:
@@ -233,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--per-class-train", type=int, default=300)
     ap.add_argument("--per-class-test", type=int, default=150)
-    ap.add_argument("--max-rounds", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--init", default="uniform", choices=["uniform", "class_texture", "class_frequency"])
+    ap.add_argument("--max-rounds", type=int, default=DEFAULTS.max_rounds)
+    ap.add_argument("--steps", type=int, default=DEFAULTS.steps)
+    ap.add_argument("--init", default=DEFAULTS.init, choices=["uniform", "class_texture", "class_frequency"])
+    ap.add_argument("--saliency", default=DEFAULTS.saliency, choices=["flat", "gradient"])
     ap.add_argument("--skip-dense", action="store_true", help="diagnostics: SALM only, no dense EM noise")
     ap.add_argument("--no-robust", action="store_true", help="skip the JPEG / blur / 50 % conditions")
     ap.add_argument("--victims", default="cnn,resnet18,vit")
@@ -251,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     xtr, ytr, xte, yte = build_dataset(per_class_train=per_train, per_class_test=per_test, seed=args.seed)
     logger.info("train %s test %s", tuple(xtr.shape), tuple(xte.shape))
     eps = args.epsilon
-    base = NoiseConfig(
+    base = replace(
+        noise_config(DEFAULTS, batch_size=128),  # the shipped policy's [protect] options, unless overridden
         epsilon=eps,
         rho=args.rho,
         max_rounds=2 if args.quick else args.max_rounds,
@@ -259,12 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         augment=not args.no_augment,
         saturate=not args.no_saturate,
         init=args.init,
+        saliency=args.saliency,
     )
     results: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
     results.update(train=len(xtr), test=len(xte))
     noises: dict[str, torch.Tensor] = {}
     gen_info: dict[str, dict[str, float]] = {}
-    todo = [("salm", base), ("dense_em", NoiseConfig(**{**base.__dict__, "rho": None}))]
+    todo = [("salm", base), ("dense_em", replace(base, rho=None))]
     for label, cfg in todo[:1] if args.skip_dense else todo:
         r = error_minimizing_noise(xtr, ytr, config=cfg, seed=args.seed)
         noises[label] = r.delta

@@ -83,12 +83,14 @@ def noise_config(section: ProtectSection, *, batch_size: int) -> NoiseConfig:
         max_rounds=section.max_rounds,
         train_steps=section.train_steps,
         warmup_epochs=section.warmup_epochs,
+        warmup_min_steps=section.warmup_min_steps,
         batch_size=batch_size,
         surrogate=section.surrogate,
         width=section.surrogate_width,
         augment=section.augment,
         saturate=section.saturate,
         init=section.init,
+        saliency=section.saliency,
     )
 
 

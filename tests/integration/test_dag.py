@@ -56,6 +56,7 @@ max_rounds = 1
 steps = 2
 train_steps = 2
 warmup_epochs = 1
+warmup_min_steps = 0
 [gate]
 blocking = ["phi", "reid"]
 advisory = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guards.protect.mask import batch_masks, foreground, mask_size, native_mask, topk_mask
+from guards.protect.mask import batch_masks, flatness, foreground, mask_size, native_mask, spread, topk_mask
 
 
 @pytest.mark.parametrize("rho", [0.01, 0.1, 0.25, 0.5, 1.0])
@@ -63,3 +63,27 @@ def test_batch_masks_per_image() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         topk_mask(torch.zeros(3, 3), torch.ones(4, 4, dtype=torch.bool), rho=0.1)
+
+
+def test_flatness_ranks_smooth_tissue_above_edges() -> None:
+    img = torch.zeros(1, 1, 16, 16)
+    img[..., :, 8:] = 1.0  # a vertical edge at column 8
+    score = flatness(img)[0, 0]
+    assert float(score[8, 2]) > float(score[8, 7])  # far from the edge is flatter than next to it
+    assert float(score[8, 2]) == 0.0  # a constant neighbourhood has no contrast
+
+
+def test_spread_takes_every_cell_before_any_cell_twice() -> None:
+    scores = torch.rand(2, 1, 20, 20, generator=torch.Generator().manual_seed(0))
+    scores[0, 0, :8, :8] += 10  # one cell far more salient than the rest
+    ranked = spread(scores, block=8)
+    mask = batch_masks(ranked, torch.ones(2, 1, 20, 20), rho=9 / 400)  # 9 pixels: one per cell (3 x 3 cells)
+    for i in range(2):
+        assert int(mask[i].sum()) == 9
+        counts = [int(mask[i, 0, y : y + 8, x : x + 8].sum()) for y in (0, 8, 16) for x in (0, 8, 16)]
+        assert counts == [1] * 9
+        # inside a cell, the best pixel is the one chosen
+        y0, x0 = 8, 8
+        cell = scores[i, 0, y0 : y0 + 8, x0 : x0 + 8]
+        best = divmod(int(cell.argmax()), 8)
+        assert bool(mask[i, 0, y0 + best[0], x0 + best[1]])

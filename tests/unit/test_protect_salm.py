@@ -13,7 +13,7 @@ from guards.protect.surrogate import auto_batch_size, select_device
 
 EPS = 8 / 255
 CFG = NoiseConfig(epsilon=EPS, step_size=2 / 255, steps=3, rho=0.1, max_rounds=2, train_steps=2, warmup_epochs=1,
-                  batch_size=16, width=8)
+                  warmup_min_steps=0, batch_size=16, width=8)
 
 
 @pytest.fixture(scope="module")
