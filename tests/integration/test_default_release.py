@@ -1,0 +1,70 @@
+"""The release gate passes on the default generated samples under the default policy, and publishes.
+
+The pass case of the gate (the fail cases are in tests/unit/test_gate_failures*.py): `guard run` as a user runs it
+first, with nothing tuned: `guards.samples` defaults (the demo's 150 studies and seed) and `ReleasePolicy()`.
+Every check must have run and examined data, every blocking check must pass, every input file must be accounted
+for, and the published release must hold exactly the files the manifest lists as published.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from guards.keys import PseudonymKey
+from guards.manifest import read_table
+from guards.pipeline import run_pipeline
+from guards.policy import ReleasePolicy
+from guards.samples import generate_corpus
+
+pytestmark = pytest.mark.slow
+
+STUDIES = 150  # as `make demo`
+SEED = 7  # as `make demo`
+CHECKS = {"phi", "reid", "representation", "membership", "unlearnability", "attribute"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, key: PseudonymKey) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("release")
+    corpus = generate_corpus(root / "incoming", studies=STUDIES, seed=SEED)
+    result = run_pipeline(corpus.root, root / "out", policy=ReleasePolicy(), key=key, run_id="default")
+    return corpus.root, result
+
+
+def test_gate_passes_and_every_check_examined_data(run: tuple[Path, object]) -> None:
+    _, result = run
+    gate = json.loads((result.paths.report / "gate.json").read_text(encoding="utf-8"))  # type: ignore[attr-defined]
+    assert result.passed and gate["passed"], gate["reasons"]  # type: ignore[attr-defined]
+    outcomes = {o["id"]: o for o in gate["outcomes"]}
+    assert CHECKS <= set(outcomes)
+    for check_id in CHECKS:
+        assert outcomes[check_id]["outcome"] != "not run", check_id
+        assert any(v for v in outcomes[check_id]["examined"].values()), (check_id, outcomes[check_id])
+    blocking = {o["id"] for o in gate["outcomes"] if o["role"] == "blocking"}
+    assert {"phi", "reid", "unlearnability"} <= blocking
+    assert not [c for c in gate["checks"] if c["id"] in blocking and c["status"] == "fail"]
+    phi = outcomes["phi"]["examined"]
+    assert phi["files"] > 0 and phi.get("hits", 0) == 0
+
+
+def test_release_published_and_every_input_accounted_for(run: tuple[Path, object]) -> None:
+    source, result = run
+    release = result.release  # type: ignore[attr-defined]
+    assert release is not None and release.name == "v0001" and release.parent.name == ReleasePolicy().release.name
+    # the run's last manifest has one row per input file, whatever became of it ...
+    rows = read_table(result.paths.release_tree(ReleasePolicy()) / "manifest.parquet").to_pylist()  # type: ignore[attr-defined]
+    inputs = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    assert sorted(r["source_path"] for r in rows) == inputs
+    assert {r["status"] for r in rows} <= {"published", "quarantined", "excluded"}
+    assert all(r["reason"] for r in rows if r["status"] != "published")
+    published = sorted(r["path"] for r in rows if r["status"] == "published")
+    assert len(published) > 0.9 * len(inputs)
+    # ... and the release holds exactly the published files, with a manifest of those alone
+    on_disk = sorted(p.relative_to(release / "data").as_posix() for p in (release / "data").rglob("*") if p.is_file())
+    assert on_disk == published
+    assert sorted(r["path"] for r in read_table(release / "manifest.parquet").to_pylist()) == published
+    assert json.loads((release / "gate.json").read_text(encoding="utf-8"))["passed"] is True
+    assert (release / "report" / "index.html").is_file() and (release / "datasheet.md").is_file()
