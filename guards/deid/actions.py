@@ -100,12 +100,8 @@ class Context:
     crosswalk: dict[tuple[str, str], str] | None
     raw_implicit: bool | None = None  # the dataset's encoding when read little endian: new values written raw
     changes: int = field(default=0, init=False)  # elements removed or replaced so far in this pass
-    _patterns: tuple[re.Pattern[bytes], re.Pattern[str]] | None = field(default=None, init=False)
-
-    def _compiled(self) -> tuple[re.Pattern[bytes], re.Pattern[str]] | None:
-        if self._patterns is None and self.tokens:
-            self._patterns = _patterns(frozenset(self.tokens))
-        return self._patterns
+    _lowered: tuple[bytes, ...] | None = field(default=None, init=False)
+    _texts: tuple[str, ...] | None = field(default=None, init=False)
 
     def uid(self, value: str) -> str:
         original = value.strip(" \x00")
@@ -117,23 +113,33 @@ class Context:
         return new
 
     def hit(self, data: bytes) -> bool:
-        patterns = self._compiled()
-        return patterns is not None and patterns[0].search(data) is not None
+        """Whether any identifier is in ``data`` (ASCII case-insensitive). Plain substring tests: compiling a
+        regular expression per instance cost more than the whole rest of de-identification (each instance of a
+        new patient has new identifiers, so a cache of compiled patterns rarely hits)."""
+        if self._lowered is None:
+            self._lowered = tuple(sorted({t.lower() for t in self.tokens}, key=len, reverse=True))
+        if not self._lowered:
+            return False
+        low = data.lower()
+        return any(t in low for t in self._lowered)
 
     def scrub(self, text: str, *, replacement: str) -> str:
-        patterns = self._compiled()
-        return text if patterns is None else patterns[1].sub(replacement, text)
+        """``text`` with every identifier replaced, case-insensitively, longest first. Only the identifiers that
+        occur in the text get a (small, cached) pattern compiled."""
+        if self._texts is None:
+            variants = {t.decode("utf-8", "ignore") for t in self.tokens} | {t.decode("latin-1") for t in self.tokens}
+            self._texts = tuple(sorted((t for t in variants if len(t) >= MIN_TOKEN), key=len, reverse=True))
+        folded = text.casefold()
+        for token in self._texts:
+            if token.casefold() in folded:
+                text = _token_pattern(token).sub(replacement, text)
+                folded = text.casefold()
+        return text
 
 
-@lru_cache(maxsize=512)
-def _patterns(tokens: frozenset[bytes]) -> tuple[re.Pattern[bytes], re.Pattern[str]]:
-    """Case-insensitive patterns of the identifiers, as bytes and as text (cached: a study shares them)."""
-    unique = sorted(tokens, key=len, reverse=True)
-    as_bytes = re.compile(b"|".join(re.escape(t) for t in unique), re.IGNORECASE)
-    texts = {t.decode("utf-8", "ignore") for t in unique} | {t.decode("latin-1") for t in unique}
-    texts = {t for t in texts if len(t) >= MIN_TOKEN}
-    as_text = re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)), re.IGNORECASE)
-    return as_bytes, as_text
+@lru_cache(maxsize=4096)
+def _token_pattern(token: str) -> re.Pattern[str]:
+    return re.compile(re.escape(token), re.IGNORECASE)
 
 
 def text_of(value: object) -> str:
@@ -147,6 +153,15 @@ def _raw_bytes(elem: DataElement | RawDataElement) -> bytes | None:
     if isinstance(elem, RawDataElement):
         return elem.value if isinstance(elem.value, bytes) else b""
     return None
+
+
+def value_text(ds: Dataset, tag: int) -> str:
+    """An element's value as text, stripped of padding; plain-ASCII raw bytes are read without decoding the
+    element (the same text pydicom gives; multiple values, ISO 2022 escapes and other bytes go through pydicom)."""
+    raw = _raw_bytes(ds.get_item(tag))
+    if raw is not None and raw.isascii() and b"\x1b" not in raw and b"\\" not in raw:
+        return raw.decode("ascii").strip(" \x00")
+    return text_of(ds[tag].value).strip(" \x00")
 
 
 def identifier_tokens(ds: Dataset) -> list[bytes]:
@@ -173,7 +188,7 @@ def _vr(ds: Dataset, tag: int, elem: DataElement | RawDataElement) -> str:
     vr = elem.VR
     if vr and vr != "UN":
         return str(vr)
-    known = DICT_VR.get(tag)
+    known = DICT_VR.get(int(tag))
     if known and " or " not in known:
         return known
     return str(ds[tag].VR)  # decodes: pydicom resolves ambiguous VRs from the dataset
@@ -329,7 +344,7 @@ def _act_v(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Conte
 
 def _act_p(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
     """PatientID / PatientName: keyed pseudonyms (PS3.15 E.1.1 allows a dummy for Z and Z/D)."""
-    original = text_of(ds[tag].value).strip(" \x00")
+    original = value_text(ds, tag)
     if tag == PATIENT_ID:
         new, kind, vr = (pseudo_patient_id(ctx.key, original) if original else ""), "PatientID", "LO"
     else:
@@ -392,17 +407,18 @@ def clean_dataset(ds: Dataset, ctx: Context) -> None:
     actions = ctx.profile.actions
     private: list[int] = []
     for tag in list(ds.keys()):
-        if tag >> 16 & 1:
+        number = int(tag)  # plain int keys: a BaseTag in a dict lookup costs a Python-level __eq__ call
+        if number >> 16 & 1:
             private.append(tag)
             continue
-        if not tag & 0xFFFF:
+        if not number & 0xFFFF:
             _delete(ds, tag, ctx)  # group length (retired): wrong once the group changes
             continue
-        action = actions.get(tag)
+        action = actions.get(number)
         if action is None:
-            action = _repeating(tag, ctx.profile)
+            action = _repeating(number, ctx.profile)
         if action == "K":
-            if tag in SQ_TAGS:
+            if number in SQ_TAGS:
                 _items(ds, tag, ctx)
             continue
         if action == "X":

@@ -27,7 +27,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from guards.deid.actions import Context, clean_dataset, identifier_tokens, text_of
+from guards.deid.actions import Context, clean_dataset, identifier_tokens, value_text
 from guards.deid.profile import PATIENT_ID, PATIENT_NAME, compile_profile
 from guards.deid.pseudonyms import date_offset_days
 from guards.errors import GuardError
@@ -67,7 +67,7 @@ def _patient_key(ds: Dataset) -> str:
     """What identifies the patient for the date offset: PatientID, else PatientName, else StudyInstanceUID."""
     for tag in (PATIENT_ID, PATIENT_NAME, 0x0020000D):
         if tag in ds:
-            value = text_of(ds[tag].value).strip(" \x00")
+            value = value_text(ds, tag)
             if value:
                 return value
     return ""
@@ -151,9 +151,9 @@ def _clean_file_meta(ds: Dataset, ctx: Context) -> None:
             del meta[tag]
     if 0x00020003 in meta:
         if 0x00080018 in ds:
-            meta[0x00020003] = DataElement(0x00020003, "UI", text_of(ds[0x00080018].value))
+            meta[0x00020003] = DataElement(0x00020003, "UI", value_text(ds, 0x00080018))
         elif not ctx.profile.retain_uids:
-            meta[0x00020003] = DataElement(0x00020003, "UI", ctx.uid(text_of(meta[0x00020003].value)))
+            meta[0x00020003] = DataElement(0x00020003, "UI", ctx.uid(value_text(meta, 0x00020003)))
 
 
 def _pixel_step(ds: Dataset, policy: ReleasePolicy) -> str | None:
@@ -185,7 +185,7 @@ def _deidentify(
 ) -> Dataset:
     deid = policy.deid
     quarantine = _pixel_step(ds, policy) if deid.clean_pixel_data and "PixelData" in ds else None
-    sop_class = text_of(ds[0x00080016].value).strip(" \x00") if 0x00080016 in ds else ""
+    sop_class = value_text(ds, 0x00080016) if 0x00080016 in ds else ""
     profile = compile_profile(deid, sop_class)
     patient = _patient_key(ds)
     low, high = deid.date_shift_days

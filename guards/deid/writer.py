@@ -17,15 +17,17 @@ from __future__ import annotations
 import struct
 from io import BytesIO
 
+from pydicom import __version_info__
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom import __version_info__
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.tag import tag_in_exception
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+from guards.deid.actions import value_text
 
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -46,10 +48,9 @@ def encode_part10(ds: Dataset) -> bytes:
     if meta is None or ts is None or not _fast_ok(ds, ts):
         return _slow(ds)
     implicit = ts == ImplicitVRLittleEndian
-    if "SOPClassUID" in ds and meta.get("MediaStorageSOPClassUID") != ds.SOPClassUID:
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    if "SOPInstanceUID" in ds and meta.get("MediaStorageSOPInstanceUID") != ds.SOPInstanceUID:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for meta_tag, tag in ((0x00020002, 0x00080016), (0x00020003, 0x00080018)):  # Media Storage SOP Class / Instance
+        if tag in ds and (meta_tag not in meta or value_text(meta, meta_tag) != value_text(ds, tag)):
+            meta[meta_tag] = DataElement(meta_tag, "UI", UID(value_text(ds, tag)))
     pixel = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
     if pixel is not None and not isinstance(pixel, RawDataElement):
         ds[0x7FE00010].is_undefined_length = ts.is_compressed  # as pydicom's dcmwrite does
@@ -73,11 +74,11 @@ def _encode_file_meta(meta: FileMetaDataset) -> bytes | None:
     """
     if any(tag >> 16 != 2 for tag in meta.keys()):
         return None  # pydicom raises its own error for this
-    if "FileMetaInformationVersion" not in meta or meta["FileMetaInformationVersion"].is_empty:
+    if _is_empty(meta, 0x00020001):
         meta.FileMetaInformationVersion = b"\x00\x01"
-    if "ImplementationClassUID" not in meta or meta["ImplementationClassUID"].is_empty:
+    if _is_empty(meta, 0x00020012):
         meta.ImplementationClassUID = UID(PYDICOM_IMPLEMENTATION_UID)
-    if "ImplementationVersionName" not in meta:
+    if 0x00020013 not in meta:
         meta.ImplementationVersionName = f"PYDICOM {'.'.join(__version_info__)}"
     parts: list[bytes] = []
     for tag in sorted(meta.keys()):
@@ -111,6 +112,17 @@ def _encode_file_meta(meta: FileMetaDataset) -> bytes | None:
     body = b"".join(parts)
     meta.FileMetaInformationGroupLength = len(body)
     return _EXPLICIT_SHORT.pack(2, 0, b"UL", 4) + struct.pack("<L", len(body)) + body
+
+
+def _is_empty(meta: FileMetaDataset, tag: int) -> bool:
+    """True when ``tag`` is absent or has no value; a raw element is judged by its length, without decoding."""
+    if tag not in meta:
+        return True
+    elem = meta.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        value = elem.value or b""
+        return not (value if elem.VR == "OB" else value.strip(b" \x00"))
+    return bool(elem.is_empty)
 
 
 def _fast_ok(ds: Dataset, ts: object) -> bool:

@@ -251,3 +251,25 @@ def test_pixel_cleaning_missing_module_is_a_clear_error(key: PseudonymKey, monke
     ds.PixelData = b"\x00\x00"
     with pytest.raises(GuardError, match="clean_pixel_data = false"):
         deidentify_dataset(ds, policy=ReleasePolicy(), key=key)
+
+
+def test_identifiers_in_free_text_are_found_and_scrubbed_case_insensitively(key: PseudonymKey) -> None:
+    """Context.hit / scrub (substring tests, per-token patterns): every occurrence of every identifier, in any
+    case, longest first, in kept text; text without one is left as it was."""
+    from guards.deid.actions import Context, identifier_tokens
+    from guards.deid.profile import compile_profile
+
+    ds = Dataset()
+    ds.PatientName = "Smithers^Anna"
+    ds.PatientID = "MRN-00417"
+    ds.InstitutionName = "St. Mungo Hospital"
+    tokens = identifier_tokens(ds)
+    ctx = Context(key=key, profile=compile_profile(DeidSection(), ""), uid_root="2.25", offset_days=0,
+                  tokens=tokens, crosswalk=None)
+    assert ctx.hit(b"seen by SMITHERS at st. mungo hospital") and ctx.hit(b"mrn-00417")
+    assert not ctx.hit(b"routine brain MRI, no findings")
+    text = "anna SMITHERS (mrn-00417), St. Mungo Hospital; Smithers again"
+    assert ctx.scrub(text, replacement="***") == "*** *** (***), ***; *** again"
+    assert ctx.scrub("routine brain MRI", replacement="***") == "routine brain MRI"
+    # nothing of the identifiers is left, in any case
+    assert not ctx.hit(ctx.scrub(text, replacement="***").encode())
