@@ -106,8 +106,8 @@ def _encode_file_meta(meta: FileMetaDataset) -> bytes | None:
         if len(data) > 0xFFFF:
             return None
         parts.append(_EXPLICIT_SHORT.pack(2, tag & 0xFFFF, vr.encode("ascii"), len(data)) + data)
-    for tag in _META_REQUIRED:
-        if tag not in meta:
+    for required in _META_REQUIRED:
+        if required not in meta:
             return None
     body = b"".join(parts)
     meta.FileMetaInformationGroupLength = len(body)

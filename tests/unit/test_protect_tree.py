@@ -32,8 +32,8 @@ def _policy() -> ReleasePolicy:
     return policy_from_dict(
         {
             "release": {"seed": 123},
-            "protect": {"image_size": 16, "max_rounds": 1, "steps": 2, "train_steps": 2, "warmup_epochs": 1, "warmup_min_steps": 0,
-                        "batch_size": 8, "surrogate_width": 8, "rho": 0.1},
+            "protect": {"image_size": 16, "max_rounds": 1, "steps": 2, "train_steps": 2, "warmup_epochs": 1,
+                        "warmup_min_steps": 0, "batch_size": 8, "surrogate_width": 8, "rho": 0.1},
         }
     )
 
