@@ -205,3 +205,12 @@ def label_images(images: ImageSet, cohort: pa.Table, *, subgroups: Sequence[str]
         subgroups={c: tuple("unknown" if r[c] is None else str(r[c]) for r in recs) for c in cols},
         examined={"images": len(kept), "images_without_study": len(images) - len(kept), "studies": len(by_study)},
     )
+
+
+def load_labelled_pair(
+    release_dir: Path, source_dir: Path, *, size: int, cohort: pa.Table, subgroups: Sequence[str]
+) -> tuple[LabelledImages, LabelledImages]:
+    """The release's images and the clean source's images of the same instances, in the same row order, each
+    joined to the cohort (labels, patients, subgroups): what the membership and unlearnability checks compare."""
+    release, source = align(load_images(Path(release_dir), size=size), load_images(Path(source_dir), size=size))
+    return (label_images(release, cohort, subgroups=subgroups), label_images(source, cohort, subgroups=subgroups))

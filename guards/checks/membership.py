@@ -42,7 +42,7 @@ from scipy import stats
 
 from guards.checks.base import CheckResult, Finding, Status
 from guards.checks.models import SmallCNN, balanced_accuracy, logits, train, true_label_margin, true_label_prob
-from guards.images import align, label_images, load_images
+from guards.images import load_labelled_pair
 from guards.policy import ReleasePolicy
 
 logger = logging.getLogger(__name__)
@@ -200,11 +200,9 @@ def run(
     sec = policy.membership
     seed = policy.release.seed
     rng = np.random.default_rng([seed, 0x3E3B])
-    release, source = align(
-        load_images(Path(release_dir), size=sec.image_size), load_images(Path(source_dir), size=sec.image_size)
+    rel, src = load_labelled_pair(
+        release_dir, source_dir, size=sec.image_size, cohort=cohort, subgroups=policy.cohort.subgroups
     )
-    rel = label_images(release, cohort, subgroups=policy.cohort.subgroups)
-    src = label_images(source, cohort, subgroups=policy.cohort.subgroups)
     keep = np.flatnonzero(rel.labels >= 0)
     classes = np.unique(rel.labels[keep])
     pids = np.array(rel.patient_ids)[keep]

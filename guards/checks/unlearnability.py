@@ -23,7 +23,7 @@ import torch
 
 from guards.checks.base import CheckResult, Finding, Status
 from guards.checks.models import SmallCNN, balanced_accuracy, logits, train
-from guards.images import LabelledImages, align, label_images, load_images
+from guards.images import LabelledImages, load_labelled_pair
 from guards.policy import ReleasePolicy
 
 logger = logging.getLogger(__name__)
@@ -85,11 +85,9 @@ def run(
     t0 = time.monotonic()
     sec = policy.unlearnability
     seed = policy.release.seed
-    release, source = align(
-        load_images(Path(release_dir), size=sec.image_size), load_images(Path(source_dir), size=sec.image_size)
+    rel, src = load_labelled_pair(
+        release_dir, source_dir, size=sec.image_size, cohort=cohort, subgroups=policy.cohort.subgroups
     )
-    rel = label_images(release, cohort, subgroups=policy.cohort.subgroups)
-    src = label_images(source, cohort, subgroups=policy.cohort.subgroups)
     known = rel.labels >= 0
     rel_k, src_k = _keep(rel, known), _keep(src, known)
     classes = np.unique(rel_k.labels)
