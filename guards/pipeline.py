@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from guards.atomic import save_dataset
 from guards.checks.base import CheckResult
 from guards.errors import InputError
 from guards.keys import PseudonymKey
@@ -310,10 +311,7 @@ def step_remediate(paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
         path = tree / row["path"]
         ds = dcmread(path)
         if rewrite_dataset(ds, result.transforms):
-            tmp = path.with_name(f".{path.name}.tmp")
-            ds.save_as(tmp, enforce_file_format=True)
-            tmp.replace(path)
-            data = path.read_bytes()
+            data = save_dataset(ds, path)
             row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
             rewritten += 1
     write_table(to_table(manifest), tree / "manifest.parquet")

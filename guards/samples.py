@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from guards.atomic import save_dataset
 from guards.errors import GuardError
 from guards.progress import progress
 
@@ -442,13 +443,6 @@ def _ct_series(p: _Patient, st: dict[str, Any], rng: np.random.Generator, *, see
     return out
 
 
-def _write(ds: Dataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    tmp.replace(path)
-
-
 def generate_corpus(out: Path, *, studies: int, seed: int, population: Population | None = None,
                     image_size: int = 256) -> SampleCorpus:
     """Write ``studies`` generated studies under ``out`` plus ``out/labels.csv``; deterministic per ``seed``."""
@@ -502,7 +496,7 @@ def generate_corpus(out: Path, *, studies: int, seed: int, population: Populatio
             written += [(c, study_dir / "2" / f"CT{n + 1:04d}.dcm", []) for n, c in enumerate(_ct_series(p, st, rng,
                                                                                                      seed=seed))]
         for dataset, path, drawn_tokens in written:
-            _write(dataset, path)
+            save_dataset(dataset, path)
             rel = path.relative_to(out).as_posix()
             files.append(path)
             phi_tokens[rel] = list(tokens)

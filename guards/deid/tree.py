@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from guards.atomic import save_dataset
 from guards.deid.engine import InstanceQuarantined, _deidentify
 from guards.deid.writer import encode_part10
 from guards.errors import InputError
@@ -59,19 +60,6 @@ class DeidResult:
     counts: dict[str, int]  # seen, published, quarantined, excluded
     table: pa.Table = field(repr=False)
     crosswalk_path: Path | None = None
-
-
-def _atomic_write_dataset(ds: Dataset, path: Path) -> bytes:
-    data = encode_part10(ds)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return data
 
 
 _HEADER_TAGS: tuple[tuple[str, int], ...] = tuple((k, int(tag_for_keyword(k) or 0)) for k in HEADER_KEYWORDS)
@@ -235,7 +223,7 @@ def _one(
     except InstanceQuarantined as e:
         rel = f"{QUARANTINE}/{_out_name(ds, source_path, key)}"
         try:
-            data = _atomic_write_dataset(ds, dst / rel)
+            data = save_dataset(ds, dst / rel, encode=encode_part10)
         except _FILE_ERRORS as we:
             return failed(f"{e.reason}; and not writable: {type(we).__name__}: {we}")
         return _row(rel, source_path, ds, data, "quarantined", e.reason)
@@ -247,7 +235,7 @@ def _one(
         row["status"] = "excluded"
         return row
     try:
-        data = _atomic_write_dataset(ds, dst / rel)
+        data = save_dataset(ds, dst / rel, encode=encode_part10)
     except _FILE_ERRORS as e:
         return failed(f"cannot be written as DICOM Part 10: {type(e).__name__}: {e}")
     written[rel] = source_path

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from guards.atomic import copy_file, save_dataset
 from guards.errors import InputError
 from guards.manifest import read_table, to_table, write_table
 from guards.policy import ProtectSection, ReleasePolicy
@@ -134,20 +135,6 @@ def _record_protection(ds: Dataset, section: ProtectSection, seed: int) -> None:
     ds.ContributingEquipmentSequence = [*seq, item]
 
 
-def _write_atomic(ds: Dataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    tmp.replace(path)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
-
-
 def protect_tree(
     src: Path, dst: Path, *, policy: ReleasePolicy, labels: dict[str, int] | None, device: str = "cpu"
 ) -> ProtectResult:
@@ -215,11 +202,11 @@ def protect_tree(
         out = dst / rel
         if rel in quarantined:
             if (src / rel).is_file():
-                _copy_atomic(src / rel, dst / "quarantine" / rel)
+                copy_file(src / rel, dst / "quarantine" / rel)
             row.update(status="quarantined", reason=quarantined[rel])
             continue
         if rel in not_applicable:
-            _copy_atomic(src / rel, out)
+            copy_file(src / rel, out)
         else:
             assert result_noise is not None  # every protectable row contributed images
             ds = pydicom.dcmread(src / rel)
@@ -240,7 +227,7 @@ def protect_tree(
             budgets[rel] = block.budget(section.epsilon)
             encode(ds, block, stored)
             _record_protection(ds, section, seed)
-            _write_atomic(ds, out)
+            save_dataset(ds, out)
             row["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
             row["PhotometricInterpretation"] = str(ds.PhotometricInterpretation)
         row["size"] = out.stat().st_size
