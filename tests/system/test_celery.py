@@ -5,6 +5,7 @@ worker, each in its own process group, and stops every group at the end. It trig
 (SIGKILL to its whole group) while a de-identification shard is running, starts a new worker, and checks that
 the run still completes with every input file accounted for (seen = published + quarantined + excluded) and no
 duplicate or partial file (no ``*.tmp``, one published file per manifest row, every published file parses).
+The kill point is found by watching the shard output folder every 20 ms, since a shard takes about a second.
 Bounded: every wait has a deadline, and the whole test ends within about 8 minutes.
 
 Skipped, with the reason, when Postgres (127.0.0.1:5432) or Redis (127.0.0.1:6379) is not reachable.
@@ -32,6 +33,7 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 PG_HOST, PG_PORT, REDIS_PORT = "127.0.0.1", 5432, 6379
 DB_NAME = f"guard_system_test_{os.getpid()}"
 DEADLINE_S = 450  # the run must finish this many seconds after the trigger
+SHARDS = 2
 POLICY = """
 [release]
 name = "celery-test"
@@ -183,7 +185,7 @@ def test_celery_run_survives_a_killed_worker(
         services.start("worker", *worker)
         _wait("the DAG to be parsed", lambda: _sql(database, "SELECT 1 FROM dag WHERE dag_id = 'guard_release'"),
               timeout_s=180, services=services)
-        conf = json.dumps({"source": str(source), "policy": str(policy), "shards": 2})
+        conf = json.dumps({"source": str(source), "policy": str(policy), "shards": SHARDS})
         subprocess.run([AIRFLOW, "dags", "trigger", "guard_release", "-r", "systest", "-c", conf], env=env,
                        check=True, capture_output=True, timeout=120)
         triggered = time.monotonic()
@@ -193,8 +195,11 @@ def test_celery_run_survives_a_killed_worker(
                                        "AND run_id = 'systest' AND task_id = 'deid' AND state = 'running'"))
 
         _wait("a deid shard to run", deid_running, timeout_s=240, services=services)
-        time.sleep(2)  # well inside the shard: files are being written
+        # A shard takes about a second, so a fixed sleep can miss it: watch its output folder closely and kill
+        # as soon as a shard has written a file and before every shard has written its manifest.
+        written, finished = _kill_point(out / "runs" / "systest" / "deid", shards=SHARDS, timeout_s=60)
         services.stop("worker", sig=signal.SIGKILL)  # the worker and its task processes, no clean-up
+        assert written > 0 and finished < SHARDS, (written, finished)
         assert _sql(database, "SELECT state FROM dag_run WHERE run_id = 'systest'") == [("running",)]
         services.start("worker-2", *worker)
 
@@ -214,6 +219,21 @@ def test_celery_run_survives_a_killed_worker(
     assert max(t[3] for t in tis if t[0] == "deid") >= 2, tis
     _assert_release_complete(out, n_inputs=n_inputs)
     _assert_no_key_in_logs(home / "logs", key_hex)
+
+
+def _kill_point(deid: Path, *, shards: int, timeout_s: float) -> tuple[int, int]:
+    """Wait, polling every 20 ms, until a shard has written a de-identified file into ``deid`` while fewer than
+    ``shards`` shard manifests exist; returns (files written, shard manifests) at that moment."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        finished = len(list((deid / ".shards").glob("*.parquet"))) if (deid / ".shards").is_dir() else 0
+        if finished >= shards:
+            pytest.fail(f"every deid shard finished before the worker could be killed: {finished} manifests")
+        written = sum(1 for _ in deid.rglob("*.dcm")) if deid.is_dir() else 0
+        if written:
+            return written, finished
+        time.sleep(0.02)
+    pytest.fail(f"no de-identified file appeared under {deid} within {timeout_s:.0f} s")
 
 
 def _assert_release_complete(out: Path, *, n_inputs: int) -> None:
