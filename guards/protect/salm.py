@@ -223,9 +223,13 @@ def error_minimizing_noise(
     seed: int,
     device: torch.device | None = None,
     num_classes: int | None = None,
+    frozen: torch.Tensor | None = None,
 ) -> NoiseResult:
     """Sample-wise error-minimizing noise for ``images`` (``N x C x H x W`` in [0, 1]) and integer ``labels``.
 
+    ``frozen`` (bool, N): images that already carry their noise, as released before (an incremental run). The
+    surrogate trains on them as they are, but they get no new noise (their delta and mask are zero) and the
+    noise steps skip them, so the cost of the rounds follows the new images only.
     Same ``seed``, inputs and device give the same noise. The result lives on the CPU.
     """
     if images.ndim != 4:
@@ -234,6 +238,8 @@ def error_minimizing_noise(
         raise GuardError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     if images.shape[0] == 0:
         raise GuardError("no images to protect")
+    if frozen is not None and frozen.shape != (images.shape[0],):
+        raise GuardError(f"frozen must be one flag per image ({images.shape[0]}), got shape {tuple(frozen.shape)}")
     dev = device or torch.device("cpu")
     start = time.monotonic()
     gen = torch.Generator().manual_seed(seed)
@@ -257,6 +263,10 @@ def error_minimizing_noise(
         mask = torch.ones_like(gray, dtype=torch.bool)
     else:
         mask = batch_masks(saliency.cpu(), gray.cpu(), rho=config.rho).to(dev)
+    active = torch.arange(x.shape[0], device=dev)
+    if frozen is not None:
+        mask[frozen.to(dev)] = False
+        active = active[~frozen.to(dev)]
     m = mask.to(x.dtype)
     eps = config.epsilon
     if config.init == "class_frequency":
@@ -273,9 +283,10 @@ def error_minimizing_noise(
         xn = (x + delta).clamp(0, 1)
         _train(model, opt, xn, y, batches=config.train_steps, batch_size=tb, gen=gen, augment=config.augment)
         model.eval()
-        for i in range(0, n, bs):
-            xb, yb, mb = x[i : i + bs], y[i : i + bs], m[i : i + bs]
-            d = delta[i : i + bs].clone()
+        for i in range(0, len(active), bs):
+            rows = active[i : i + bs]
+            xb, yb, mb = x[rows], y[rows], m[rows]
+            d = delta[rows].clone()
             for _ in range(config.steps):
                 d.requires_grad_(True)
                 inp = (xb + d).clamp(0, 1)
@@ -286,7 +297,7 @@ def error_minimizing_noise(
                 with torch.no_grad():
                     d = (d - config.step_size * g.sign()).clamp(-eps, eps) * mb
                     d = (xb + d).clamp(0, 1) - xb
-            delta[i : i + bs] = d.detach()
+            delta[rows] = d.detach()
         acc = accuracy(model, (x + delta).clamp(0, 1), y, batch_size=bs)
         logger.info("error-minimizing noise: round %d, surrogate accuracy on noised data %.3f", rounds, acc)
         if acc >= config.stop_accuracy and rounds >= config.min_rounds:
@@ -302,5 +313,5 @@ def error_minimizing_noise(
         rounds=rounds,
         surrogate_accuracy=acc,
         seconds=seconds,
-        examined=n,
+        examined=len(active),
     )

@@ -106,3 +106,17 @@ def test_pseudo_labels_separate_two_obvious_groups() -> None:
     assert len(set(labels[:10].tolist())) == 1 and len(set(labels[10:].tolist())) == 1
     assert labels[0] != labels[10]
     assert torch.equal(labels, pseudo_labels(torch.cat([dark, bright]), k=2, seed=4))
+
+
+def test_frozen_images_get_no_noise_and_the_others_do(data) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+    frozen = torch.zeros(len(x), dtype=torch.bool)
+    frozen[:10] = True
+    r = error_minimizing_noise(x, y, config=CFG, seed=9, frozen=frozen)
+    assert not bool(r.delta[frozen].any()) and not bool(r.mask[frozen].any())
+    for i in range(10, len(x)):
+        assert int(r.mask[i].sum()) == mask_size(0.1, int(foreground(x[i, 0]).sum()))
+        assert float(r.delta[i].abs().max()) == pytest.approx(EPS)
+    assert r.examined == len(x) - 10
+    with pytest.raises(GuardError, match="one flag per image"):
+        error_minimizing_noise(x, y, config=CFG, seed=9, frozen=frozen[:5])
