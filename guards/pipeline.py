@@ -251,7 +251,9 @@ def step_protect(
     if paths.protect.exists():
         shutil.rmtree(paths.protect)
     labels = pseudonymous_labels(read_labels(_source_root(source) / policy.ingest.labels), key, policy)
-    result = protect_tree(paths.deid, paths.protect, policy=policy, labels=labels or None, device=device)
+    cache = paths.private / "protect-cache" if policy.protect.reuse else None
+    result = protect_tree(paths.deid, paths.protect, policy=policy, labels=labels or None, device=device,
+                          reuse=cache)
     return {"counts": dict(result.counts), "manifest": str(result.manifest_path)}
 
 

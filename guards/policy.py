@@ -96,6 +96,7 @@ class ProtectSection:
     pseudo_label_clusters: int = 4  # k-means clusters for images without a label
     init: str = "class_frequency"  # noise start: "uniform", "class_texture" or "class_frequency" (guards.protect.salm)
     saliency: Literal["gradient", "flat"] = "gradient"  # mask rule: "gradient" (surrogate input gradient) or "flat"
+    reuse: bool = True  # nightly runs: keep images protected before (OUT/private/protect-cache), noise only new ones
 
 
 @dataclass(frozen=True)

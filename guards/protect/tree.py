@@ -21,11 +21,13 @@
    is added with Manufacturer "Release Guard", Manufacturer's Model Name "guards.protect SALM", Purpose of
    Reference (DCM 109103 "Modifying Equipment") and a Contribution Description with epsilon, rho and seed.
    No timestamp is written, so the same seed gives the same bytes.
+7. With ``reuse`` (a private cache folder, ``reuse.py``): a file protected by an earlier run from the same
+   de-identified bytes under the same settings and seed is carried from the cache. Its images still train the
+   surrogate, as released, but get no new noise (``frozen``), and the cache is updated for the next run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -44,9 +46,10 @@ from guards.errors import InputError
 from guards.manifest import read_table, to_table, write_table
 from guards.policy import ProtectSection, ReleasePolicy
 from guards.progress import progress
-from guards.protect.codec import UnsupportedPixelsError, apply_delta, decode, encode, to_unit
+from guards.protect.codec import PixelBlock, UnsupportedPixelsError, apply_delta, decode, encode, to_unit
 from guards.protect.labels import pseudo_labels
 from guards.protect.mask import native_mask
+from guards.protect.reuse import NoiseCache, fingerprint, sha256_of
 from guards.protect.salm import NoiseConfig, error_minimizing_noise
 from guards.protect.surrogate import auto_batch_size, select_device
 
@@ -100,12 +103,25 @@ def _resize(unit: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(t, size=(size, size), mode="area") if t.shape[-2:] != (size, size) else t
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _carry(
+    cached: Path, block: PixelBlock, section: ProtectSection
+) -> tuple[torch.Tensor, Dataset, int, int] | None:
+    """The cached protected file's images at model size, header, largest change and budget, when its pixels
+    have the de-identified pixels' shape and lie within the budget of them; else None (protect afresh)."""
+    try:
+        ds = pydicom.dcmread(cached)
+        old = decode(ds)
+    except (InvalidDicomError, OSError, UnsupportedPixelsError) as e:
+        logger.warning("protect cache: %s cannot be decoded (%s); it is protected afresh", cached.name, e)
+        return None
+    if old.stored.shape != block.stored.shape:
+        return None
+    diff = int(np.abs(old.stored.astype(np.int64) - block.stored.astype(np.int64)).max())
+    budget = block.budget(section.epsilon)
+    if diff > budget:
+        logger.warning("protect cache: %s differs by %d > budget %d; it is protected afresh", cached.name, diff, budget)
+        return None
+    return _resize(to_unit(old), section.image_size), ds, diff, budget
 
 
 def _record_protection(ds: Dataset, section: ProtectSection, seed: int) -> None:
@@ -136,9 +152,20 @@ def _record_protection(ds: Dataset, section: ProtectSection, seed: int) -> None:
 
 
 def protect_tree(
-    src: Path, dst: Path, *, policy: ReleasePolicy, labels: dict[str, int] | None, device: str = "cpu"
+    src: Path,
+    dst: Path,
+    *,
+    policy: ReleasePolicy,
+    labels: dict[str, int] | None,
+    device: str = "cpu",
+    reuse: Path | None = None,
 ) -> ProtectResult:
-    """Add SALM noise to every published image of the de-identified tree ``src``, writing ``dst``."""
+    """Add SALM noise to every published image of the de-identified tree ``src``, writing ``dst``.
+
+    ``reuse``: a private cache folder of earlier runs' protected files (``reuse.py``); files protected before
+    from the same de-identified bytes under the same settings are carried from it instead of protected again,
+    and this run's files are kept there for the next run.
+    """
     t0 = time.monotonic()
     src, dst = Path(src), Path(dst)
     manifest_in = src / "manifest.parquet"
@@ -153,6 +180,12 @@ def protect_tree(
         shutil.copytree(src / "quarantine", dst / "quarantine", dirs_exist_ok=True)
 
     published = [i for i, r in enumerate(rows) if r["status"] == "published"]
+    parent_sha = {i: str(rows[i].get("sha256") or "") for i in published}  # the de-identified files' hashes
+    cache = NoiseCache(reuse, fingerprint(section, seed)) if reuse is not None else None
+    carried: dict[str, tuple[Path, Dataset]] = {}  # path -> (cached protected file, its header)
+    frozen: list[bool] = []
+    max_abs: dict[str, int] = {}
+    budgets: dict[str, int] = {}
     not_applicable: dict[str, str] = {}
     quarantined: dict[str, str] = {}
     images: list[torch.Tensor] = []
@@ -174,28 +207,33 @@ def protect_tree(
             quarantined[rel] = f"protect: {e}"
             continue
         unit = _resize(to_unit(block), section.image_size)
+        cached = cache.lookup(rel, parent_sha[i]) if cache is not None else None
+        if cached is not None and (carry := _carry(cached, block, section)) is not None:
+            unit, cached_ds, max_abs[rel], budgets[rel] = carry  # the images as released before
+            carried[rel] = (cached, cached_ds)
         for f in range(block.frames):
             images.append(unit[f])
             owners.append((i, f))
             studies.append(str(ds.get("StudyInstanceUID", "")))
+            frozen.append(rel in carried)
     t_decode = time.monotonic()
 
     result_noise = None
-    if images:
+    if images and not all(frozen):
         x = torch.stack(images)
         y = _labels_for(x, studies, labels, section=section, seed=seed)
         bs = auto_batch_size(dev, image_size=section.image_size, channels=1, requested=section.batch_size)
-        logger.info("protect: %d images (%d files), %d classes, batch %d, device %s",
-                    len(x), len(published), int(y.max()) + 1, bs, dev)
+        logger.info("protect: %d images (%d files, %d carried from earlier runs), %d classes, batch %d, device %s",
+                    len(x), len(published), len(carried), int(y.max()) + 1, bs, dev)
         result_noise = error_minimizing_noise(x, y, config=noise_config(section, batch_size=bs), seed=seed,
-                                              device=dev)
+                                              device=dev, frozen=torch.tensor(frozen) if carried else None)
+    elif images:
+        logger.info("protect: all %d images were protected by an earlier run: carried, no new noise", len(images))
     t_noise = time.monotonic()
 
     per_row: dict[int, list[int]] = {}
     for k, (i, _f) in enumerate(owners):
         per_row.setdefault(i, []).append(k)
-    max_abs: dict[str, int] = {}
-    budgets: dict[str, int] = {}
     for i in progress(published, total=len(published), what="protect: write", logger=logger):
         row = rows[i]
         rel = row["path"]
@@ -207,6 +245,11 @@ def protect_tree(
             continue
         if rel in not_applicable:
             copy_file(src / rel, out)
+        elif rel in carried:
+            cached, cached_ds = carried[rel]
+            copy_file(cached, out)
+            row["TransferSyntaxUID"] = str(cached_ds.file_meta.TransferSyntaxUID)
+            row["PhotometricInterpretation"] = str(cached_ds.PhotometricInterpretation)
         else:
             assert result_noise is not None  # every protectable row contributed images
             ds = pydicom.dcmread(src / rel)
@@ -231,9 +274,15 @@ def protect_tree(
             row["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
             row["PhotometricInterpretation"] = str(ds.PhotometricInterpretation)
         row["size"] = out.stat().st_size
-        row["sha256"] = _sha256(out)
+        row["sha256"] = sha256_of(out)
+        if cache is not None and rel in max_abs and parent_sha[i]:
+            cache.keep(rel, parent_sha256=parent_sha[i], protected=out, sha256=row["sha256"],
+                       copy=rel not in carried)
     manifest_path = dst / "manifest.parquet"
     write_table(to_table(rows), manifest_path)
+    if cache is not None:
+        logger.info("protect: %d of %d files carried from earlier runs; cache %s", len(carried), len(max_abs),
+                    cache.commit())
     t_end = time.monotonic()
     counts = {
         "published_in": len(published),
@@ -242,6 +291,7 @@ def protect_tree(
         "quarantined": len(quarantined),
         "carried": len(rows) - len(published),
         "images": len(images),
+        "reused": len(carried),
     }
     logger.info("protect: %s", counts)
     return ProtectResult(

@@ -84,7 +84,7 @@ def test_every_row_is_accounted_for(src: Path, protected) -> None:  # type: igno
     assert "PALETTE COLOR" in by_path["b/palette.dcm"]["reason"]
     assert (dst / "quarantine" / "b/palette.dcm").is_file() and not (dst / "b/palette.dcm").exists()
     assert result.counts == {"published_in": 5, "protected": 3, "not_applicable": 1, "quarantined": 1,
-                             "carried": 1, "images": 4}
+                             "carried": 1, "images": 4, "reused": 0}
     assert "a/nopix.dcm" in result.not_applicable
     for rel in ("a/mr.dcm", "a/ct.dcm", "b/rgb2.dcm", "a/nopix.dcm"):
         data = (dst / rel).read_bytes()
