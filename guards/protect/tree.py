@@ -182,7 +182,7 @@ def protect_tree(
     published = [i for i, r in enumerate(rows) if r["status"] == "published"]
     parent_sha = {i: str(rows[i].get("sha256") or "") for i in published}  # the de-identified files' hashes
     cache = NoiseCache(reuse, fingerprint(section, seed)) if reuse is not None else None
-    carried: dict[str, tuple[Path, Dataset]] = {}  # path -> (cached protected file, its header)
+    carried: dict[str, tuple[Path, str, str]] = {}  # path -> (cached file, TransferSyntaxUID, Photometric...)
     frozen: list[bool] = []
     max_abs: dict[str, int] = {}
     budgets: dict[str, int] = {}
@@ -210,7 +210,8 @@ def protect_tree(
         cached = cache.lookup(rel, parent_sha[i]) if cache is not None else None
         if cached is not None and (carry := _carry(cached, block, section)) is not None:
             unit, cached_ds, max_abs[rel], budgets[rel] = carry  # the images as released before
-            carried[rel] = (cached, cached_ds)
+            syntax, photometric = cached_ds.file_meta.TransferSyntaxUID, cached_ds.PhotometricInterpretation
+            carried[rel] = (cached, str(syntax), str(photometric))
         for f in range(block.frames):
             images.append(unit[f])
             owners.append((i, f))
@@ -246,10 +247,8 @@ def protect_tree(
         if rel in not_applicable:
             copy_file(src / rel, out)
         elif rel in carried:
-            cached, cached_ds = carried[rel]
+            cached, row["TransferSyntaxUID"], row["PhotometricInterpretation"] = carried[rel]
             copy_file(cached, out)
-            row["TransferSyntaxUID"] = str(cached_ds.file_meta.TransferSyntaxUID)
-            row["PhotometricInterpretation"] = str(cached_ds.PhotometricInterpretation)
         else:
             assert result_noise is not None  # every protectable row contributed images
             ds = pydicom.dcmread(src / rel)

@@ -85,6 +85,10 @@ def test_a_new_study_gets_noise_and_the_earlier_ones_are_carried_byte_for_byte(f
     rows = {r["path"]: r for r in read_table(tmp_path / "out2" / "manifest.parquet").to_pylist()}
     assert all(rows[rel]["status"] == "published" for rel in SECOND)
     assert rows["a/mr.dcm"]["sha256"] == hashlib.sha256((tmp_path / "out1/a/mr.dcm").read_bytes()).hexdigest()
+    first_rows = {r["path"]: r for r in read_table(tmp_path / "out1" / "manifest.parquet").to_pylist()}
+    for rel in FIRST:  # the carried rows describe the carried files
+        for column in ("TransferSyntaxUID", "PhotometricInterpretation", "size"):
+            assert rows[rel][column] == first_rows[rel][column]
 
 
 def test_nothing_new_means_no_noise_run_at_all(first) -> None:  # type: ignore[no-untyped-def]
