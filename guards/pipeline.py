@@ -254,6 +254,10 @@ def step_protect(
     cache = paths.private / "protect-cache" if policy.protect.reuse else None
     result = protect_tree(paths.deid, paths.protect, policy=policy, labels=labels or None, device=device,
                           reuse=cache)
+    summary = {"counts": dict(result.counts), "rounds": result.rounds,
+               "surrogate_accuracy": round(result.surrogate_accuracy, 4),
+               "seconds": {k: round(v, 1) for k, v in result.timings.items()}}
+    (paths.run / "protect.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")  # for the datasheet
     return {"counts": dict(result.counts), "manifest": str(result.manifest_path)}
 
 
@@ -415,6 +419,7 @@ def datasheet(paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> s
         f"- Pseudonym key fingerprint (not the key): {key.fingerprint()}",
         f"- De-identification: DICOM PS3.15 Annex E Basic Profile; options: {_options(policy)}",
         f"- Unlearnable noise: {noise}",
+        *_noise_lines(paths, policy),
         "",
         "## Input files",
         "",
@@ -435,6 +440,19 @@ def datasheet(paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> s
         lines += [f"- `{column}`: {level}" for column, level in r["generalisations"].items()]
     lines += ["", "## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+def _noise_lines(paths: RunPaths, policy: ReleasePolicy) -> list[str]:
+    """What the protect step did, from ``protect.json``: files noised now and carried from earlier runs."""
+    summary = paths.run / "protect.json"
+    if not policy.protect.enabled or not summary.is_file():
+        return []
+    s = json.loads(summary.read_text(encoding="utf-8"))
+    counts = s["counts"]
+    fresh = counts["protected"] - counts.get("reused", 0)
+    return [f"- Noised in this run: {fresh} files ({s['rounds']} rounds, surrogate accuracy on the noised data"
+            f" {s['surrogate_accuracy']}); carried with the noise of an earlier run: {counts.get('reused', 0)}"
+            f" (same de-identified bytes, settings and seed)"]
 
 
 def _options(policy: ReleasePolicy) -> str:

@@ -4,6 +4,7 @@ pseudonyms) but noises only the new images; the earlier images keep the noise th
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pydicom
@@ -71,6 +72,12 @@ def test_second_night_noises_only_the_new_studies(source: Path, tmp_path: Path, 
     for rel in set(new) - set(old):
         clean = pydicom.dcmread(paths2.deid / rel).PixelData
         assert pydicom.dcmread(paths2.protect / rel).PixelData != clean
+    # the datasheet tells the steward what was noised in this run and what was carried
+    paths2.report.mkdir(parents=True)
+    (paths2.report / "gate.json").write_text(json.dumps({"passed": True, "waivers": []}), encoding="utf-8")
+    sheet = pipeline.datasheet(paths2, policy=_policy(), key=key)
+    assert f"Noised in this run: {arrived} files" in sheet
+    assert f"carried with the noise of an earlier run: {first['counts']['protected']}" in sheet
 
 
 def test_reuse_off_protects_everything_again(source: Path, tmp_path: Path, key: PseudonymKey) -> None:
