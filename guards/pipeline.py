@@ -178,6 +178,7 @@ def step_deid_shard(
         root, rows, paths.deid, policy=policy, key=key,
         crosswalk=paths.private / paths.run_id / f"crosswalk-{shard:04d}.parquet",
         manifest_path=paths.deid / ".shards" / f"{shard:04d}.parquet",
+        ocr_cache=paths.private / "ocr-cache" if policy.pixels.reuse else None,
     )
     return {"shard": shard, "counts": dict(result.counts)}
 

@@ -70,6 +70,7 @@ class PixelsSection:
     min_confidence: float = 30.0  # tesseract word confidence (0-100) to count as text
     language: str = "eng"
     verify_passes: int = 2  # at most this many re-reads of cleaned frames, hiding any text still found
+    reuse: bool = True  # nightly runs: replay OCR decisions for frames read before (OUT/private/ocr-cache)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -33,6 +34,9 @@ from guards.deid.pseudonyms import date_offset_days
 from guards.errors import GuardError
 from guards.keys import PseudonymKey
 from guards.policy import ReleasePolicy
+
+if TYPE_CHECKING:
+    from guards.deid.ocr_cache import OcrCache
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +160,7 @@ def _clean_file_meta(ds: Dataset, ctx: Context) -> None:
             meta[0x00020003] = DataElement(0x00020003, "UI", ctx.uid(value_text(meta, 0x00020003)))
 
 
-def _pixel_step(ds: Dataset, policy: ReleasePolicy) -> str | None:
+def _pixel_step(ds: Dataset, policy: ReleasePolicy, ocr_cache: OcrCache | None = None) -> str | None:
     """Clean Pixel Data Option (PS3.15 E.3.1), by guards.deid.pixels; the reason when it says "quarantine"."""
     try:
         from guards.deid.pixels import clean_pixel_data
@@ -165,7 +169,7 @@ def _pixel_step(ds: Dataset, policy: ReleasePolicy) -> str | None:
             "deid.clean_pixel_data is on but guards.deid.pixels is not available; install it or set "
             "deid.clean_pixel_data = false (and quarantine risky modalities another way)"
         ) from e
-    outcome = clean_pixel_data(ds, policy=policy.pixels)
+    outcome = clean_pixel_data(ds, policy=policy.pixels, cache=ocr_cache)
     if outcome.action == "quarantine":
         return f"pixel data: {outcome.reason}"
     return None
@@ -181,10 +185,15 @@ def deidentify_dataset(ds: Dataset, *, policy: ReleasePolicy, key: PseudonymKey)
 
 
 def _deidentify(
-    ds: Dataset, *, policy: ReleasePolicy, key: PseudonymKey, crosswalk: dict[tuple[str, str], str] | None
+    ds: Dataset,
+    *,
+    policy: ReleasePolicy,
+    key: PseudonymKey,
+    crosswalk: dict[tuple[str, str], str] | None,
+    ocr_cache: OcrCache | None = None,
 ) -> Dataset:
     deid = policy.deid
-    quarantine = _pixel_step(ds, policy) if deid.clean_pixel_data and "PixelData" in ds else None
+    quarantine = _pixel_step(ds, policy, ocr_cache) if deid.clean_pixel_data and "PixelData" in ds else None
     sop_class = value_text(ds, 0x00080016) if 0x00080016 in ds else ""
     profile = compile_profile(deid, sop_class)
     patient = _patient_key(ds)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,9 @@ from guards.deid.ocr import OcrError, OcrWord, ocr_words
 from guards.deid.pixel_display import display_frames
 from guards.deid.pixel_phi import header_tokens, looks_like_phi, matches_header, normalize
 from guards.policy import PixelsSection
+
+if TYPE_CHECKING:
+    from guards.deid.ocr_cache import OcrCache
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class PixelOutcome:
     risk: str = ""
     words_matching_header: int = 0
     method_code: str | None = None  # "113101" when cleaned, for DeidentificationMethodCodeSequence
+    cached: bool = False  # the decision was replayed from an earlier run's OCR (guards.deid.ocr_cache)
 
 
 def instance_risk(ds: Dataset, *, policy: PixelsSection) -> str:
@@ -175,6 +179,33 @@ def _fill(ds: Dataset, boxes: list[Box], images: list[npt.NDArray[np.uint8]]) ->
     ds.PixelData = bytes(buf)
 
 
+def _replay(ds: Dataset, record: dict[str, Any], images: list[npt.NDArray[np.uint8]], *, risk: str) -> PixelOutcome:
+    """A recorded decision applied again: the same fills, pass by pass, so the same bytes, without OCR."""
+    passes = [[(int(b[0]), int(b[1]), int(b[2]), int(b[3]), int(b[4])) for b in p] for p in record["passes"]]
+    action: PixelAction = record["action"]
+    if action == "cleaned":
+        try:
+            _fill(ds, passes[0], images)
+            for extra in passes[1:]:
+                _fill(ds, extra, display_frames(ds, _decode(ds)))
+        except _Unwritable as e:
+            return PixelOutcome(action="quarantine", reason=f"cannot clean: {e}", risk=risk)
+        ds.BurnedInAnnotation = "NO"
+    elif str(record["reason"]).startswith("mode keep"):
+        log.warning("pixels.mode is keep: %s (recorded by an earlier run)", record["reason"])
+    return PixelOutcome(
+        action=action,
+        reason=str(record["reason"]),
+        boxes=[b for p in passes for b in p],
+        ocr_words_examined=int(record["words"]),
+        frames_examined=len(images),
+        risk=risk,
+        words_matching_header=int(record["matching"]),
+        method_code=record["method_code"],
+        cached=True,
+    )
+
+
 def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
     try:
         return np.asarray(ds.pixel_array)
@@ -185,8 +216,12 @@ def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
         ) from e
 
 
-def clean_pixel_data(ds: Dataset, *, policy: PixelsSection) -> PixelOutcome:
-    """Apply the Clean Pixel Data Option (PS3.15 E.3.1) to ``ds`` in place; see the module docstring."""
+def clean_pixel_data(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | None = None) -> PixelOutcome:
+    """Apply the Clean Pixel Data Option (PS3.15 E.3.1) to ``ds`` in place; see the module docstring.
+
+    With ``cache``, a decision recorded for the same displayed frames, header tokens and settings is replayed
+    without OCR (:mod:`guards.deid.ocr_cache`), and a new completed decision is recorded.
+    """
     if "PixelData" not in ds:
         return PixelOutcome(action="unchanged", reason="no Pixel Data")
     risk = instance_risk(ds, policy=policy)
@@ -200,6 +235,10 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection) -> PixelOutcome:
         reason = f"Pixel Data cannot be displayed for OCR ({type(e).__name__}: {e}); check the LUT and pixel attributes"
         return PixelOutcome(action="quarantine", reason=reason, risk=risk)
     tokens = header_tokens(ds)
+    burned_in = str(ds.get("BurnedInAnnotation", "")).strip().upper()
+    key = cache.key(images, tokens=tokens, risk=risk, burned_in=burned_in, policy=policy) if cache else None
+    if cache is not None and key is not None and (record := cache.get(key)) is not None:
+        return _replay(ds, record, images, risk=risk)
     everything = list(range(len(images)))
     try:
         scan = _scan(images, everything, risky=bool(risk), tokens=tokens, policy=policy)
@@ -208,8 +247,12 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection) -> PixelOutcome:
     rows, cols = images[0].shape
     boxes = [_padded(i, w, pad=policy.padding, rows=rows, cols=cols) for i, w in scan.hidden]
     examined = scan.words
+    passes: list[list[Box]] = [list(boxes)]  # the boxes filled, pass by pass, for the cache
 
-    def outcome(action: PixelAction, reason: str, *, code: str | None = None) -> PixelOutcome:
+    def outcome(action: PixelAction, reason: str, *, code: str | None = None, record: bool = True) -> PixelOutcome:
+        if cache is not None and key is not None and record:
+            cache.put(key, {"action": action, "reason": reason, "passes": passes, "words": examined,
+                            "matching": scan.matching, "method_code": code})
         return PixelOutcome(
             action=action,
             reason=reason,
@@ -221,7 +264,7 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection) -> PixelOutcome:
             method_code=code,
         )
 
-    says_yes = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+    says_yes = burned_in == "YES"
     if not boxes:
         if says_yes and policy.mode != "keep":
             return outcome("quarantine", "BurnedInAnnotation is YES but OCR found no text to hide; review it by eye")
@@ -243,7 +286,8 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection) -> PixelOutcome:
                 break
             _fill(ds, extra, again)
             boxes.extend(extra)
+            passes.append(extra)
     except (_Unwritable, OcrError) as e:
-        return outcome("quarantine", f"cannot clean: {e}")
+        return outcome("quarantine", f"cannot clean: {e}", record=False)
     ds.BurnedInAnnotation = "NO"
     return outcome("cleaned", f"cleaned: {found}", code=CLEAN_PIXEL_DATA_CODE)

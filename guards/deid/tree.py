@@ -35,6 +35,7 @@ from pydicom.multival import MultiValue
 
 from guards.atomic import save_dataset
 from guards.deid.engine import InstanceQuarantined, _deidentify
+from guards.deid.ocr_cache import OcrCache
 from guards.deid.writer import encode_part10
 from guards.errors import InputError
 from guards.keys import PseudonymKey
@@ -163,8 +164,12 @@ def deidentify_index(
     key: PseudonymKey,
     crosswalk: Path | None = None,
     manifest_path: Path | None = None,
+    ocr_cache: Path | None = None,
 ) -> DeidResult:
     """De-identify the files of ingest index rows (read under ``root``) into ``dst``.
+
+    ``ocr_cache``: a private folder of earlier runs' Clean Pixel Data decisions (``guards.deid.ocr_cache``);
+    frames read before are not read again.
 
     Rows already quarantined or excluded by ingest are carried over with their reason. Used whole by
     :func:`deidentify_tree`, and one shard (a group of patients) at a time by the pipeline, where several
@@ -178,9 +183,13 @@ def deidentify_index(
     for r in index_rows:
         if r["status"] != "indexed":  # already quarantined / excluded by ingest: carried over with its reason
             rows.append({**r, "path": r.get("source_path") or r["path"]})
+    cache = OcrCache(ocr_cache) if ocr_cache is not None else None
     for r in progress(indexed, total=len(indexed), what="deid", logger=log):
         source_path = r.get("source_path") or r["path"]
-        rows.append(_one(root / r["path"], source_path, dst, policy=policy, key=key, pairs=pairs, written=written))
+        rows.append(_one(root / r["path"], source_path, dst, policy=policy, key=key, pairs=pairs, written=written,
+                         ocr_cache=cache))
+    if cache is not None:
+        log.info("deid: OCR decisions replayed from earlier runs: %d; read now: %d", cache.hits, cache.misses)
     table = to_table(rows)
     manifest_path = manifest_path or dst / "manifest.parquet"
     write_table(table, manifest_path)
@@ -206,6 +215,7 @@ def _one(
     key: PseudonymKey,
     pairs: dict[tuple[str, str], str] | None,
     written: dict[str, str],
+    ocr_cache: OcrCache | None = None,
 ) -> dict[str, Any]:
     """De-identify and write one instance; a manifest row whatever happens to it."""
     def failed(reason: str) -> dict[str, Any]:
@@ -219,7 +229,7 @@ def _one(
     except (*_FILE_ERRORS, OSError) as e:
         return failed(f"unreadable at deid: {type(e).__name__}: {e}")
     try:
-        _deidentify(ds, policy=policy, key=key, crosswalk=pairs)
+        _deidentify(ds, policy=policy, key=key, crosswalk=pairs, ocr_cache=ocr_cache)
     except InstanceQuarantined as e:
         rel = f"{QUARANTINE}/{_out_name(ds, source_path, key)}"
         try:

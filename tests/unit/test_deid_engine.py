@@ -228,7 +228,7 @@ def test_pixel_cleaning_quarantine_is_raised(key: PseudonymKey, monkeypatch: pyt
     fake = types.ModuleType("guards.deid.pixels")
     seen: list[object] = []
 
-    def clean_pixel_data(ds: Dataset, *, policy: object) -> _Outcome:
+    def clean_pixel_data(ds: Dataset, *, policy: object, cache: object = None) -> _Outcome:
         seen.append(policy)
         return _Outcome("quarantine", "burned-in text could not be removed", [], 3)
 

@@ -85,3 +85,33 @@ def test_reuse_off_protects_everything_again(source: Path, tmp_path: Path, key: 
     _nightly(source, out, "night-1", key, _policy(reuse=False))
     _, second = _nightly(source, out, "night-2", key, _policy(reuse=False))
     assert second["counts"]["reused"] == 0 and not (out / "private" / "protect-cache").exists()
+
+
+def test_second_night_replays_ocr_decisions_to_the_same_bytes(
+    tmp_path: Path, key: PseudonymKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import guards.deid.pixels as pixels
+
+    corpus = generate_corpus(tmp_path / "source", studies=6, seed=11)
+    assert corpus.burned_in, "the corpus must have burned-in text for this test to mean anything"
+    policy = policy_from_dict({"release": {"seed": 5}})  # Clean Pixel Data on, OCR of every instance
+    out = tmp_path / "out"
+    first = pipeline.RunPaths(out=out, run_id="night-1")
+    pipeline.step_deid(corpus.root, first, policy=policy, key=key)
+    records = sorted((out / "private" / "ocr-cache").rglob("*.json"))
+    assert len(records) == len(corpus.files)  # one decision per instance read
+
+    def no_ocr(*args: object, **kwargs: object) -> None:
+        raise AssertionError("OCR ran on a frame read the night before")
+
+    monkeypatch.setattr(pixels, "ocr_words", no_ocr)
+    second = pipeline.RunPaths(out=out, run_id="night-2")
+    pipeline.step_deid(corpus.root, second, policy=policy, key=key)
+    rows1 = read_table(first.deid / "manifest.parquet").to_pylist()
+    rows2 = read_table(second.deid / "manifest.parquet").to_pylist()
+    def listing(rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        return [(r["path"], r["status"], r["sha256"]) for r in rows]
+
+    assert listing(rows1) == listing(rows2)
+    cleaned = [r for r in rows2 if r["source_path"] in corpus.burned_in]
+    assert cleaned and all(r["status"] == "published" for r in cleaned)
