@@ -110,7 +110,7 @@ def test_pixel_quarantine_goes_to_quarantine(source: Path, tmp_path: Path, key: 
         boxes: list[tuple[int, int, int, int]]
         ocr_words_examined: int
 
-    def clean_pixel_data(ds: object, *, policy: object) -> Outcome:
+    def clean_pixel_data(ds: object, *, policy: object, cache: object = None) -> Outcome:
         modality = getattr(ds, "Modality", "")
         if modality == "OT":
             return Outcome("quarantine", "text in pixels not removable", [], 5)
