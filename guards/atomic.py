@@ -1,6 +1,7 @@
 """Atomic file writes: a file appears under its final name complete or not at all.
 
-Every writer of a DICOM file in a run (samples, de-identification, protection, remediation) goes through here,
+Every writer of a DICOM file in a run (samples, de-identification, protection, remediation), of a manifest and
+of a check result goes through here,
 so that a crash or a killed worker never leaves a partial file where a release or a later step would read it.
 The temporary name is hidden (``.<name>.tmp``) in the same folder, so the rename is atomic on POSIX.
 """
@@ -8,39 +9,40 @@ The temporary name is hidden (``.<name>.tmp``) in the same folder, so the rename
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 
-def temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name, then rename; the temporary file is removed on error."""
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """The temporary path to write ``path``'s new content to: renamed over ``path`` when the block ends, removed
+    when it raises (the folder is created first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_bytes(data)
+        yield tmp
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
 def copy_file(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary name, then rename."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(dst)
-    try:
+    with replacing(dst) as tmp:
         shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def part10_bytes(ds: Dataset) -> bytes:

@@ -43,6 +43,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
 
+from guards.atomic import replacing
 from guards.errors import InputError
 from guards.manifest import HEADER_KEYWORDS, empty_row, to_table, write_table
 from guards.policy import IngestSection
@@ -406,11 +407,8 @@ def _link_reason(fs: fsspec.AbstractFileSystem, path: str, policy: IngestSection
 
 def _copy_atomic(f: BinaryIO, target: Path) -> None:
     """Copy ``f`` to ``target`` through a temporary name, then rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    with tmp.open("wb") as out:
+    with replacing(target) as tmp, tmp.open("wb") as out:
         shutil.copyfileobj(f, out)
-    tmp.replace(target)
 
 
 def _hash_and_copy(f: BinaryIO, target: Path | None) -> str:

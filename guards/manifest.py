@@ -18,6 +18,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from guards.atomic import replacing
+
 Status = Literal["indexed", "published", "quarantined", "excluded"]
 STATUSES: tuple[str, ...] = ("indexed", "published", "quarantined", "excluded")
 
@@ -97,10 +99,8 @@ def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema = MANIFEST_SCH
 
 def write_table(table: pa.Table, path: Path) -> None:
     """Write Parquet atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_table(path: Path) -> pa.Table:

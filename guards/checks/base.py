@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from guards.atomic import write_text
+
 Status = Literal["pass", "fail", "warn"]
 
 
@@ -52,10 +54,7 @@ class CheckResult:
         return d
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str), encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, json.dumps(self.to_dict(), indent=2, default=str))
 
     @classmethod
     def read(cls, path: Path) -> CheckResult:

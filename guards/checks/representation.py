@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from guards.atomic import write_text
 from guards.checks.base import CheckResult, Finding, Status
 from guards.cohort import UNKNOWN
 from guards.errors import InputError
@@ -202,9 +203,7 @@ def _annotate_index(docs_dir: Path, plans: list[_Planned], results: list[Any]) -
              + (f"<p>Failing expectations ({len(failed)}):</p><ul>{items}</ul>" if failed else
                 f"<p>All {len(results)} expectations passed.</p>") + "</div>")
     text = index.read_text(encoding="utf-8").replace("<body>", "<body>" + block, 1)
-    tmp = index.with_name(index.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(index)
+    write_text(index, text)
     return page
 
 
