@@ -450,9 +450,9 @@ def _noise_lines(paths: RunPaths, policy: ReleasePolicy) -> list[str]:
         return []
     s = json.loads(summary.read_text(encoding="utf-8"))
     counts = s["counts"]
-    fresh = counts["protected"] - counts.get("reused", 0)
+    fresh = counts["protected"] - counts["reused"]
     return [f"- Noised in this run: {fresh} files ({s['rounds']} rounds, surrogate accuracy on the noised data"
-            f" {s['surrogate_accuracy']}); carried with the noise of an earlier run: {counts.get('reused', 0)}"
+            f" {s['surrogate_accuracy']}); carried with the noise of an earlier run: {counts['reused']}"
             f" (same de-identified bytes, settings and seed)"]
 
 

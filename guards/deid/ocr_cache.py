@@ -76,11 +76,8 @@ class OcrCache:
         path = self._path(key)
         try:
             record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        except (OSError, ValueError):  # none yet, or unreadable: decided afresh (and overwritten)
             self.misses += 1
-            return None
-        except (OSError, ValueError):
-            self.misses += 1  # an unreadable record is decided afresh and overwritten
             return None
         self.hits += 1
         return record

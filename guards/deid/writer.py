@@ -49,8 +49,10 @@ def encode_part10(ds: Dataset) -> bytes:
         return _slow(ds)
     implicit = ts == ImplicitVRLittleEndian
     for meta_tag, tag in ((0x00020002, 0x00080016), (0x00020003, 0x00080018)):  # Media Storage SOP Class / Instance
-        if tag in ds and (meta_tag not in meta or value_text(meta, meta_tag) != value_text(ds, tag)):
-            meta[meta_tag] = DataElement(meta_tag, "UI", UID(value_text(ds, tag)))
+        if tag in ds:
+            value = value_text(ds, tag)
+            if meta_tag not in meta or value_text(meta, meta_tag) != value:
+                meta[meta_tag] = DataElement(meta_tag, "UI", UID(value))
     pixel = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
     if pixel is not None and not isinstance(pixel, RawDataElement):
         ds[0x7FE00010].is_undefined_length = ts.is_compressed  # as pydicom's dcmwrite does
