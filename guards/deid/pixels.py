@@ -247,7 +247,7 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | No
     rows, cols = images[0].shape
     boxes = [_padded(i, w, pad=policy.padding, rows=rows, cols=cols) for i, w in scan.hidden]
     examined = scan.words
-    passes: list[list[Box]] = [list(boxes)]  # the boxes filled, pass by pass, for the cache
+    passes: list[list[Box]] = [boxes]  # the boxes to fill, pass by pass (verify passes add theirs)
 
     def outcome(action: PixelAction, reason: str, *, code: str | None = None, record: bool = True) -> PixelOutcome:
         if cache is not None and key is not None and record:
@@ -256,7 +256,7 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | No
         return PixelOutcome(
             action=action,
             reason=reason,
-            boxes=boxes,
+            boxes=[b for p in passes for b in p],
             ocr_words_examined=examined,
             frames_examined=len(images),
             risk=risk,
@@ -285,7 +285,6 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | No
             if not extra:
                 break
             _fill(ds, extra, again)
-            boxes.extend(extra)
             passes.append(extra)
     except (_Unwritable, OcrError) as e:
         return outcome("quarantine", f"cannot clean: {e}", record=False)
