@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,13 @@ def fingerprint(section: ProtectSection, seed: int) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclass(frozen=True)
+class CachedFile:
+    """A cached protected file as read for one lookup (``data`` is not kept beyond it)."""
+
+    path: Path
+    data: bytes
+    sha256: str
 
 
 class NoiseCache:
@@ -76,16 +78,18 @@ class NoiseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, rel: str, parent_sha256: str | None) -> Path | None:
-        """The cached protected file of ``rel`` when it was made from these exact de-identified bytes."""
+    def lookup(self, rel: str, parent_sha256: str | None) -> CachedFile | None:
+        """The cached protected file of ``rel``, read and verified, when it was made from these exact
+        de-identified bytes."""
         entry = self._entries.get(rel)
         if entry is None or not parent_sha256 or entry["parent_sha256"] != parent_sha256:
             return None
         path = self.folder / "files" / rel
-        if not path.is_file() or sha256_of(path) != entry["sha256"]:
+        data = path.read_bytes() if path.is_file() else b""
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             logger.warning("protect cache: %s is missing or altered; it is protected afresh", rel)
             return None
-        return path
+        return CachedFile(path=path, data=data, sha256=entry["sha256"])
 
     def keep(self, rel: str, *, parent_sha256: str, protected: Path, sha256: str, copy: bool) -> None:
         """Record ``protected`` (the file written for this run) for the next run; ``copy`` it into the cache."""

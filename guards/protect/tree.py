@@ -28,10 +28,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,7 @@ from guards.progress import progress
 from guards.protect.codec import PixelBlock, UnsupportedPixelsError, apply_delta, decode, encode, to_unit
 from guards.protect.labels import pseudo_labels
 from guards.protect.mask import native_mask
-from guards.protect.reuse import NoiseCache, fingerprint, sha256_of
+from guards.protect.reuse import CachedFile, NoiseCache, fingerprint
 from guards.protect.salm import NoiseConfig, error_minimizing_noise
 from guards.protect.surrogate import auto_batch_size, select_device
 
@@ -103,23 +105,32 @@ def _resize(unit: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(t, size=(size, size), mode="area") if t.shape[-2:] != (size, size) else t
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _carry(
-    cached: Path, block: PixelBlock, section: ProtectSection
+    cached: CachedFile, block: PixelBlock, section: ProtectSection
 ) -> tuple[torch.Tensor, Dataset, int, int] | None:
     """The cached protected file's images at model size, header, largest change and budget, when its pixels
     have the de-identified pixels' shape and lie within the budget of them; else None (protect afresh)."""
+    name = cached.path.name
     try:
-        ds = pydicom.dcmread(cached)
+        ds = pydicom.dcmread(BytesIO(cached.data))
         old = decode(ds)
     except (InvalidDicomError, OSError, UnsupportedPixelsError) as e:
-        logger.warning("protect cache: %s cannot be decoded (%s); it is protected afresh", cached.name, e)
+        logger.warning("protect cache: %s cannot be decoded (%s); it is protected afresh", name, e)
         return None
     if old.stored.shape != block.stored.shape:
         return None
     diff = int(np.abs(old.stored.astype(np.int64) - block.stored.astype(np.int64)).max())
     budget = block.budget(section.epsilon)
     if diff > budget:
-        logger.warning("protect cache: %s differs by %d > budget %d; it is protected afresh", cached.name, diff, budget)
+        logger.warning("protect cache: %s differs by %d > budget %d; it is protected afresh", name, diff, budget)
         return None
     return _resize(to_unit(old), section.image_size), ds, diff, budget
 
@@ -182,7 +193,7 @@ def protect_tree(
     published = [i for i, r in enumerate(rows) if r["status"] == "published"]
     parent_sha = {i: str(rows[i].get("sha256") or "") for i in published}  # the de-identified files' hashes
     cache = NoiseCache(reuse, fingerprint(section, seed)) if reuse is not None else None
-    carried: dict[str, tuple[Path, str, str]] = {}  # path -> (cached file, TransferSyntaxUID, Photometric...)
+    carried: dict[str, tuple[Path, str, str, str]] = {}  # path -> (cached file, sha256, TransferSyntaxUID, PI)
     frozen: list[bool] = []
     max_abs: dict[str, int] = {}
     budgets: dict[str, int] = {}
@@ -211,7 +222,7 @@ def protect_tree(
         if cached is not None and (carry := _carry(cached, block, section)) is not None:
             unit, cached_ds, max_abs[rel], budgets[rel] = carry  # the images as released before
             syntax, photometric = cached_ds.file_meta.TransferSyntaxUID, cached_ds.PhotometricInterpretation
-            carried[rel] = (cached, str(syntax), str(photometric))
+            carried[rel] = (cached.path, cached.sha256, str(syntax), str(photometric))
         for f in range(block.frames):
             images.append(unit[f])
             owners.append((i, f))
@@ -246,9 +257,10 @@ def protect_tree(
             continue
         if rel in not_applicable:
             copy_file(src / rel, out)
+            row["sha256"] = _sha256(out)
         elif rel in carried:
-            cached, row["TransferSyntaxUID"], row["PhotometricInterpretation"] = carried[rel]
-            copy_file(cached, out)
+            cached_path, row["sha256"], row["TransferSyntaxUID"], row["PhotometricInterpretation"] = carried[rel]
+            copy_file(cached_path, out)
         else:
             assert result_noise is not None  # every protectable row contributed images
             ds = pydicom.dcmread(src / rel)
@@ -269,11 +281,11 @@ def protect_tree(
             budgets[rel] = block.budget(section.epsilon)
             encode(ds, block, stored)
             _record_protection(ds, section, seed)
-            save_dataset(ds, out)
+            data = save_dataset(ds, out)
+            row["sha256"] = hashlib.sha256(data).hexdigest()
             row["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
             row["PhotometricInterpretation"] = str(ds.PhotometricInterpretation)
         row["size"] = out.stat().st_size
-        row["sha256"] = sha256_of(out)
         if cache is not None and rel in max_abs and parent_sha[i]:
             cache.keep(rel, parent_sha256=parent_sha[i], protected=out, sha256=row["sha256"],
                        copy=rel not in carried)
