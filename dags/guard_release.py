@@ -1,31 +1,39 @@
 """guard_release: the nightly Release Guard run, and the steward's manual run with a parameter form.
 
-Thin by design: every task imports ``guards`` inside its body and calls one function of
-``guards.pipeline``; no file reads, torch or pandas imports at parse time (the cron comes from the
-``GUARD_SCHEDULE`` environment variable, which ``make``/docker set from the policy's ``release.schedule``).
+Thin by design: the ``ingest`` task starts the persisted Run (``guards.run.Run``: the policy file plus the form's
+overrides and waivers, frozen; the source snapshot; the devices) and every later task loads that Run and calls
+one function of ``guards.pipeline``, exactly as ``guard run`` does. Nothing is read at parse time but the
+environment and the check registry (``guards.checks.registry``, which imports neither torch nor a check).
+Bad input (``GuardError``) fails a task at once, without retries; a crash is retried.
 
 ingest -> plan_shards -> deid.expand -> merge_deid -> protect -> cohort -> remediate
-       -> check_<id> (in parallel) -> gate -> publish
+       -> check.expand | check_gpu.expand (registered checks; those needing a GPU on the GPU queue) -> gate -> publish
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from guards.checks.registry import registered
+
 GUARD_OUT = os.environ.get("GUARD_OUT", os.path.join(os.environ.get("AIRFLOW_HOME", "."), "guard-out"))
 GUARD_SOURCE = os.environ.get("GUARD_SOURCE", "")
 GUARD_POLICY = os.environ.get("GUARD_POLICY", "")
-GUARD_QUEUE_GPU = os.environ.get("GUARD_GPU_QUEUE", "")  # e.g. "gpu" routes protect to the GPU workers
+GUARD_QUEUE_GPU = os.environ.get("GUARD_GPU_QUEUE", "")  # e.g. "gpu": protect and the GPU checks run there
 # A scheduled run needs a source: without GUARD_SOURCE the DAG is manual-only (the form asks for one), since
 # Airflow refuses a schedule on a DAG whose required params have no valid default.
 SCHEDULE = os.environ.get("GUARD_SCHEDULE", "0 2 * * *") if GUARD_SOURCE else None
 RELEASES = Asset(name="guard_releases", uri=f"file://{os.path.abspath(GUARD_OUT)}/releases")
-CHECKS = ("representation", "reid", "phi", "membership", "unlearnability", "attribute")
+CHECKS = registered()
+CPU_CHECKS = [c.id for c in CHECKS if "gpu" not in c.needs]
+GPU_CHECKS = [c.id for c in CHECKS if "gpu" in c.needs]
+T = TypeVar("T")
 
 PARAMS = {
     "source": Param(GUARD_SOURCE, type="string", minLength=1, title="Source",
@@ -43,32 +51,43 @@ PARAMS = {
     "waivers": Param([], type="array", title="Waivers",
                      description="checks a steward waives, each with a written reason",
                      items={"type": "object", "required": ["check", "reason"],
-                            "properties": {"check": {"type": "string", "enum": list(CHECKS)},
+                            "properties": {"check": {"type": "string", "enum": [c.id for c in CHECKS]},
                                            "reason": {"type": "string", "minLength": 10}}}),
 }
 
 
-def _run_context() -> dict[str, Any]:
-    """Policy (with the form's overrides), run paths and key for this task; the key stays in memory.
-
-    The key comes from the connection ``guard_pseudonym_key`` (its password) through the configured secrets
-    backend; Airflow masks connection passwords in task logs, and Release Guard never formats it.
-    """
+def _key() -> Any:
+    """The key, from the connection ``guard_pseudonym_key`` (its password) through the secrets backend. Airflow
+    masks connection passwords in task logs, and Release Guard never formats it."""
     from airflow.sdk import Connection
 
-    from guards import pipeline
     from guards.keys import key_from_text
 
-    ctx = get_current_context()
-    params = dict(ctx["params"])
-    policy = pipeline.policy_for_run(params.get("policy") or None, params)
-    secret = Connection.get("guard_pseudonym_key").password or ""
-    return {
-        "policy": policy,
-        "paths": pipeline.RunPaths(out=Path(GUARD_OUT), run_id=pipeline.safe_run_id(ctx["run_id"])),
-        "source": params["source"],
-        "key": key_from_text(secret),
-    }
+    return key_from_text(Connection.get("guard_pseudonym_key").password or "")
+
+
+def _run_id() -> str:
+    from guards.run import safe_run_id
+
+    return safe_run_id(get_current_context()["run_id"])
+
+
+def _load() -> Any:
+    from guards.run import Run
+
+    return Run.load(Path(GUARD_OUT), _run_id())
+
+
+def _guarded(work: Callable[[], T]) -> T:
+    """Bad input fails the task at once (no retries: the same input fails the same way); the message says why."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from guards.errors import GuardError
+
+    try:
+        return work()
+    except GuardError as e:
+        raise AirflowFailException(str(e)) from e
 
 
 @dag(
@@ -85,99 +104,109 @@ def _run_context() -> dict[str, Any]:
 def guard_release() -> None:
     @task
     def ingest() -> dict[str, Any]:
+        """Start the Run (or its next attempt) with the frozen policy, then snapshot the source."""
         from guards import pipeline
 
-        rc = _run_context()
-        return pipeline.step_ingest(rc["source"], rc["paths"], policy=rc["policy"])
+        def work() -> dict[str, Any]:
+            params = dict(get_current_context()["params"])
+            policy = pipeline.policy_for_run(params.get("policy") or None, params)
+            run = pipeline.start_run(Path(GUARD_OUT), _run_id(), source=params["source"], policy=policy,
+                                     key=_key(), device="cuda" if GUARD_QUEUE_GPU else "cpu")
+            return dict(pipeline.step_ingest(run, params["source"]))
+
+        return _guarded(work)
 
     @task
     def plan_shards(ingested: dict[str, Any]) -> list[int]:
         from guards import pipeline
 
-        rc = _run_context()
-        return pipeline.plan_shards(rc["paths"], shards=int(get_current_context()["params"]["shards"]))
+        shards = int(get_current_context()["params"]["shards"])
+        return _guarded(lambda: pipeline.plan_shards(_load(), shards=shards))
 
     @task(max_active_tis_per_dagrun=4)
     def deid(shard: int) -> dict[str, Any]:
         from guards import pipeline
 
-        rc = _run_context()
-        return pipeline.step_deid_shard(rc["source"], rc["paths"], shard, policy=rc["policy"], key=rc["key"])
+        return _guarded(lambda: dict(pipeline.step_deid_shard(_load(), shard, key=_key())))
 
     @task
     def merge_deid(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         from guards import pipeline
 
-        rc = _run_context()
-        return pipeline.merge_deid(rc["paths"])
+        return _guarded(lambda: dict(pipeline.merge_deid(_load())))
 
     @task(queue=GUARD_QUEUE_GPU or None)
     def protect(merged: dict[str, Any]) -> dict[str, Any]:
         from guards import pipeline
 
-        rc = _run_context()
-        device = "cuda" if GUARD_QUEUE_GPU else "cpu"
-        return pipeline.step_protect(rc["source"], rc["paths"], policy=rc["policy"], key=rc["key"], device=device)
+        return _guarded(lambda: dict(pipeline.step_protect(_load(), key=_key())))
 
     @task
     def cohort(protected: dict[str, Any]) -> dict[str, Any]:
         from guards import pipeline
 
-        rc = _run_context()
-        return pipeline.step_cohort(rc["source"], rc["paths"], policy=rc["policy"], key=rc["key"])
+        return _guarded(lambda: dict(pipeline.step_cohort(_load(), key=_key())))
 
     @task
     def remediate(built: dict[str, Any]) -> dict[str, Any]:
         from guards import pipeline
 
-        rc = _run_context()
-        return pipeline.step_remediate(rc["paths"], policy=rc["policy"])
+        return _guarded(lambda: dict(pipeline.step_remediate(_load())))
+
+    def _check(check_id: str) -> dict[str, Any]:
+        from guards import pipeline
+
+        run = _load()
+        if check_id not in pipeline.enabled_checks(run.policy):
+            return {"id": check_id, "status": "off by policy"}
+        return _guarded(lambda: dict(pipeline.run_check(run, check_id)))
 
     @task(retries=0)
     def check(check_id: str, built: dict[str, Any]) -> dict[str, Any]:
-        from guards import pipeline
+        return _check(check_id)
 
-        rc = _run_context()
-        if check_id not in pipeline.enabled_checks(rc["policy"]):
-            return {"id": check_id, "status": "not requested"}
-        return pipeline.run_check(check_id, rc["source"], rc["paths"], policy=rc["policy"])
+    @task(retries=0, queue=GUARD_QUEUE_GPU or None)
+    def check_gpu(check_id: str, built: dict[str, Any]) -> dict[str, Any]:
+        """The checks whose registry entry needs a GPU; they run on the Run's device."""
+        return _check(check_id)
 
     @task(retries=0, trigger_rule="all_done")
-    def gate(results: list[dict[str, Any]]) -> dict[str, Any]:
-        """Fails (red in the UI) when a blocking check fails; the report is written either way."""
+    def gate(cpu: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> dict[str, Any]:
+        """Fails (red in the UI) when a blocking check fails, is inconclusive or did not run in this attempt."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from guards import pipeline
 
-        rc = _run_context()
-        outcome = pipeline.step_gate(rc["paths"], policy=rc["policy"])
+        outcome = _guarded(lambda: pipeline.step_gate(_load()))
         if not outcome["passed"]:
             reasons = "; ".join(outcome["reasons"])
             raise AirflowFailException(f"release gate FAILED: {reasons}. Report: {outcome['report']}")
-        return outcome
+        return dict(outcome)
 
     @task(outlets=[RELEASES], retries=0)
     def publish(decision: dict[str, Any]) -> dict[str, Any]:
         from guards import pipeline
 
-        rc = _run_context()
         ctx = get_current_context()
         if ctx["params"]["dry_run"]:
             return {"published": False, "dry_run": True, "report": decision["report"]}
-        outcome = pipeline.step_publish(rc["paths"], policy=rc["policy"], key=rc["key"])
+        run = _load()
+        outcome = _guarded(lambda: pipeline.step_publish(run, key=_key()))
         ctx["outlet_events"][RELEASES].extra = {
-            "release": outcome.get("release"),
+            "release": outcome["release"],
             "verdict": "passed" if decision["passed"] else "failed",
-            "counts": pipeline.input_counts(rc["paths"], rc["policy"]),
+            "already_published": outcome["already"],
+            "counts": pipeline.input_counts(run),
         }
-        return outcome
+        return dict(outcome)
 
     ingested = ingest()
     shards = plan_shards(ingested)
     merged = merge_deid(deid.expand(shard=shards))
     built = remediate(cohort(protect(merged)))
-    results = check.partial(built=built).expand(check_id=list(CHECKS))
-    publish(gate(results))
+    cpu = check.partial(built=built).expand(check_id=CPU_CHECKS)
+    gpu = check_gpu.partial(built=built).expand(check_id=GPU_CHECKS)
+    publish(gate(cpu, gpu))
 
 
 guard_release()

@@ -1,6 +1,7 @@
 """``guard``: the Release Guard command line (ARCHITECTURE.md, Interfaces).
 
-Exit codes: 0 pass or done, 1 the gate failed, 2 bad usage or unusable input.
+Exit codes: 0 pass or done, 1 the gate failed, 2 bad usage or unusable input, 3 internal error (a bug: the
+message says what crashed; nothing is published).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from guards.policy import ReleasePolicy, load_policy
 
 logger = logging.getLogger("guards.cli")
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("src")
     s.add_argument("out", type=Path)
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    s.add_argument("--run-id", help="name of the run folder (default: a UTC timestamp)")
+    s.add_argument("--run-id", help="name of the run folder (default: a UTC timestamp); an existing run's id "
+                   "resumes it: steps done on unchanged inputs are skipped, a published run is not published again")
+    s.add_argument("--shards", type=int, default=1, help="groups of patients de-identified one after another")
     common(s)
     return p
 
@@ -108,15 +111,21 @@ def _cmd_check(args: argparse.Namespace, policy: ReleasePolicy) -> int:
     work = Path(tempfile.mkdtemp(prefix="guard-check-"))
     try:
         # The checks read the release under test; the source, de-identified here, is their clean reference.
-        paths = pipeline.RunPaths(out=work, run_id="check", under_test=release.resolve())
-        pipeline.step_deid(args.source, paths, policy=policy, key=key)
-        pipeline.step_cohort(args.source, paths, policy=policy, key=key)
+        run = pipeline.begin(args.source, work, "check", policy=policy, key=key, device=args.device,
+                             under_test=release.resolve())
+        pipeline.step_deid(run, key=key)
+        pipeline.step_cohort(run, key=key)
         for check_id in pipeline.enabled_checks(policy):
-            pipeline.run_check(check_id, args.source, paths, policy=policy, device=args.device)
-        outcome = pipeline.step_gate(paths, policy=policy)
+            try:
+                pipeline.run_check(run, check_id)
+            except GuardError:
+                raise
+            except Exception as e:  # the gate reads a crashed check as "not run"
+                logger.error("check %s crashed (%s: %s)", check_id, type(e).__name__, e)
+        outcome = pipeline.step_gate(run)
         if (release / "report").exists():
             shutil.rmtree(release / "report")
-        shutil.copytree(paths.report, release / "report")
+        shutil.copytree(run.paths.report, release / "report")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("report: %s", release / "report" / "index.html")
@@ -127,10 +136,15 @@ def _cmd_run(args: argparse.Namespace, policy: ReleasePolicy) -> int:
     from guards.pipeline import run_pipeline
 
     key = _key(args)
-    result = run_pipeline(args.src, args.out, policy=policy, key=key, device=args.device, run_id=args.run_id)
+    result = run_pipeline(args.src, args.out, policy=policy, key=key, device=args.device, run_id=args.run_id,
+                          shards=args.shards)
     logger.info("report: %s", result.report)
     if result.passed and result.release is not None:
-        logger.info("gate PASSED; release published at %s", result.release)
+        if result.already_published:
+            logger.info("gate PASSED; run %s was already published at %s (not published again)",
+                        result.run.run_id, result.release)
+        else:
+            logger.info("gate PASSED; release published at %s", result.release)
         return EXIT_OK
     logger.error("gate FAILED; nothing was published. Read %s for what to change.", result.report)
     return EXIT_GATE_FAILED
@@ -152,6 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GuardError as e:
         logger.error("%s", e)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        logger.error("interrupted; nothing was published")
+        return EXIT_INTERNAL
+    except Exception as e:  # a bug, not bad input: say what crashed, exit 3 (not 1, "the gate failed")
+        logger.error("internal error: %s: %s", type(e).__name__, e)
+        logger.debug("traceback", exc_info=True)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ HEADER_KEYWORDS: tuple[str, ...] = (
     "ManufacturerModelName",
     "InstitutionName",
     "BodyPartExamined",
+    "StationName",
+    "DeviceSerialNumber",
     "BurnedInAnnotation",
     "PhotometricInterpretation",
 )

@@ -1,9 +1,11 @@
 """The release pipeline, step by step, in-process (used by the CLI, the DAG and the tests).
 
-ingest -> deid -> protect -> cohort -> checks -> gate + report -> stage -> publish (ARCHITECTURE.md, Data flow).
-Every step reads and writes under one run folder (:class:`RunPaths`); each is idempotent: re-running it replaces
-its own outputs and gives the same result for the same input, key and seed. The Airflow DAG calls the same
-step functions, one task each; ``run_pipeline`` calls them in order.
+ingest -> deid -> protect -> cohort -> remediate -> checks -> gate + report -> publish (ARCHITECTURE.md).
+:func:`start_run` creates the persisted :class:`~guards.run.Run` (or a new attempt of it); every step takes
+that Run, so the CLI, a DAG task and a remote worker run the same step on the same frozen policy and the same
+source snapshot. Each step is a transaction (:func:`guards.run.step`): it replaces its own outputs, records
+what it did, and is skipped when an earlier attempt did it on the same inputs. Outcomes are small typed dicts
+that fit in XCom.
 """
 
 from __future__ import annotations
@@ -12,87 +14,84 @@ import csv
 import hashlib
 import json
 import logging
-import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 
-from guards.atomic import save_dataset
-from guards.checks.base import CheckResult
-from guards.errors import InputError
+from guards import run as runs
+from guards.atomic import save_dataset, write_text
+from guards.checks import registry
+from guards.errors import GuardError, InputError, PolicyError
 from guards.keys import PseudonymKey
 from guards.manifest import CROSSWALK_SCHEMA, read_table, status_counts, to_table, write_table
 from guards.policy import ReleasePolicy, load_policy
+from guards.run import Device, Run, RunPaths, safe_run_id
+
+__all__ = ["Run", "RunPaths", "safe_run_id", "start_run", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-CHECK_IDS: tuple[str, ...] = ("representation", "reid", "phi", "membership", "unlearnability", "attribute")
+
+class IngestOutcome(TypedDict):
+    counts: dict[str, int]
+    index: str
+    fingerprint: str
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    """The folders of one run under ``OUT/runs/<run_id>/``, the private side and the releases root."""
-
-    out: Path
-    run_id: str
-    under_test: Path | None = None  # `guard check`: an existing release tree checked in place of the run's own
-
-    @property
-    def run(self) -> Path:
-        return self.out / "runs" / self.run_id
-
-    @property
-    def ingest(self) -> Path:
-        return self.run / "ingest"
-
-    @property
-    def deid(self) -> Path:
-        return self.run / "deid"
-
-    @property
-    def protect(self) -> Path:
-        return self.run / "protect"
-
-    @property
-    def cohort(self) -> Path:
-        return self.run / "cohort"
-
-    @property
-    def checks(self) -> Path:
-        return self.run / "checks"
-
-    @property
-    def report(self) -> Path:
-        return self.run / "report"
-
-    @property
-    def staging(self) -> Path:
-        return self.run / "staging"
-
-    @property
-    def private(self) -> Path:
-        return self.out / "private"
-
-    @property
-    def releases(self) -> Path:
-        return self.out / "releases"
-
-    def release_tree(self, policy: ReleasePolicy) -> Path:
-        """The tree that is released (and checked): the release under test when one was given, else the protected
-        tree, or the de-identified one when protection is off. The de-identified tree stays the clean reference."""
-        if self.under_test is not None:
-            return self.under_test
-        return self.protect if policy.protect.enabled else self.deid
+class DeidOutcome(TypedDict):
+    counts: dict[str, int]
+    manifest: str
 
 
-def safe_run_id(run_id: str) -> str:
-    """A folder name from an Airflow run id (``scheduled__2026-11-23T02:00:00+00:00`` -> safe characters)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_") or "run"
+class ShardOutcome(TypedDict):
+    shard: int
+    counts: dict[str, int]
+
+
+class ShardPlan(TypedDict):
+    shards: list[int]
+
+
+class ProtectOutcome(TypedDict):
+    skipped: bool
+    counts: dict[str, int]
+
+
+class CohortOutcome(TypedDict):
+    studies: int
+
+
+class RemediateOutcome(TypedDict):
+    skipped: bool
+    rewritten: int
+    suppressed: int
+
+
+class CheckRan(TypedDict):
+    id: str
+    status: str
+    carried_from: int | None
+
+
+class GateOutcome(TypedDict):
+    passed: bool
+    report: str
+    reasons: list[str]
+
+
+class PublishOutcome(TypedDict):
+    published: bool
+    release: str | None
+    already: bool
+    report: str
+
+
+def new_run_id() -> str:
+    return "run-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def policy_for_run(policy_file: str | Path | None, params: dict[str, Any]) -> ReleasePolicy:
@@ -108,8 +107,43 @@ def policy_for_run(policy_file: str | Path | None, params: dict[str, Any]) -> Re
     return policy.with_overrides(overrides) if overrides else policy
 
 
-def new_run_id() -> str:
-    return "run-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+def enabled_checks(policy: ReleasePolicy) -> tuple[str, ...]:
+    """Every registered check the policy does not turn off (``gate.off``), in registry order.
+
+    A registered check the policy does not classify runs as blocking (fail safe).
+    """
+    return tuple(c.id for c in registry.registered() if c.id not in policy.gate.off)
+
+
+def validate_checks(policy: ReleasePolicy) -> None:
+    """Every check id the policy names (blocking, advisory, off, waivers) must be registered."""
+    known = {c.id for c in registry.registered()}
+    named = {*policy.gate.blocking, *policy.gate.advisory, *policy.gate.off, *(w.check for w in policy.gate.waivers)}
+    unknown = sorted(named - known)
+    if unknown:
+        raise PolicyError(f"gate: unknown check(s) {unknown}; registered checks are {sorted(known)}")
+
+
+def start_run(
+    out: Path,
+    run_id: str | None = None,
+    *,
+    source: str | Path,
+    policy: ReleasePolicy,
+    key: PseudonymKey,
+    device: Device = "cpu",
+    under_test: Path | None = None,
+) -> Run:
+    """Create run ``run_id`` (or a new attempt of it) with its frozen policy; the first thing every run does."""
+    validate_checks(policy)
+    return Run.start(Path(out), run_id or new_run_id(), source=source, policy=policy,
+                     key_fingerprint=key.fingerprint(), device=device, under_test=under_test)
+
+
+def _same_key(run: Run, key: PseudonymKey) -> None:
+    if key.fingerprint() != run.key_fingerprint:
+        raise InputError(f"run {run.run_id!r} was started with another pseudonym key (fingerprint "
+                         f"{run.key_fingerprint}); configure the same key on every worker")
 
 
 def read_labels(path: Path) -> dict[str, int]:
@@ -130,105 +164,9 @@ def read_labels(path: Path) -> dict[str, int]:
     return labels
 
 
-def step_ingest(source: str | Path, paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
-    """Index every source file into ``run/ingest/index.parquet`` (quarantine with reasons; nothing dropped)."""
-    from guards.ingest import ingest
-
-    result = ingest(source, out_dir=paths.ingest, policy=policy.ingest)
-    (paths.ingest / "source_root.txt").write_text(str(result.root), encoding="utf-8")
-    return {"counts": dict(result.counts), "index": str(result.index_path)}
-
-
 def _shard_of(patient_id: str, shards: int) -> int:
     """A patient's shard: stable across runs and machines, so a patient's studies stay together."""
     return int.from_bytes(hashlib.sha256(patient_id.encode("utf-8")).digest()[:8], "big") % shards
-
-
-def plan_shards(paths: RunPaths, *, shards: int) -> list[int]:
-    """Split the indexed instances into at most ``shards`` groups of patients; returns the non-empty shard ids.
-
-    Rows ingest did not index (quarantined, excluded) are not de-identified: :func:`merge_deid` carries them.
-    """
-    if shards < 1:
-        raise InputError(f"shards must be at least 1, got {shards}")
-    index = read_table(paths.ingest / "index.parquet")
-    rows = [r for r in index.to_pylist() if r["status"] == "indexed"]
-    groups: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(_shard_of(r.get("PatientID") or "", shards), []).append(r)
-    shard_dir = paths.ingest / "shards"
-    for stale in (shard_dir, paths.deid):  # a fresh plan starts de-identification afresh
-        if stale.exists():
-            shutil.rmtree(stale)
-    for shard, members in groups.items():
-        write_table(to_table(members), shard_dir / f"{shard:04d}.parquet")
-    logger.info("planned %d shard(s) over %d instances", len(groups), len(rows))
-    return sorted(groups)
-
-
-def step_deid_shard(
-    source: str | Path, paths: RunPaths, shard: int, *, policy: ReleasePolicy, key: PseudonymKey
-) -> dict[str, Any]:
-    """De-identify one shard into ``run/deid`` (PS3.15 Annex E); its manifest and crosswalk are its own."""
-    from guards.deid.tree import deidentify_index
-
-    root = Path((paths.ingest / "source_root.txt").read_text(encoding="utf-8"))
-    rows = read_table(paths.ingest / "shards" / f"{shard:04d}.parquet").to_pylist()
-    result = deidentify_index(
-        root, rows, paths.deid, policy=policy, key=key,
-        crosswalk=paths.private / paths.run_id / f"crosswalk-{shard:04d}.parquet",
-        manifest_path=paths.deid / ".shards" / f"{shard:04d}.parquet",
-        ocr_cache=paths.private / "ocr-cache" if policy.pixels.reuse else None,
-    )
-    return {"shard": shard, "counts": dict(result.counts)}
-
-
-def merge_deid(paths: RunPaths) -> dict[str, Any]:
-    """One ``deid/manifest.parquet`` from the shards plus the files ingest did not index, one row per input file.
-
-    A SOP Instance found in two shards (the same instance filed under two patients) is published once; the
-    other copy is excluded with a reason. Temporary files of crashed attempts are removed.
-    """
-    from guards.deid.tree import remove_partial
-
-    remove_partial(paths.deid)
-    index = read_table(paths.ingest / "index.parquet").to_pylist()
-    rows = [{**r, "path": r.get("source_path") or r["path"]} for r in index if r["status"] != "indexed"]
-    seen: dict[str, str] = {}
-    for part in sorted((paths.deid / ".shards").glob("*.parquet")):
-        for r in read_table(part).to_pylist():
-            if r["status"] == "published":
-                if r["path"] in seen:
-                    r = {**r, "status": "excluded",
-                         "reason": f"duplicate SOPInstanceUID: the same instance as {seen[r['path']]!r}"}
-                else:
-                    seen[r["path"]] = r["source_path"]
-            rows.append(r)
-    expected = sum(1 for r in index)
-    if len(rows) != expected:
-        raise InputError(f"deid accounted for {len(rows)} of {expected} input files: a shard is missing; re-run it")
-    table = to_table(rows)
-    write_table(table, paths.deid / "manifest.parquet")
-    crosswalks = sorted((paths.private / paths.run_id).glob("crosswalk-*.parquet"))
-    if crosswalks:
-        merged = pa.concat_tables([read_table(c) for c in crosswalks]).to_pylist()
-        unique = sorted({(r["kind"], r["original"], r["pseudonym"]) for r in merged})
-        write_table(to_table([{"kind": k, "original": o, "pseudonym": p} for k, o, p in unique], CROSSWALK_SCHEMA),
-                    paths.private / f"crosswalk-{paths.run_id}.parquet")
-        shutil.rmtree(paths.private / paths.run_id)
-    counts = status_counts(table)
-    counts["seen"] = table.num_rows
-    return {"counts": counts, "manifest": str(paths.deid / "manifest.parquet")}
-
-
-def step_deid(
-    source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey, shards: int = 1
-) -> dict[str, Any]:
-    """ingest -> plan shards -> de-identify each shard -> merge, in-process (the DAG runs shards in parallel)."""
-    step_ingest(source, paths, policy=policy)
-    for shard in plan_shards(paths, shards=shards):
-        step_deid_shard(source, paths, shard, policy=policy, key=key)
-    return merge_deid(paths)
 
 
 def pseudonymous_labels(labels: dict[str, int], key: PseudonymKey, policy: ReleasePolicy) -> dict[str, int]:
@@ -238,209 +176,6 @@ def pseudonymous_labels(labels: dict[str, int], key: PseudonymKey, policy: Relea
     if policy.deid.retain_uids:
         return dict(labels)
     return {pseudo_uid(key, uid, root=policy.deid.uid_root): label for uid, label in labels.items()}
-
-
-def step_protect(
-    source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey, device: str = "cpu"
-) -> dict[str, Any]:
-    """Add SALM noise to the de-identified pixels (skipped, loudly, when the policy turns protection off)."""
-    if not policy.protect.enabled:
-        logger.warning("protection is OFF by policy: the release carries no unlearnable noise")
-        return {"skipped": True}
-    from guards.protect import protect_tree
-
-    if paths.protect.exists():
-        shutil.rmtree(paths.protect)
-    labels = pseudonymous_labels(read_labels(_source_root(source) / policy.ingest.labels), key, policy)
-    cache = paths.private / "protect-cache" if policy.protect.reuse else None
-    result = protect_tree(paths.deid, paths.protect, policy=policy, labels=labels or None, device=device,
-                          reuse=cache)
-    summary = {"counts": dict(result.counts), "rounds": result.rounds,
-               "surrogate_accuracy": round(result.surrogate_accuracy, 4),
-               "seconds": {k: round(v, 1) for k, v in result.timings.items()}}
-    (paths.run / "protect.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")  # for the datasheet
-    return {"counts": dict(result.counts), "manifest": str(result.manifest_path)}
-
-
-def _source_root(source: str | Path) -> Path:
-    root = Path(str(source).removeprefix("file://"))
-    if not root.exists():
-        raise InputError(f"source {str(source)!r} does not exist")
-    return root
-
-
-def step_cohort(source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> dict[str, Any]:
-    """Build the study table every check reads (one row per study, subgroup columns, label)."""
-    from guards.cohort import build_cohort, patients_view
-
-    index = read_table(paths.ingest / "index.parquet")
-    deid_manifest = read_table(paths.deid / "manifest.parquet")
-    root = _source_root(source)
-    labels = read_labels(root / policy.ingest.labels)
-    demographics = None
-    if policy.cohort.demographics:
-        import pyarrow.csv as pacsv
-
-        demographics = pacsv.read_csv(root / policy.cohort.demographics)
-    cohort = build_cohort(
-        index, deid_manifest=deid_manifest, labels=labels, policy=policy, key=key, demographics=demographics
-    )
-    write_table(cohort, paths.cohort / "cohort.parquet")
-    write_table(patients_view(cohort), paths.cohort / "patients.parquet")
-    return {"studies": cohort.num_rows}
-
-
-def step_remediate(paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
-    """Re-identification remediation (policy ``reid.remediate``): generalise or suppress quasi-identifiers.
-
-    The released headers are rewritten with the same transforms as the cohort (guards.remediate), suppressed
-    studies become ``excluded`` with a reason in the release manifest, and the cost (overall and per subgroup)
-    is written to ``cohort/remediation.json`` for the report and the datasheet.
-    """
-    if not policy.reid.remediate:
-        return {"skipped": True}
-    from pydicom import dcmread
-
-    from guards.remediate import SUPPRESSION_REASON, remediate, rewrite_dataset
-
-    cohort = read_table(paths.cohort / "cohort.parquet")
-    result = remediate(cohort, policy=policy)
-    tree = paths.release_tree(policy)
-    manifest = read_table(tree / "manifest.parquet").to_pylist()
-    suppressed = set(result.suppressed_studies)
-    rewritten = 0
-    for row in manifest:
-        if row["status"] != "published":
-            continue
-        if row["StudyInstanceUID"] in suppressed:
-            row.update(status="excluded", reason=SUPPRESSION_REASON)
-            continue
-        path = tree / row["path"]
-        ds = dcmread(path)
-        if rewrite_dataset(ds, result.transforms):
-            data = save_dataset(ds, path)
-            row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-            rewritten += 1
-    write_table(to_table(manifest), tree / "manifest.parquet")
-    write_table(result.table, paths.cohort / "cohort.parquet")
-    summary = {
-        "generalisations": result.generalisations,
-        "suppressed_studies": len(suppressed),
-        "rewritten_files": rewritten,
-        "losses": result.losses,
-        "subgroup_losses": result.subgroup_losses,
-        "passed": result.passed,
-    }
-    (paths.cohort / "remediation.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    logger.info("remediation: %d files rewritten, %d studies suppressed", rewritten, len(suppressed))
-    return {"rewritten": rewritten, "suppressed": len(suppressed), "passed": result.passed}
-
-
-def run_check(
-    check_id: str, source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, device: str = "cpu"
-) -> dict[str, Any]:
-    """Run one check and write ``checks/<id>.json``; checks are independent of each other."""
-    cohort = read_table(paths.cohort / "cohort.parquet")
-    tree = paths.release_tree(policy)
-    result: CheckResult
-    if check_id == "representation":
-        from guards.checks import representation
-
-        index = read_table(paths.ingest / "index.parquet")
-        result = representation.run(cohort, source_index=index, policy=policy, report_dir=paths.report)
-    elif check_id == "reid":
-        from guards.checks import reid
-
-        result = reid.run(cohort, policy=policy)
-    elif check_id == "phi":
-        from guards.checks import phi
-
-        result = phi.run(tree, source_dir=_source_root(source), policy=policy)
-    elif check_id == "membership":
-        from guards.checks import membership
-
-        result = membership.run(tree, source_dir=paths.deid, cohort=cohort, policy=policy, device=device)
-    elif check_id == "unlearnability":
-        from guards.checks import unlearnability
-
-        result = unlearnability.run(tree, source_dir=paths.deid, cohort=cohort, policy=policy, device=device)
-    elif check_id == "attribute":
-        from guards.checks import attribute
-
-        result = attribute.run(tree, cohort=cohort, policy=policy)
-    else:
-        raise InputError(f"unknown check {check_id!r}; known checks: {list(CHECK_IDS)}")
-    result.write(paths.checks / f"{check_id}.json")
-    return {"id": check_id, "status": result.status}
-
-
-def enabled_checks(policy: ReleasePolicy) -> tuple[str, ...]:
-    """Checks the policy asks for (blocking or advisory), in a stable order."""
-    wanted = set(policy.gate.blocking) | set(policy.gate.advisory)
-    return tuple(c for c in CHECK_IDS if c in wanted)
-
-
-def step_gate(paths: RunPaths, *, policy: ReleasePolicy) -> dict[str, Any]:
-    """Turn the check results into a GateDecision and write the report (index.html, gate.json)."""
-    from guards.gate import decide
-    from guards.report import write_report
-
-    results = [CheckResult.read(p) for p in sorted(paths.checks.glob("*.json"))]
-    decision = decide(results, policy=policy)
-    context: dict[str, Any] = {"run_id": paths.run_id, "counts": input_counts(paths, policy)}
-    remediation = paths.cohort / "remediation.json"
-    if remediation.is_file():
-        context["remediation"] = json.loads(remediation.read_text(encoding="utf-8"))
-    write_report(decision, results, paths.report, policy=policy, context=context)
-    return {"passed": decision.passed, "report": str(paths.report / "index.html"), "reasons": list(decision.reasons)}
-
-
-def input_counts(paths: RunPaths, policy: ReleasePolicy) -> dict[str, int]:
-    """Every input file's fate, from the last manifest of the run: seen = published + quarantined + excluded."""
-    manifest = paths.release_tree(policy) / "manifest.parquet"
-    if not manifest.is_file():
-        manifest = paths.deid / "manifest.parquet"
-    counts = status_counts(read_table(manifest))
-    counts["seen"] = sum(counts[s] for s in ("indexed", "published", "quarantined", "excluded"))
-    return counts
-
-
-def datasheet(paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> str:
-    """The release's datasheet (Markdown): verdict, counts, waivers, seed, policy."""
-    gate = json.loads((paths.report / "gate.json").read_text(encoding="utf-8"))
-    counts = input_counts(paths, policy)
-    p = policy.protect
-    noise = f"SALM, epsilon {p.epsilon:.5f}, rho {p.rho:.3f}, seed {policy.release.seed}" if p.enabled else "OFF"
-    lines = [
-        f"# Datasheet: {policy.release.name}",
-        "",
-        f"- Verdict: {'PASSED' if gate['passed'] else 'FAILED'}",
-        f"- Run: {paths.run_id}",
-        f"- Seed: {policy.release.seed}",
-        f"- Pseudonym key fingerprint (not the key): {key.fingerprint()}",
-        f"- De-identification: DICOM PS3.15 Annex E Basic Profile; options: {_options(policy)}",
-        f"- Unlearnable noise: {noise}",
-        *_noise_lines(paths, policy),
-        "",
-        "## Input files",
-        "",
-        "| seen | published | quarantined | excluded |",
-        "|---|---|---|---|",
-        f"| {counts['seen']} | {counts['published']} | {counts['quarantined']} | {counts['excluded']} |",
-        "",
-        "## Waivers",
-        "",
-    ]
-    waivers = gate.get("waivers", [])
-    lines += [f"- `{w['check']}`: {w['reason']}" for w in waivers] or ["None."]
-    remediation = paths.cohort / "remediation.json"
-    if remediation.is_file():
-        r = json.loads(remediation.read_text(encoding="utf-8"))
-        lines += ["", "## Re-identification remediation", "",
-                  f"- Studies suppressed: {r['suppressed_studies']}; files rewritten: {r['rewritten_files']}"]
-        lines += [f"- `{column}`: {level}" for column, level in r["generalisations"].items()]
-    lines += ["", "## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
-    return "\n".join(lines)
 
 
 def _noise_lines(paths: RunPaths, policy: ReleasePolicy) -> list[str]:
@@ -467,43 +202,417 @@ def _options(policy: ReleasePolicy) -> str:
     return ", ".join(on) or "none"
 
 
-def step_publish(paths: RunPaths, *, policy: ReleasePolicy, key: PseudonymKey) -> dict[str, Any]:
-    """Stage the release and publish it atomically, only when gate.json says the gate passed."""
+
+def step_ingest(run: Run, source: str | Path) -> IngestOutcome:
+    """Resolve the source once into the run's snapshot (index, quarantine, labels, demographics).
+
+    Ingest runs in every attempt (it is how a resumed run learns whether its input changed); the steps after
+    it compare their records with the new snapshot's fingerprint.
+    """
+    from guards.sources import resolve
+
+    snapshot = resolve(source, out_dir=run.paths.ingest, policy=run.policy)
+    run = run.with_snapshot(snapshot)
+    outcome = IngestOutcome(counts=dict(snapshot.counts), index=str(snapshot.index),
+                            fingerprint=snapshot.fingerprint)
+    runs._write_record(run, runs.StepRecord(step="ingest", attempt=run.attempt, fingerprint=run.input_fingerprint(),
+                                            outcome=dict(outcome), finished_at=runs._now()))
+    return outcome
+
+
+def begin(
+    source: str | Path,
+    out: Path,
+    run_id: str | None = None,
+    *,
+    policy: ReleasePolicy,
+    key: PseudonymKey,
+    device: Device = "cpu",
+    under_test: Path | None = None,
+) -> Run:
+    """:func:`start_run` and :func:`step_ingest`: the Run of ``run_id`` (its next attempt) with its snapshot."""
+    run = start_run(out, run_id, source=source, policy=policy, key=key, device=device, under_test=under_test)
+    step_ingest(run, source)
+    return Run.load(run.out, run.run_id)
+
+
+def plan_shards(run: Run, *, shards: int) -> list[int]:
+    """Split the indexed instances into at most ``shards`` groups of patients; returns the non-empty shard ids.
+
+    Rows ingest did not index (quarantined, excluded) are not de-identified: :func:`merge_deid` carries them.
+    """
+    if shards < 1:
+        raise InputError(f"shards must be at least 1, got {shards}")
+    paths = run.paths
+    shard_dir = paths.ingest / "shards"
+
+    def work() -> ShardPlan:
+        index = read_table(run.require_snapshot().index)
+        rows = [r for r in index.to_pylist() if r["status"] == "indexed"]
+        groups: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            groups.setdefault(_shard_of(r.get("PatientID") or "", shards), []).append(r)
+        for stale in (shard_dir, paths.deid):  # a fresh plan starts de-identification afresh
+            if stale.exists():
+                shutil.rmtree(stale)
+        for shard, members in groups.items():
+            write_table(to_table(members), shard_dir / f"{shard:04d}.parquet")
+        logger.info("planned %d shard(s) over %d instances", len(groups), len(rows))
+        return ShardPlan(shards=sorted(groups))
+
+    def intact(record: runs.StepRecord) -> bool:
+        return all((shard_dir / f"{s:04d}.parquet").is_file() for s in record.outcome["shards"])
+
+    return list(runs.step(run, "plan_shards", work, carry=intact)["shards"])
+
+
+def step_deid_shard(run: Run, shard: int, *, key: PseudonymKey) -> ShardOutcome:
+    """De-identify one shard into ``run/deid`` (PS3.15 Annex E); its manifest and crosswalk are its own."""
+    from guards.deid.tree import deidentify_index
+
+    _same_key(run, key)
+    paths, policy = run.paths, run.policy
+    manifest = paths.deid / ".shards" / f"{shard:04d}.parquet"
+
+    def work() -> ShardOutcome:
+        rows = read_table(paths.ingest / "shards" / f"{shard:04d}.parquet").to_pylist()
+        result = deidentify_index(
+            run.require_snapshot().root, rows, paths.deid, policy=policy, key=key,
+            crosswalk=paths.private / paths.run_id / f"crosswalk-{shard:04d}.parquet",
+            manifest_path=manifest,
+            ocr_cache=paths.private / "ocr-cache" if policy.pixels.reuse else None,
+        )
+        return ShardOutcome(shard=shard, counts=dict(result.counts))
+
+    return runs.step(run, f"deid:{shard:04d}", work, carry=lambda _: manifest.is_file())
+
+
+def merge_deid(run: Run) -> DeidOutcome:
+    """One ``deid/manifest.parquet`` from the shards plus the files ingest did not index, one row per input file.
+
+    A SOP Instance found in two shards (the same instance filed under two patients) is published once; the
+    other copy is excluded with a reason. Temporary files of crashed attempts are removed.
+    """
+    from guards.deid.tree import remove_partial
+
+    paths = run.paths
+
+    def work() -> DeidOutcome:
+        remove_partial(paths.deid)
+        index = read_table(run.require_snapshot().index).to_pylist()
+        rows = [{**r, "path": r.get("source_path") or r["path"]} for r in index if r["status"] != "indexed"]
+        seen: dict[str, str] = {}
+        for part in sorted((paths.deid / ".shards").glob("*.parquet")):
+            for r in read_table(part).to_pylist():
+                if r["status"] == "published":
+                    if r["path"] in seen:
+                        r = {**r, "status": "excluded",
+                             "reason": f"duplicate SOPInstanceUID: the same instance as {seen[r['path']]!r}"}
+                    else:
+                        seen[r["path"]] = r["source_path"]
+                rows.append(r)
+        expected = len(index)
+        if len(rows) != expected:
+            raise InputError(f"deid accounted for {len(rows)} of {expected} input files: a shard is missing; "
+                             "re-run it")
+        table = to_table(rows)
+        write_table(table, paths.deid / "manifest.parquet")
+        crosswalks = sorted((paths.private / paths.run_id).glob("crosswalk-*.parquet"))
+        if crosswalks:
+            merged = pa.concat_tables([read_table(c) for c in crosswalks]).to_pylist()
+            unique = sorted({(r["kind"], r["original"], r["pseudonym"]) for r in merged})
+            write_table(to_table([{"kind": k, "original": o, "pseudonym": p} for k, o, p in unique],
+                                 CROSSWALK_SCHEMA), paths.private / f"crosswalk-{paths.run_id}.parquet")
+            shutil.rmtree(paths.private / paths.run_id)
+        counts = status_counts(table)
+        counts["seen"] = table.num_rows
+        return DeidOutcome(counts=counts, manifest=str(paths.deid / "manifest.parquet"))
+
+    return runs.step(run, "merge_deid", work, carry=lambda _: (paths.deid / "manifest.parquet").is_file())
+
+
+def step_deid(run: Run, *, key: PseudonymKey, shards: int = 1) -> DeidOutcome:
+    """plan shards -> de-identify each shard -> merge, in-process (the DAG runs the shards in parallel)."""
+    for shard in plan_shards(run, shards=shards):
+        step_deid_shard(run, shard, key=key)
+    return merge_deid(run)
+
+
+def run_labels(run: Run) -> dict[str, int]:
+    """The snapshot's labels (original StudyInstanceUIDs, private side); none when the source has no table."""
+    path = run.require_snapshot().labels
+    if path is None:
+        logger.warning("the source has no labels table (%s): protection uses pseudo-labels", run.policy.ingest.labels)
+        return {}
+    return read_labels(path)
+
+
+def step_protect(run: Run, *, key: PseudonymKey) -> ProtectOutcome:
+    """Add SALM noise to the de-identified pixels (skipped, loudly, when the policy turns protection off)."""
+    paths, policy = run.paths, run.policy
+
+    def work() -> ProtectOutcome:
+        if not policy.protect.enabled:
+            logger.warning("protection is OFF by policy: the release carries no unlearnable noise")
+            return ProtectOutcome(skipped=True, counts={})
+        from guards.protect import protect_tree
+
+        _same_key(run, key)
+        if paths.protect.exists():
+            shutil.rmtree(paths.protect)
+        labels = pseudonymous_labels(run_labels(run), key, policy)
+        cache = paths.private / "protect-cache" if policy.protect.reuse else None
+        result = protect_tree(paths.deid, paths.protect, policy=policy, labels=labels or None, device=run.device,
+                              reuse=cache)
+        summary = {"counts": dict(result.counts), "rounds": result.rounds,
+                   "surrogate_accuracy": round(result.surrogate_accuracy, 4),
+                   "seconds": {k: round(v, 1) for k, v in result.timings.items()}}
+        write_text(paths.run / "protect.json", json.dumps(summary, indent=2))  # for the datasheet
+        return ProtectOutcome(skipped=False, counts=dict(result.counts))
+
+    return runs.step(run, "protect", work,
+                     carry=lambda r: r.outcome["skipped"] or (paths.protect / "manifest.parquet").is_file())
+
+
+def step_cohort(run: Run, *, key: PseudonymKey) -> CohortOutcome:
+    """Build the study table every check reads (one row per study, subgroup columns, label)."""
+    from guards.cohort import build_cohort, patients_view
+
+    _same_key(run, key)
+    paths, policy, snap = run.paths, run.policy, run.require_snapshot()
+
+    def work() -> CohortOutcome:
+        demographics = None
+        if snap.demographics is not None:
+            import pyarrow.csv as pacsv
+
+            demographics = pacsv.read_csv(snap.demographics)
+        cohort = build_cohort(read_table(snap.index), deid_manifest=read_table(paths.deid / "manifest.parquet"),
+                              labels=run_labels(run), policy=policy, key=key, demographics=demographics)
+        write_table(cohort, paths.cohort / "cohort.parquet")
+        write_table(patients_view(cohort), paths.cohort / "patients.parquet")
+        return CohortOutcome(studies=cohort.num_rows)
+
+    return runs.step(run, "cohort", work, carry=lambda _: (paths.cohort / "cohort.parquet").is_file())
+
+
+def step_remediate(run: Run) -> RemediateOutcome:
+    """Re-identification remediation (policy ``reid.remediate``): generalise or suppress quasi-identifiers.
+
+    The released headers are rewritten with the same transforms as the cohort (guards.remediate), suppressed
+    studies become ``excluded`` with a reason in the release manifest, and the cost (overall and per subgroup)
+    is written to ``cohort/remediation.json`` for the report and the datasheet.
+    """
+    paths, policy = run.paths, run.policy
+
+    def work() -> RemediateOutcome:
+        if not policy.reid.remediate:
+            return RemediateOutcome(skipped=True, rewritten=0, suppressed=0)
+        from pydicom import dcmread
+
+        from guards.remediate import SUPPRESSION_REASON, remediate, rewrite_dataset
+
+        cohort = read_table(paths.cohort / "cohort.parquet")
+        result = remediate(cohort, policy=policy)
+        tree = run.release_tree
+        manifest = read_table(tree / "manifest.parquet").to_pylist()
+        suppressed = set(result.suppressed_studies)
+        rewritten = 0
+        for row in manifest:
+            if row["status"] != "published":
+                continue
+            if row["StudyInstanceUID"] in suppressed:
+                row.update(status="excluded", reason=SUPPRESSION_REASON)
+                continue
+            path = tree / row["path"]
+            ds = dcmread(path)
+            if rewrite_dataset(ds, result.transforms):
+                data = save_dataset(ds, path)
+                row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+                rewritten += 1
+        write_table(to_table(manifest), tree / "manifest.parquet")
+        write_table(result.table, paths.cohort / "cohort.parquet")
+        summary = {
+            "generalisations": result.generalisations,
+            "suppressed_studies": len(suppressed),
+            "rewritten_files": rewritten,
+            "losses": result.losses,
+            "subgroup_losses": result.subgroup_losses,
+            "passed": result.passed,
+        }
+        write_text(paths.cohort / "remediation.json", json.dumps(summary, indent=2, default=str))
+        logger.info("remediation: %d files rewritten, %d studies suppressed", rewritten, len(suppressed))
+        return RemediateOutcome(skipped=False, rewritten=rewritten, suppressed=len(suppressed))
+
+    return runs.step(run, "remediate", work)
+
+
+def run_check(run: Run, check_id: str) -> CheckRan:
+    """Run one registered check and write its result stamped with this attempt (``checks/<id>.json``).
+
+    The previous result and error files are removed first, so a crash leaves no result: the gate then reads
+    the check as "not run" (with the crash's type and message), never an earlier attempt's file. A check done
+    in an earlier attempt on the same inputs is carried (re-stamped with ``carried_from``), not run again.
+    """
+    check = registry.get(check_id)
+    name = f"check:{check_id}"
+    previous = runs.carried(run, name)
+    if previous is not None and runs.result_path(run, check_id).is_file():
+        result, stamp = runs.read_stamped(runs.result_path(run, check_id))
+        if stamp is not None and stamp.fingerprint == run.input_fingerprint():
+            origin = stamp.carried_from or stamp.attempt
+            runs.write_result(run, result, carried_from=origin)
+            runs.error_path(run, check_id).unlink(missing_ok=True)
+            runs.step(run, name, lambda: CheckRan(id=check_id, status=result.status, carried_from=origin))
+            logger.info("check %s: measured in attempt %d on the same inputs; carried", check_id, origin)
+            return CheckRan(id=check_id, status=result.status, carried_from=origin)
+
+    def work() -> CheckRan:
+        runs.result_path(run, check_id).unlink(missing_ok=True)
+        runs.error_path(run, check_id).unlink(missing_ok=True)
+        try:
+            result = check.execute(run)
+        except Exception as e:
+            runs.write_error(run, check_id, e)
+            raise
+        runs.write_result(run, result)
+        return CheckRan(id=check_id, status=result.status, carried_from=None)
+
+    (run.paths.steps / f"check-{check_id}.json").unlink(missing_ok=True)  # never carried past this point
+    return runs.step(run, name, work)
+
+
+def step_gate(run: Run) -> GateOutcome:
+    """Judge this attempt's check results (a missing, stale or crashed one is "not run") and write the report."""
+    from guards.gate import decide
+    from guards.report import write_report
+
+    paths, policy = run.paths, run.policy
+    results, not_run = runs.current_results(run, enabled_checks(policy))
+    decision = decide(results, policy=policy, not_run=not_run)
+    context: dict[str, Any] = {"run_id": run.run_id, "attempt": run.attempt, "counts": input_counts(run),
+                               "off": list(policy.gate.off)}
+    remediation = paths.cohort / "remediation.json"
+    if remediation.is_file():
+        context["remediation"] = json.loads(remediation.read_text(encoding="utf-8"))
+    write_report(decision, results, paths.report, policy=policy, context=context)
+    outcome = GateOutcome(passed=decision.passed, report=str(paths.report / "index.html"),
+                          reasons=list(decision.reasons))
+    runs._write_record(run, runs.StepRecord(step="gate", attempt=run.attempt, fingerprint=run.input_fingerprint(),
+                                            outcome=dict(outcome), finished_at=runs._now()))
+    return outcome
+
+
+def input_counts(run: Run) -> dict[str, int]:
+    """Every input file's fate, from the last manifest of the run: seen = published + quarantined + excluded."""
+    manifest = run.release_tree / "manifest.parquet"
+    if not manifest.is_file():
+        manifest = run.paths.deid / "manifest.parquet"
+    counts = status_counts(read_table(manifest))
+    counts["seen"] = sum(counts[s] for s in ("indexed", "published", "quarantined", "excluded"))
+    return counts
+
+
+def datasheet(run: Run, *, key: PseudonymKey) -> str:
+    """The release's datasheet (Markdown): verdict, counts, waivers, seed, policy."""
+    paths, policy = run.paths, run.policy
+    gate = json.loads((paths.report / "gate.json").read_text(encoding="utf-8"))
+    counts = input_counts(run)
+    p = policy.protect
+    noise = f"SALM, epsilon {p.epsilon:.5f}, rho {p.rho:.3f}, seed {policy.release.seed}" if p.enabled else "OFF"
+    lines = [
+        f"# Datasheet: {policy.release.name}",
+        "",
+        f"- Verdict: {'PASSED' if gate['passed'] else 'FAILED'}",
+        f"- Run: {run.run_id} (attempt {run.attempt})",
+        f"- Seed: {policy.release.seed}",
+        f"- Pseudonym key fingerprint (not the key): {key.fingerprint()}",
+        f"- De-identification: DICOM PS3.15 Annex E Basic Profile; options: {_options(policy)}",
+        f"- Unlearnable noise: {noise}",
+        *_noise_lines(paths, policy),
+        f"- Checks turned off by policy: {', '.join(policy.gate.off) or 'none'}",
+        "",
+        "## Input files",
+        "",
+        "| seen | published | quarantined | excluded |",
+        "|---|---|---|---|",
+        f"| {counts['seen']} | {counts['published']} | {counts['quarantined']} | {counts['excluded']} |",
+        "",
+        "## Waivers",
+        "",
+    ]
+    outcomes = {o["id"]: o["outcome"] for o in gate.get("outcomes", [])}
+    lines += [f"- `{w['check']}` (was {outcomes.get(w['check'], 'failed')}): {w['reason']}"
+              for w in gate.get("waivers", [])] or ["None."]
+    remediation = paths.cohort / "remediation.json"
+    if remediation.is_file():
+        r = json.loads(remediation.read_text(encoding="utf-8"))
+        lines += ["", "## Re-identification remediation", "",
+                  f"- Studies suppressed: {r['suppressed_studies']}; files rewritten: {r['rewritten_files']}"]
+        lines += [f"- `{column}`: {level}" for column, level in r["generalisations"].items()]
+    lines += ["", "## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+PROVENANCE = "provenance.json"
+
+
+def published_version(run: Run) -> Path | None:
+    """The release version this run already published, if any (its ``provenance.json`` names the run)."""
+    root = run.paths.releases / run.policy.release.name
+    for version in sorted(root.glob("v*")) if root.is_dir() else []:
+        marker = version / PROVENANCE
+        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("run_id") == run.run_id:
+            return version
+    return None
+
+
+def step_publish(run: Run, *, key: PseudonymKey) -> PublishOutcome:
+    """Stage the release and publish it atomically, only when this attempt's gate passed; once per run.
+
+    A run that is already published is not published again (the step says so and returns that version).
+    """
     from guards.publish import publish, stage_release
 
+    paths, policy = run.paths, run.policy
+    report = str(paths.report / "index.html")
+    done = published_version(run)
+    if done is not None:
+        logger.warning("run %s is already published as %s/%s; nothing is published again (start a new run to "
+                       "publish changed inputs)", run.run_id, policy.release.name, done.name)
+        return PublishOutcome(published=False, release=str(done), already=True, report=report)
+    gate_record = runs.read_record(run, "gate")
+    if gate_record is None or gate_record.attempt != run.attempt or gate_record.fingerprint != run.input_fingerprint():
+        raise InputError(f"run {run.run_id!r}: the gate has not judged attempt {run.attempt}; run the gate step first")
     gate = json.loads((paths.report / "gate.json").read_text(encoding="utf-8"))
-    if not gate["passed"]:
-        logger.error("gate failed: nothing is published; report: %s", paths.report / "index.html")
-        return {"published": False, "report": str(paths.report / "index.html")}
-    tree = paths.release_tree(policy)
-    stage_release(
-        tree=tree,
-        manifest=tree / "manifest.parquet",
-        report_dir=paths.report,
-        staging=paths.staging,
-        datasheet=datasheet(paths, policy=policy, key=key),
-    )
+    if not gate["passed"] or not gate_record.outcome["passed"]:
+        logger.error("gate failed: nothing is published; report: %s", report)
+        return PublishOutcome(published=False, release=None, already=False, report=report)
+    _same_key(run, key)
+    tree = run.release_tree
+    stage_release(tree=tree, manifest=tree / "manifest.parquet", report_dir=paths.report, staging=paths.staging,
+                  datasheet=datasheet(run, key=key))
+    write_text(paths.staging / PROVENANCE, json.dumps({"run_id": run.run_id, "attempt": run.attempt,
+                                                       "inputs": run.input_fingerprint()}, indent=2))
     target = publish(paths.staging, paths.releases, name=policy.release.name)
-    return {"published": True, "release": str(target)}
+    return PublishOutcome(published=True, release=str(target), already=False, report=report)
 
 
 @dataclass(frozen=True)
 class PipelineResult:
     passed: bool
-    paths: RunPaths
+    run: Run
     release: Path | None
     counts: dict[str, int]
+    already_published: bool = False
+
+    @property
+    def paths(self) -> RunPaths:
+        return self.run.paths
 
     @property
     def report(self) -> Path:
-        return self.paths.report / "index.html"
-
-
-Step = Callable[[], dict[str, Any]]
-
-
-def _check_step(check_id: str, source: str | Path, paths: RunPaths, *, policy: ReleasePolicy, device: str) -> Step:
-    return lambda: run_check(check_id, source, paths, policy=policy, device=device)
+        return self.run.paths.report / "index.html"
 
 
 def run_pipeline(
@@ -512,28 +621,40 @@ def run_pipeline(
     *,
     policy: ReleasePolicy,
     key: PseudonymKey,
-    device: str = "cpu",
+    device: Device = "cpu",
     run_id: str | None = None,
+    shards: int = 1,
 ) -> PipelineResult:
-    """All steps in order, in-process. Publishes under ``out/releases`` only when the gate passes."""
-    paths = RunPaths(out=Path(out), run_id=run_id or new_run_id())
-    paths.run.mkdir(parents=True, exist_ok=True)
-    steps: list[tuple[str, Step]] = [
-        ("deid", lambda: step_deid(source, paths, policy=policy, key=key)),
-        ("protect", lambda: step_protect(source, paths, policy=policy, key=key, device=device)),
-        ("cohort", lambda: step_cohort(source, paths, policy=policy, key=key)),
-        ("remediate", lambda: step_remediate(paths, policy=policy)),
-    ]
-    for check_id in enabled_checks(policy):
-        steps.append((f"check:{check_id}", _check_step(check_id, source, paths, policy=policy, device=device)))
-    steps.append(("gate", lambda: step_gate(paths, policy=policy)))
-    outcome: dict[str, Any] = {}
-    for n, (name, step) in enumerate(steps, start=1):
-        logger.info("step %d/%d: %s", n, len(steps), name)
-        outcome = step()
-        logger.info("step %s: %s", name, json.dumps(outcome, default=str))
-    published = step_publish(paths, policy=policy, key=key)
-    release = Path(published["release"]) if published.get("published") else None
-    return PipelineResult(
-        passed=bool(outcome.get("passed")), paths=paths, release=release, counts=input_counts(paths, policy)
-    )
+    """All steps in order, in-process. Publishes under ``out/releases`` only when the gate passes, once per run.
+
+    With the ``run_id`` of an existing run this is its next attempt: steps done before on unchanged inputs are
+    skipped, and a run that is already published is not published again.
+    """
+    checks = enabled_checks(policy)
+    total = 7 + len(checks)
+
+    def say(n: int, name: str, outcome: object) -> None:
+        logger.info("step %d/%d %s: %s", n, total, name, json.dumps(outcome, default=str))
+
+    run = begin(source, Path(out), run_id, policy=policy, key=key, device=device)
+    say(1, "ingest", {"attempt": run.attempt, **run.require_snapshot().counts})
+    say(2, "deid", step_deid(run, key=key, shards=shards))
+    say(3, "protect", step_protect(run, key=key))
+    say(4, "cohort", step_cohort(run, key=key))
+    say(5, "remediate", step_remediate(run))
+    for n, check_id in enumerate(checks, start=6):
+        try:
+            say(n, f"check {check_id}", run_check(run, check_id))
+        except GuardError:
+            raise
+        except Exception as e:  # a crashed check is "not run" for the gate; the others still run
+            logger.error("check %s crashed (%s: %s); the gate reads it as not run", check_id, type(e).__name__, e)
+    gate = step_gate(run)
+    say(total - 1, "gate", gate)
+    published = step_publish(run, key=key)
+    say(total, "publish", published)
+    release = Path(published["release"]) if published["release"] else None
+    return PipelineResult(passed=gate["passed"], run=run, release=release, counts=input_counts(run),
+                          already_published=published["already"])
+
+

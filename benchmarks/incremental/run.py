@@ -37,11 +37,12 @@ from guards.samples import generate_corpus
 
 
 def _night(source: Path, out: Path, run_id: str, key: PseudonymKey, policy: ReleasePolicy) -> dict[str, Any]:
-    paths = pipeline.RunPaths(out=out, run_id=run_id)
     t0 = time.monotonic()
-    pipeline.step_deid(source, paths, policy=policy, key=key)
+    run = pipeline.begin(source, out, run_id, policy=policy, key=key)
+    paths = run.paths
+    pipeline.step_deid(run, key=key)
     t1 = time.monotonic()
-    protect = pipeline.step_protect(source, paths, policy=policy, key=key)
+    protect = pipeline.step_protect(run, key=key)
     t2 = time.monotonic()
     return {"deid_s": round(t1 - t0, 1), "protect_s": round(t2 - t1, 1), "counts": protect["counts"],
             "protect_dir": str(paths.protect)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,9 @@ from guards.checks.base import CheckResult, Finding, Status
 from guards.checks.models import cpu_threads
 from guards.images import label_images, load_images
 from guards.policy import ReleasePolicy
+
+if TYPE_CHECKING:
+    from guards.run import Run
 
 logger = logging.getLogger(__name__)
 
@@ -233,3 +237,8 @@ def run(release_dir: Path, *, cohort: pa.Table, policy: ReleasePolicy) -> CheckR
         details={"auc": details, "header_values_present": header_present, "seed": seed,
                  "seconds": round(time.monotonic() - t0, 2)},
     )
+
+
+def check(current: Run) -> CheckResult:
+    """The registry's entry (guards.checks.registry): attribute inference on the run's release tree."""
+    return run(current.release_tree, cohort=current.cohort(), policy=current.policy)

@@ -25,7 +25,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -36,6 +36,9 @@ from guards.checks.base import CheckResult, Finding, Status
 from guards.cohort import UNKNOWN
 from guards.errors import InputError
 from guards.policy import ReleasePolicy
+
+if TYPE_CHECKING:
+    from guards.run import Run
 
 logger = logging.getLogger(__name__)
 
@@ -259,3 +262,9 @@ def run(cohort: pa.Table, *, source_index: pa.Table | None, policy: ReleasePolic
         artefacts=artefacts,
         details={"expectations_by_metric": per_metric, "reference_columns": sorted(reference)},
     )
+
+
+def check(current: Run) -> CheckResult:
+    """The registry's entry (guards.checks.registry): the suite on the run's cohort, Data Docs in its report."""
+    return run(current.cohort(), source_index=current.index(), policy=current.policy,
+               report_dir=current.paths.report)

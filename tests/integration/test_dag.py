@@ -38,11 +38,13 @@ pytestmark = [pytest.mark.airflow]
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 EXPECTED_TASKS = {
-    "ingest", "plan_shards", "deid", "merge_deid", "protect", "cohort", "remediate", "check", "gate", "publish",
+    "ingest", "plan_shards", "deid", "merge_deid", "protect", "cohort", "remediate", "check", "check_gpu", "gate",
+    "publish",
 }
 EXPECTED_EDGES = {
     ("ingest", "plan_shards"), ("plan_shards", "deid"), ("deid", "merge_deid"), ("merge_deid", "protect"),
-    ("protect", "cohort"), ("cohort", "remediate"), ("remediate", "check"), ("check", "gate"), ("gate", "publish"),
+    ("protect", "cohort"), ("cohort", "remediate"), ("remediate", "check"), ("check", "gate"),
+    ("remediate", "check_gpu"), ("check_gpu", "gate"), ("gate", "publish"),
 }
 # Light but complete: real de-identification (no OCR of every image), a short SALM noise run, phi + reid
 # blocking. FAILING asks for k far above the corpus size, so reid fails the gate.
@@ -60,6 +62,7 @@ warmup_min_steps = 0
 [gate]
 blocking = ["phi", "reid"]
 advisory = []
+off = ["representation", "membership", "unlearnability", "attribute"]
 [reid]
 k = 1
 max_risk = 1.0
@@ -74,6 +77,7 @@ enabled = false
 [gate]
 blocking = ["reid"]
 advisory = []
+off = ["representation", "phi", "membership", "unlearnability", "attribute"]
 [reid]
 k = 1000
 """

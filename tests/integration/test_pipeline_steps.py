@@ -31,10 +31,11 @@ def _tree(paths: pipeline.RunPaths) -> dict[str, bytes]:
 
 def test_sharded_deid_equals_whole_tree_and_accounts_for_every_file(
         corpus: Path, tmp_path: Path, key: PseudonymKey) -> None:
-    one = pipeline.RunPaths(out=tmp_path / "one", run_id="r")
-    three = pipeline.RunPaths(out=tmp_path / "three", run_id="r")
-    a = pipeline.step_deid(corpus, one, policy=POLICY, key=key, shards=1)
-    b = pipeline.step_deid(corpus, three, policy=POLICY, key=key, shards=3)
+    run_one = pipeline.begin(corpus, tmp_path / "one", "r", policy=POLICY, key=key)
+    run_three = pipeline.begin(corpus, tmp_path / "three", "r", policy=POLICY, key=key)
+    one, three = run_one.paths, run_three.paths
+    a = pipeline.step_deid(run_one, key=key, shards=1)
+    b = pipeline.step_deid(run_three, key=key, shards=3)
     n_files = sum(1 for p in corpus.rglob("*") if p.is_file())
     for outcome in (a, b):
         c = outcome["counts"]
@@ -51,23 +52,21 @@ def test_sharded_deid_equals_whole_tree_and_accounts_for_every_file(
 
 
 def test_merge_refuses_when_a_shard_is_missing(corpus: Path, tmp_path: Path, key: PseudonymKey) -> None:
-    paths = pipeline.RunPaths(out=tmp_path, run_id="r")
-    pipeline.step_ingest(corpus, paths, policy=POLICY)
-    shards = pipeline.plan_shards(paths, shards=3)
+    run = pipeline.begin(corpus, tmp_path, "r", policy=POLICY, key=key)
+    shards = pipeline.plan_shards(run, shards=3)
     assert len(shards) >= 2
     for shard in shards[1:]:  # the first shard "crashed"
-        pipeline.step_deid_shard(corpus, paths, shard, policy=POLICY, key=key)
+        pipeline.step_deid_shard(run, shard, key=key)
     with pytest.raises(Exception, match="a shard is missing"):
-        pipeline.merge_deid(paths)
-    pipeline.step_deid_shard(corpus, paths, shards[0], policy=POLICY, key=key)  # the retry
-    assert pipeline.merge_deid(paths)["counts"]["published"] > 0
+        pipeline.merge_deid(run)
+    pipeline.step_deid_shard(run, shards[0], key=key)  # the retry
+    assert pipeline.merge_deid(run)["counts"]["published"] > 0
 
 
-def test_patients_stay_in_one_shard(corpus: Path, tmp_path: Path) -> None:
-    paths = pipeline.RunPaths(out=tmp_path, run_id="r")
-    pipeline.step_ingest(corpus, paths, policy=POLICY)
+def test_patients_stay_in_one_shard(corpus: Path, tmp_path: Path, key: PseudonymKey) -> None:
+    run = pipeline.begin(corpus, tmp_path, "r", policy=POLICY, key=key)
     owner: dict[str, int] = {}
-    for shard in pipeline.plan_shards(paths, shards=4):
-        for row in read_table(paths.ingest / "shards" / f"{shard:04d}.parquet").to_pylist():
+    for shard in pipeline.plan_shards(run, shards=4):
+        for row in read_table(run.paths.ingest / "shards" / f"{shard:04d}.parquet").to_pylist():
             assert owner.setdefault(row["PatientID"], shard) == shard
     assert len(owner) > 1

@@ -63,6 +63,7 @@ def test_check_reads_the_release_in_place_and_leaves_it_intact(
     policy.write_text(
         "[protect]\nenabled = false\n[pixels]\nocr_all = false\n"
         "[gate]\nblocking = [\"unlearnability\"]\nadvisory = []\n"
+        "off = [\"representation\", \"reid\", \"phi\", \"membership\", \"attribute\"]\n"
     )
     release = tmp_path / "release"
     assert main(["deid", str(src), str(release), "--policy", str(policy)]) == 0

@@ -26,9 +26,9 @@ def _policy(reuse: bool = True) -> ReleasePolicy:
 
 
 def _nightly(source: Path, out: Path, run_id: str, key: PseudonymKey, policy: ReleasePolicy):  # type: ignore[no-untyped-def]
-    paths = pipeline.RunPaths(out=out, run_id=run_id)
-    pipeline.step_deid(source, paths, policy=policy, key=key)
-    return paths, pipeline.step_protect(source, paths, policy=policy, key=key)
+    run = pipeline.begin(source, out, run_id, policy=policy, key=key)
+    pipeline.step_deid(run, key=key)
+    return run.paths, pipeline.step_protect(run, key=key)
 
 
 def _published(tree: Path) -> dict[str, str]:
@@ -75,7 +75,7 @@ def test_second_night_noises_only_the_new_studies(source: Path, tmp_path: Path, 
     # the datasheet tells the steward what was noised in this run and what was carried
     paths2.report.mkdir(parents=True)
     (paths2.report / "gate.json").write_text(json.dumps({"passed": True, "waivers": []}), encoding="utf-8")
-    sheet = pipeline.datasheet(paths2, policy=_policy(), key=key)
+    sheet = pipeline.datasheet(pipeline.Run.load(paths2.out, paths2.run_id), key=key)
     assert f"Noised in this run: {arrived} files" in sheet
     assert f"carried with the noise of an earlier run: {first['counts']['protected']}" in sheet
 
@@ -96,8 +96,8 @@ def test_second_night_replays_ocr_decisions_to_the_same_bytes(
     assert corpus.burned_in, "the corpus must have burned-in text for this test to mean anything"
     policy = policy_from_dict({"release": {"seed": 5}})  # Clean Pixel Data on, OCR of every instance
     out = tmp_path / "out"
-    first = pipeline.RunPaths(out=out, run_id="night-1")
-    pipeline.step_deid(corpus.root, first, policy=policy, key=key)
+    first = pipeline.begin(corpus.root, out, "night-1", policy=policy, key=key).paths
+    pipeline.step_deid(pipeline.Run.load(out, "night-1"), key=key)
     records = sorted((out / "private" / "ocr-cache").rglob("*.json"))
     assert len(records) == len(corpus.files)  # one decision per instance read
 
@@ -105,8 +105,8 @@ def test_second_night_replays_ocr_decisions_to_the_same_bytes(
         raise AssertionError("OCR ran on a frame read the night before")
 
     monkeypatch.setattr(pixels, "ocr_words", no_ocr)
-    second = pipeline.RunPaths(out=out, run_id="night-2")
-    pipeline.step_deid(corpus.root, second, policy=policy, key=key)
+    second = pipeline.begin(corpus.root, out, "night-2", policy=policy, key=key).paths
+    pipeline.step_deid(pipeline.Run.load(out, "night-2"), key=key)
     rows1 = read_table(first.deid / "manifest.parquet").to_pylist()
     rows2 = read_table(second.deid / "manifest.parquet").to_pylist()
     def listing(rows: list[dict[str, object]]) -> list[tuple[object, ...]]:

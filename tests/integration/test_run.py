@@ -1,0 +1,133 @@
+"""The persisted Run (guards.run): stamped results, crashed and stale checks are "not run", publish once per run,
+resume skips work done on unchanged inputs, a remote (fsspec) source, and a check added with one registry line.
+
+A light policy: OCR of the risky modalities only, no noise, only the reid check (k=1), so each run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from guards import pipeline
+from guards import run as runs
+from guards.checks import registry
+from guards.checks.base import CheckResult, Finding
+from guards.keys import PseudonymKey
+from guards.policy import ReleasePolicy
+from guards.samples import generate_corpus
+
+LIGHT = ReleasePolicy().with_overrides({
+    "pixels.ocr_all": False, "protect.enabled": False, "reid.remediate": False,
+    "reid.k": 1, "reid.max_risk": 1.0,
+    "gate.blocking": ["reid", "phi"], "gate.advisory": [],
+    "gate.off": ["representation", "membership", "unlearnability", "attribute"],
+})
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("src")
+    generate_corpus(root, studies=4, seed=3, image_size=64)
+    return root
+
+
+def _versions(out: Path) -> list[str]:
+    root = out / "releases" / LIGHT.release.name
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def test_publish_once_per_run_and_resume_skips_done_steps(source: Path, tmp_path: Path, key: PseudonymKey) -> None:
+    first = pipeline.run_pipeline(source, tmp_path, policy=LIGHT, key=key, run_id="nightly")
+    assert first.passed and first.release is not None and not first.already_published
+    assert _versions(tmp_path) == ["v0001"]
+    again = pipeline.step_publish(first.run, key=key)  # publishing the same run again does nothing
+    assert again["already"] and not again["published"] and _versions(tmp_path) == ["v0001"]
+    second = pipeline.run_pipeline(source, tmp_path, policy=LIGHT, key=key, run_id="nightly")
+    assert second.run.attempt == 2 and second.passed and second.already_published
+    assert _versions(tmp_path) == ["v0001"]
+    record = runs.read_record(second.run, "merge_deid")
+    assert record is not None and record.carried_from == 1  # de-identification was not done again
+    _, stamp = runs.read_stamped(runs.result_path(second.run, "reid"))
+    assert stamp is not None and stamp.attempt == 2 and stamp.carried_from == 1
+    provenance = json.loads((tmp_path / "releases" / LIGHT.release.name / "v0001" / "provenance.json").read_text())
+    assert provenance["run_id"] == "nightly" and provenance["attempt"] == 1
+
+
+def test_a_crash_in_attempt_two_is_not_run_and_the_stale_file_is_never_read(
+    source: Path, tmp_path: Path, key: PseudonymKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = LIGHT.with_overrides({"reid.k": 2})  # other inputs than attempt 1: nothing is carried
+    run1 = pipeline.begin(source, tmp_path, "r", policy=LIGHT, key=key)
+    pipeline.step_deid(run1, key=key)
+    pipeline.step_cohort(run1, key=key)
+    for check_id in pipeline.enabled_checks(LIGHT):
+        pipeline.run_check(run1, check_id)
+    assert pipeline.step_gate(run1)["passed"]
+    stale = runs.result_path(run1, "phi").read_bytes()
+
+    run2 = pipeline.begin(source, tmp_path, "r", policy=policy, key=key)
+    assert run2.attempt == 2
+    pipeline.step_deid(run2, key=key)
+    pipeline.step_cohort(run2, key=key)
+    pipeline.run_check(run2, "reid")
+
+    def crash(current: runs.Run) -> CheckResult:
+        raise RuntimeError("the OCR engine died")
+
+    monkeypatch.setattr("guards.checks.phi.check", crash)
+    with pytest.raises(RuntimeError):
+        pipeline.run_check(run2, "phi")
+    gate = pipeline.step_gate(run2)
+    assert not gate["passed"]
+    assert any("'phi'" in r and "crashed in attempt 2" in r and "RuntimeError" in r for r in gate["reasons"])
+    runs.result_path(run2, "phi").write_bytes(stale)  # attempt 1's file put back is stale, not attempt 2's result
+    runs.error_path(run2, "phi").unlink()
+    gate = pipeline.step_gate(run2)
+    assert not gate["passed"] and any("stale" in r and "attempt 1" in r for r in gate["reasons"])
+    report = json.loads((run2.paths.report / "gate.json").read_text())
+    assert {"id": "phi", "outcome": "not run"}.items() <= next(o for o in report["outcomes"] if o["id"] == "phi").items()
+    assert pipeline.step_publish(run2, key=key)["published"] is False
+    assert _versions(tmp_path) == []
+
+
+def test_a_memory_source_runs_the_whole_pipeline_and_publishes(source: Path, tmp_path: Path, key: PseudonymKey) -> None:
+    fs = fsspec.filesystem("memory")
+    for path in source.rglob("*"):
+        if path.is_file():
+            fs.pipe(f"/guard-test-src/{path.relative_to(source).as_posix()}", path.read_bytes())
+    try:
+        result = pipeline.run_pipeline("memory://guard-test-src", tmp_path, policy=LIGHT, key=key, run_id="remote")
+    finally:
+        fs.rm("/guard-test-src", recursive=True)
+    assert result.passed and result.release is not None
+    snap = result.run.require_snapshot()
+    assert snap.kind == "fsspec" and snap.labels is not None and snap.labels.is_file()
+    n_files = sum(1 for p in source.rglob("*") if p.is_file())
+    assert result.counts["seen"] == n_files and result.counts["published"] > 0
+    assert len(list((result.release / "data").rglob("*.dcm"))) == result.counts["published"]
+
+
+def _examined_everything(current: runs.Run) -> CheckResult:
+    n = current.cohort().num_rows
+    return CheckResult(id="study_count", findings=(Finding("studies", n, 1, "pass" if n >= 1 else "fail"),),
+                       examined={"studies": n})
+
+
+def test_a_check_registered_with_one_line_runs_and_is_in_gate_json(
+    source: Path, tmp_path: Path, key: PseudonymKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "BUILTIN", (*registry.BUILTIN, registry.Check("study_count", _examined_everything)))
+    result = pipeline.run_pipeline(source, tmp_path, policy=LIGHT, key=key, run_id="extra")
+    gate = json.loads((result.run.paths.report / "gate.json").read_text())
+    [outcome] = [o for o in gate["outcomes"] if o["id"] == "study_count"]
+    assert outcome["role"] == "blocking" and outcome["outcome"] == "pass" and outcome["examined"]["studies"] == 4
+
+
+def test_a_policy_naming_an_unregistered_check_is_refused(tmp_path: Path, key: PseudonymKey) -> None:
+    with pytest.raises(Exception, match="unknown check"):
+        pipeline.start_run(tmp_path, "r", source=tmp_path, policy=LIGHT.with_overrides({"gate.off": ["nope"]}),
+                           key=key)
