@@ -9,9 +9,12 @@ private side from the ingest index (original headers) and the de-identification 
 - subgroup columns (``sex``, ``age_band``, ``ethnic_group``, ``modality``, ``manufacturer``, ``model``,
   ``body_part``, ``site``, ``study_year``) come from the original headers, the ethnic group from a private
   demographics table when one is given (EthnicGroup (0010,2160) otherwise);
-- the raw quasi-identifier columns (DICOM keywords, plus ``StudyYear``) hold the values the release actually
-  contains, read from the de-identification manifest: an attribute the profile removed is "unknown" there, and
-  :mod:`guards.checks.reid` ignores it.
+- the raw quasi-identifier columns, one per entry of ``policy.reid.quasi_identifiers`` (DICOM keywords, plus
+  ``StudyYear``), hold the values the release actually contains, read from the de-identification manifest: an
+  attribute the profile removed is "unknown" there (StationName and DeviceSerialNumber unless
+  ``deid.retain_device_identity``, as for every other option of PS3.15 Table E.1-1), and
+  :mod:`guards.checks.reid` does not count it as released. An attribute the manifest has no column for is
+  recorded as missing in the table's schema metadata, and the reid check names it.
 
 Age bands follow ``policy.cohort.age_bands`` with the last band top-coded ("90+"), as HIPAA Safe Harbor
 (45 CFR 164.514(b)(2)(i)(C)) aggregates ages over 89. Missing values are the string "unknown", never null.
@@ -19,6 +22,7 @@ Age bands follow ``policy.cohort.age_bands`` with the last band top-coded ("90+"
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -30,42 +34,54 @@ import pyarrow as pa
 from guards.deid.pseudonyms import pseudo_patient_id, pseudo_uid
 from guards.errors import InputError
 from guards.keys import PseudonymKey
-from guards.policy import ReleasePolicy
+from guards.policy import ReidSection, ReleasePolicy
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 
-# Raw quasi-identifier columns (DICOM keywords; StudyYear is the year of StudyDate) carried by the cohort.
-QI_COLUMNS: tuple[str, ...] = (
-    "PatientSex",
-    "PatientAge",
-    "EthnicGroup",
-    "PatientSize",
-    "PatientWeight",
-    "StudyYear",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "InstitutionName",
-    "BodyPartExamined",
-)
-
 SUBGROUP_COLUMNS: tuple[str, ...] = (
     "sex", "age_band", "ethnic_group", "modality", "manufacturer", "model", "body_part", "site", "study_year",
 )
-
-COHORT_SCHEMA = pa.schema(
-    [
-        pa.field("StudyInstanceUID", pa.string(), nullable=False),
-        pa.field("PatientID", pa.string(), nullable=False),
-        pa.field("label", pa.int64(), nullable=False),
-        *[pa.field(c, pa.string(), nullable=False) for c in SUBGROUP_COLUMNS],
-        pa.field("n_instances", pa.int64(), nullable=False),
-        pa.field("included", pa.bool_(), nullable=False),
-        pa.field("exclusion_reason", pa.string(), nullable=False),
-        *[pa.field(c, pa.string(), nullable=False) for c in QI_COLUMNS],
-    ]
+_FIXED_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("StudyInstanceUID", pa.string(), nullable=False),
+    pa.field("PatientID", pa.string(), nullable=False),
+    pa.field("label", pa.int64(), nullable=False),
+    *[pa.field(c, pa.string(), nullable=False) for c in SUBGROUP_COLUMNS],
+    pa.field("n_instances", pa.int64(), nullable=False),
+    pa.field("included", pa.bool_(), nullable=False),
+    pa.field("exclusion_reason", pa.string(), nullable=False),
 )
+# Schema metadata key: the configured quasi-identifiers the ingest index / de-identification manifest has no
+# column for (JSON list). Their cohort columns are all "unknown"; guards.checks.reid names them in its result.
+MISSING_QI_KEY = b"guards.missing_quasi_identifiers"
+# Cohort columns derived from a header attribute of another name (StudyYear is the year of StudyDate).
+DERIVED_FROM: dict[str, str] = {"StudyYear": "StudyDate"}
+
+
+def cohort_schema(quasi_identifiers: Sequence[str], *, missing: Sequence[str] = ()) -> pa.Schema:
+    """The cohort's schema: the fixed columns, then one string column per quasi-identifier (DICOM keywords,
+    plus ``StudyYear``), in the policy's order; ``missing`` is recorded in the schema metadata."""
+    fixed = {f.name for f in _FIXED_FIELDS}
+    clash = sorted(set(quasi_identifiers) & fixed)
+    if clash:
+        raise InputError(f"reid.quasi_identifiers {clash} clash with the cohort's own columns; use DICOM keywords")
+    qis = list(dict.fromkeys(quasi_identifiers))
+    return pa.schema(
+        [*_FIXED_FIELDS, *[pa.field(c, pa.string(), nullable=False) for c in qis]],
+        metadata={MISSING_QI_KEY: json.dumps(list(missing))},
+    )
+
+
+# The schema under the default policy (reid.quasi_identifiers of ReidSection()).
+COHORT_SCHEMA = cohort_schema(ReidSection().quasi_identifiers)
+
+
+def missing_quasi_identifiers(cohort: pa.Table) -> tuple[str, ...]:
+    """The quasi-identifiers :func:`build_cohort` found no column for in its inputs (schema metadata)."""
+    raw = (cohort.schema.metadata or {}).get(MISSING_QI_KEY)
+    return tuple(json.loads(raw)) if raw else ()
+
 
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _SEX = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F", "OTHER": "O"}
@@ -140,12 +156,19 @@ def _demographics_map(demographics: pa.Table | None) -> dict[str, str]:
     return {_text(i): _text(g) for i, g in zip(ids, groups, strict=True) if _text(i) != UNKNOWN}
 
 
-def _released_qis(row: dict[str, Any]) -> dict[str, str]:
+def _released_qis(row: dict[str, Any], qis: Sequence[str]) -> dict[str, str]:
     """The quasi-identifier values of one released (de-identified) manifest row."""
-    out = {c: _text(row.get(c)) for c in QI_COLUMNS if c != "StudyYear"}
-    date = _text(row.get("StudyDate"))
-    out["StudyYear"] = date[:4] if len(date) >= 4 and date[:4].isdigit() else UNKNOWN
+    out = {c: _text(row.get(c)) for c in qis if c not in DERIVED_FROM}
+    if "StudyYear" in qis:
+        date = _text(row.get("StudyDate"))
+        out["StudyYear"] = date[:4] if len(date) >= 4 and date[:4].isdigit() else UNKNOWN
     return out
+
+
+def _absent(qis: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """The quasi-identifiers whose header attribute is not a column of the table their values are read from."""
+    have = set(columns)
+    return [q for q in qis if DERIVED_FROM.get(q, q) not in have]
 
 
 def build_cohort(
@@ -157,7 +180,13 @@ def build_cohort(
     key: PseudonymKey,
     demographics: pa.Table | None = None,
 ) -> pa.Table:
-    """One row per study (COHORT_SCHEMA) from the ingest ``index`` (original headers) and the ``deid_manifest``.
+    """One row per study from the ingest ``index`` (original headers) and the ``deid_manifest``.
+
+    The table has the fixed columns and one column per quasi-identifier of ``policy.reid.quasi_identifiers``
+    (:func:`cohort_schema`; :data:`COHORT_SCHEMA` under the default policy), holding the released values: those
+    of the de-identification manifest (the original headers of the index when no manifest is given). A
+    quasi-identifier whose attribute is not a column of that table is "unknown" throughout and listed in the
+    schema metadata (:func:`missing_quasi_identifiers`), so the reid check can name it instead of ignoring it.
 
     ``labels`` are keyed by the ORIGINAL StudyInstanceUID; ``demographics`` (private) has PatientID (original)
     and EthnicGroup. A study is ``included`` when at least one of its instances is published in the
@@ -168,6 +197,15 @@ def build_cohort(
     if missing:
         raise InputError(f"ingest index lacks column(s) {sorted(missing)}; pass ingest/index.parquet")
     ethnic_private = _demographics_map(demographics)
+    qi_names = tuple(dict.fromkeys(policy.reid.quasi_identifiers))
+    values_from = deid_manifest if deid_manifest is not None else index
+    missing_qis = _absent(qi_names, values_from.column_names)
+    if missing_qis:
+        logger.warning(
+            "cohort: quasi-identifier(s) %s of reid.quasi_identifiers are not columns of the %s; they are"
+            " 'unknown' in the cohort and the reid check reports them as missing", missing_qis,
+            "de-identification manifest" if deid_manifest is not None else "ingest index")
+    schema = cohort_schema(qi_names, missing=missing_qis)
     released: dict[str, dict[str, Any]] = {}
     if deid_manifest is not None:
         for r in deid_manifest.to_pylist():
@@ -206,7 +244,8 @@ def build_cohort(
                        for o in outcomes if o is None or o["status"] != "published"]
             reasons += [_text(i.get("reason")) for i in inst if i["status"] not in ("indexed", "published")]
             qi_rows = published
-        qis = {c: _first([_released_qis(q)[c] for q in qi_rows]) for c in QI_COLUMNS}
+        released_qis = [_released_qis(q, qi_names) for q in qi_rows]
+        qis = {c: _first([v[c] for v in released_qis]) for c in qi_names}
         included = bool(published)
         reason = "" if included else next((x for x in reasons if x != UNKNOWN), "no instance published")
         keep_uids = policy.deid.retain_uids
@@ -232,7 +271,7 @@ def build_cohort(
         )
     rows.sort(key=lambda r: r["StudyInstanceUID"])
     logger.info("cohort: %d studies (%d included)", len(rows), sum(r["included"] for r in rows))
-    return pa.Table.from_pylist(rows, schema=COHORT_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def patients_view(cohort: pa.Table) -> pa.Table:

@@ -14,6 +14,10 @@ the de-identification of health data" (JAMIA 2009), simplified to a greedy walk:
 3. steps the end state does not need are undone, latest first (a minimal generalisation, as in Samarati's);
 4. the records still at risk are suppressed (``included`` set to False with a reason).
 
+The quasi-identifiers are the cohort columns of ``policy.reid.quasi_identifiers`` that carry a released value
+(:func:`guards.checks.reid.quasi_identifiers_present`); this module depends on the reid check's class sizes, the
+check does not depend on it (the pipeline's remediate step runs before the checks).
+
 The result also gives, per DICOM attribute, the transform of released header values that the pipeline
 applies to the released files (:class:`ValueTransform`), and the list of suppressed studies.
 """
@@ -39,9 +43,10 @@ logger = logging.getLogger(__name__)
 SUPPRESSED = "*"
 OTHER = "other"
 SUPPRESSION_REASON = "re-identification risk: suppressed by remediation"
+# configured quasi-identifiers not listed here (any DICOM keyword of reid.quasi_identifiers) come after these
 STEP_ORDER: tuple[str, ...] = (
-    "PatientSize", "PatientWeight", "StudyYear", "PatientAge", "ManufacturerModelName", "InstitutionName",
-    "BodyPartExamined", "Manufacturer", "EthnicGroup", "PatientSex",
+    "PatientSize", "PatientWeight", "StudyYear", "PatientAge", "DeviceSerialNumber", "StationName",
+    "ManufacturerModelName", "InstitutionName", "BodyPartExamined", "Manufacturer", "EthnicGroup", "PatientSex",
 )
 Kind = Literal["keep", "age_band", "bin", "year_bin", "merge_rare", "suppress"]
 # the header attributes a cohort column stands for (StudyYear is the year of these dates)

@@ -10,6 +10,11 @@ not studies: three studies of one patient in a class still single that patient o
 - journalist risk when a population table (the quasi-identifier columns plus ``count``) is given:
   1 / max(population count, sample count) of the record's class.
 
+The quasi-identifiers are those of ``policy.reid.quasi_identifiers``: the result lists the ones examined (the
+release carries a value of them), the ones the release does not carry (a profile option removed them), and the
+ones the data has no column for (``missing_quasi_identifiers``: the risk over them is not measured, which fails
+the check with a finding naming them, never a silent omission).
+
 Defaults: k >= 11 and maximum risk <= 0.09 (EMA Policy 0070). Every figure is given overall ("all") and per
 subgroup ("column=value" over ``policy.cohort.subgroups``), because an average that passes can hide a minority
 group whose records are unique (Knolle et al., Nature 2026).
@@ -20,13 +25,13 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 
 from guards.checks.base import CheckResult, Finding, Status
-from guards.cohort import UNKNOWN
+from guards.cohort import UNKNOWN, missing_quasi_identifiers
 from guards.errors import InputError
 from guards.policy import ReleasePolicy
 
@@ -185,9 +190,27 @@ def load_population(policy: ReleasePolicy) -> pd.DataFrame | None:
     return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype=str).astype({"count": "float64"})
 
 
+def configured_not_in_data(cohort: pa.Table, policy: ReleasePolicy) -> tuple[str, ...]:
+    """Configured quasi-identifiers the data has no column for: recorded as missing by
+    :func:`guards.cohort.build_cohort`, or not a column of ``cohort`` at all."""
+    recorded = set(missing_quasi_identifiers(cohort))
+    return tuple(q for q in dict.fromkeys(policy.reid.quasi_identifiers)
+                 if q in recorded or q not in cohort.column_names)
+
+
+def _missing_finding(missing: tuple[str, ...]) -> Finding:
+    return Finding(
+        "quasi_identifiers_missing", len(missing), 0, "fail", "all",
+        f"reid.quasi_identifiers configures {', '.join(missing)}, but the data has no column for"
+        f" {'it' if len(missing) == 1 else 'them'} (ingest index / de-identification manifest), so the risk over"
+        " them is not measured",
+    )
+
+
 def run(cohort: pa.Table, *, policy: ReleasePolicy) -> CheckResult:
     """The re-identification check: fails when k or the maximum prosecutor risk breaks the policy, overall or in
-    any subgroup. With ``policy.reid.remediate`` the details carry what remediation would change and cost."""
+    any subgroup, or when a configured quasi-identifier is missing from the data. Remediation is a pipeline
+    step of its own (guards.remediate, ``policy.reid.remediate``), run before the checks."""
     df = included_frame(cohort)
     population = load_population(policy)
     journalist_note = ""
@@ -197,7 +220,13 @@ def run(cohort: pa.Table, *, policy: ReleasePolicy) -> CheckResult:
         journalist_note = f"journalist risk not computed: {e}"
         logger.warning(journalist_note)
         a = assess(df, policy=policy)
+    configured = tuple(dict.fromkeys(policy.reid.quasi_identifiers))
+    missing = configured_not_in_data(cohort, policy)
+    unreleased = tuple(q for q in configured if q not in missing and q not in a.quasi_identifiers)
     findings = _findings(a)
+    if missing:
+        findings.append(_missing_finding(missing))
+        logger.warning("reid: quasi-identifier(s) %s configured but not in the data", list(missing))
     if not df.shape[0]:
         findings.append(Finding("records", 0, 1, "fail", "all", "the cohort has no included study: nothing to assess"))
     failing = a.failing()
@@ -211,17 +240,33 @@ def run(cohort: pa.Table, *, policy: ReleasePolicy) -> CheckResult:
     else:
         summary = (f"k={a.overall.k} and max prosecutor risk {a.overall.prosecutor_max:.3f} within limits overall"
                    f" and in all {len(a.subgroups)} subgroups")
+    summary += f", over {len(a.quasi_identifiers)} quasi-identifier(s): {', '.join(a.quasi_identifiers) or 'none'}"
+    if missing:
+        summary += f"; configured but not in the data, so not assessed: {', '.join(missing)}"
+    advice = []
+    if failing:
+        advice.append("Switch on reid.remediate (ages to bands with 90+ top-coded, coarsen or suppress"
+                      " quasi-identifiers), or remove quasi-identifiers from the release (guard.toml [deid] options)")
+    if missing:
+        advice.append(f"Index {', '.join(missing)} (guards.manifest.HEADER_KEYWORDS, read by guards.ingest and"
+                      " guards.deid) or remove them from reid.quasi_identifiers")
     details: dict[str, Any] = {"quasi_identifiers": list(a.quasi_identifiers),
+                               "configured_quasi_identifiers": list(configured),
+                               "missing_quasi_identifiers": list(missing),
+                               "unreleased_quasi_identifiers": list(unreleased),
                                "overall": asdict(a.overall), "subgroups": [asdict(f) for f in a.subgroups]}
     if journalist_note:
         details["journalist_note"] = journalist_note
-    if failing and policy.reid.remediate:
-        from guards.remediate import remediate
-
-        details["remediation"] = remediate(cohort, policy=policy).summary()
     return CheckResult(
-        id=CHECK_ID, findings=tuple(findings), examined=examined, summary=summary,
-        advice=("Switch on reid.remediate (ages to bands with 90+ top-coded, coarsen or suppress quasi-identifiers),"
-                " or remove quasi-identifiers from the release (guard.toml [deid] options)") if failing else "",
+        id=CHECK_ID, findings=tuple(findings), examined=examined, summary=summary, advice="; ".join(advice),
         details=details,
     )
+
+
+if TYPE_CHECKING:
+    from guards.run import Run
+
+
+def check(current: Run) -> CheckResult:
+    """The registry's entry (guards.checks.registry): re-identification risk of the run's cohort."""
+    return run(current.cohort(), policy=current.policy)

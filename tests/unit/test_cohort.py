@@ -160,3 +160,106 @@ def test_key_never_in_the_cohort_files(index: pa.Table, deid_manifest: pa.Table,
     for p in tmp_path.iterdir():
         data = p.read_bytes()
         assert key_hex.encode() not in data and bytes.fromhex(key_hex) not in data
+
+
+DEVICE_QIS = ("StationName", "DeviceSerialNumber")
+
+
+def _device_policy(retain: bool = True) -> ReleasePolicy:
+    return ReleasePolicy().with_overrides({
+        "deid.retain_device_identity": retain,
+        "reid.quasi_identifiers": [*ReleasePolicy().reid.quasi_identifiers, *DEVICE_QIS],
+    })
+
+
+def _with_columns(table: pa.Table, values: dict[str, list[str | None]]) -> pa.Table:
+    """``table`` with these string columns, as the ingest index / manifest has them once they are indexed."""
+    for name, column in values.items():
+        array = pa.array(column, type=pa.string())
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, array)
+        else:
+            table = table.append_column(name, array)
+    return table
+
+
+def _without_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    return table.drop_columns([n for n in names if n in table.column_names])
+
+
+def test_every_configured_quasi_identifier_is_a_column(
+    index: pa.Table, deid_manifest: pa.Table, key: PseudonymKey
+) -> None:
+    """Issue 14: quasi-identifiers added in [reid] are cohort columns with their released values."""
+    from guards.cohort import missing_quasi_identifiers
+
+    policy = _device_policy()
+    index = _with_columns(index, {"StationName": ["ST1", "ST1", "ST2", "ST3", None],
+                                  "DeviceSerialNumber": ["SN1", "SN1", "SN2", "SN3", None]})
+    # released headers (Retain Device Identity): a/1 keeps both, b/1 only the station
+    released = _with_columns(deid_manifest, {"StationName": ["ST1", None, "ST2", None],
+                                             "DeviceSerialNumber": ["SN1", None, None, None]})
+    cohort = build_cohort(index, deid_manifest=released, labels={}, policy=policy, key=key)
+    assert cohort.schema.names[-len(policy.reid.quasi_identifiers):] == list(policy.reid.quasi_identifiers)
+    assert missing_quasi_identifiers(cohort) == ()
+    rows = {r["StudyInstanceUID"]: r for r in cohort.to_pylist()}
+    s1, s2 = rows[pseudo_uid(key, "1.2.3.1")], rows[pseudo_uid(key, "1.2.3.2")]
+    assert (s1["StationName"], s1["DeviceSerialNumber"]) == ("ST1", "SN1")
+    assert (s2["StationName"], s2["DeviceSerialNumber"]) == ("ST2", "unknown")  # what the release carries
+    # without a manifest the values come from the index (original headers), like the other quasi-identifiers
+    plain = build_cohort(index, deid_manifest=None, labels={}, policy=policy, key=key)
+    assert set(plain.column("DeviceSerialNumber").to_pylist()) == {"SN1", "SN2", "SN3"}
+
+
+def test_quasi_identifier_without_a_column_is_recorded_missing(
+    index: pa.Table, deid_manifest: pa.Table, key: PseudonymKey
+) -> None:
+    """An attribute the inputs have no column for is "unknown" and recorded as missing, for the reid check."""
+    from guards.checks import reid
+    from guards.cohort import missing_quasi_identifiers
+
+    policy = _device_policy()
+    index, deid_manifest = _without_columns(index, DEVICE_QIS), _without_columns(deid_manifest, DEVICE_QIS)
+    cohort = build_cohort(index, deid_manifest=deid_manifest, labels={}, policy=policy, key=key)
+    assert set(cohort.column("StationName").to_pylist()) == {"unknown"}
+    assert missing_quasi_identifiers(cohort) == DEVICE_QIS
+    result = reid.run(cohort, policy=policy)
+    assert result.details["missing_quasi_identifiers"] == list(DEVICE_QIS)
+    assert any(f.metric == "quasi_identifiers_missing" and f.status == "fail" for f in result.findings)
+
+
+def test_missing_record_survives_parquet(index: pa.Table, deid_manifest: pa.Table, key: PseudonymKey,
+                                         tmp_path: Path) -> None:
+    """The pipeline writes the cohort to Parquet and the check reads it back: the record goes with it."""
+    from guards.cohort import missing_quasi_identifiers
+    from guards.manifest import read_table, write_table
+
+    index, deid_manifest = _without_columns(index, DEVICE_QIS), _without_columns(deid_manifest, DEVICE_QIS)
+    cohort = build_cohort(index, deid_manifest=deid_manifest, labels={}, policy=_device_policy(), key=key)
+    write_table(cohort, tmp_path / "cohort.parquet")
+    assert missing_quasi_identifiers(read_table(tmp_path / "cohort.parquet")) == DEVICE_QIS
+
+
+@pytest.mark.parametrize("retain", [False, True])
+def test_device_identity_from_the_real_deid_manifest(tmp_path: Path, key: PseudonymKey, retain: bool) -> None:
+    """StationName / DeviceSerialNumber are released only under deid.retain_device_identity (PS3.15 E.3.8);
+    the cohort carries what the release has. Needs them indexed (guards.manifest.HEADER_KEYWORDS)."""
+    import shutil
+
+    from guards.deid import deidentify_tree
+    from guards.manifest import HEADER_KEYWORDS, read_table
+    from guards.testdata import pydicom_test_dir
+
+    if not set(DEVICE_QIS) <= set(HEADER_KEYWORDS):
+        pytest.skip("StationName / DeviceSerialNumber are not indexed yet (guards.manifest.HEADER_KEYWORDS)")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(pydicom_test_dir() / "MR_small.dcm", src / "MR_small.dcm")  # StationName 000000000, serial -0000200
+    policy = _device_policy(retain)
+    deidentify_tree(src, tmp_path / "deid", policy=policy, key=key)
+    index = read_table(tmp_path / "deid" / ".ingest" / "index.parquet")
+    manifest = read_table(tmp_path / "deid" / "manifest.parquet")
+    cohort = build_cohort(index, deid_manifest=manifest, labels={}, policy=policy, key=key)
+    row = cohort.to_pylist()[0]
+    assert (row["StationName"], row["DeviceSerialNumber"]) == (
+        ("000000000", "-0000200") if retain else ("unknown", "unknown"))

@@ -11,22 +11,22 @@ import pyarrow as pa
 import pytest
 
 from guards.checks import reid
-from guards.cohort import COHORT_SCHEMA, QI_COLUMNS, UNKNOWN
+from guards.cohort import COHORT_SCHEMA, UNKNOWN, cohort_schema
 from guards.errors import GuardError
 from guards.policy import ReleasePolicy
 from guards.remediate import ValueTransform, remediate
 
 
-def make_cohort(rows: list[dict[str, Any]]) -> pa.Table:
+def make_cohort(rows: list[dict[str, Any]], schema: pa.Schema = COHORT_SCHEMA) -> pa.Table:
     """A cohort table (COHORT_SCHEMA) from partial rows; absent columns are "unknown" / defaults."""
     full = []
     for i, r in enumerate(rows):
-        base: dict[str, Any] = {f.name: UNKNOWN for f in COHORT_SCHEMA if pa.types.is_string(f.type)}
+        base: dict[str, Any] = {f.name: UNKNOWN for f in schema if pa.types.is_string(f.type)}
         base.update(StudyInstanceUID=f"2.25.{i}", PatientID=f"RG{i:06d}", label=-1, n_instances=1, included=True,
                     exclusion_reason="")
         base.update(r)
         full.append(base)
-    return pa.Table.from_pylist(full, schema=COHORT_SCHEMA)
+    return pa.Table.from_pylist(full, schema=schema)
 
 
 def minority_cohort(*, seed: int = 7, majority: int = 400, minority: int = 6) -> pa.Table:
@@ -65,6 +65,8 @@ def test_minority_unique_fails_naming_subgroup_and_figures(policy: ReleasePolicy
     assert result.status == "fail"
     assert result.examined["records"] == 406 and result.examined["quasi_identifiers"] == 4
     assert result.details["quasi_identifiers"] == ["PatientSex", "PatientAge", "EthnicGroup", "PatientWeight"]
+    assert result.details["missing_quasi_identifiers"] == []
+    assert "PatientSize" in result.details["unreleased_quasi_identifiers"]  # a column, but no released value
     c = {f.metric: f for f in result.findings if f.subgroup == "ethnic_group=C"}
     assert c["k_anonymity"].value == 1 and c["k_anonymity"].status == "fail"
     assert c["prosecutor_risk_max"].value == 1.0 and c["prosecutor_risk_max"].status == "fail"
@@ -99,9 +101,8 @@ def test_remediation_passes_and_shows_cost(policy: ReleasePolicy) -> None:
     assert (c["records"], c["suppressed"], c["changed_share"]) == (6, 1, 1.0)
     assert fixed.paid_most() == "ethnic_group=C"
     assert set(fixed.transforms) == {"PatientAge", "EthnicGroup", "PatientWeight"}
-    # with the check's remediate switch, the failing check carries the same plan
-    preview = reid.run(cohort, policy=policy.with_overrides({"reid.remediate": True}))
-    assert preview.details["remediation"]["generalisations"] == fixed.generalisations
+    # the check does not run remediation (the pipeline's remediate step does, before the checks)
+    assert "remediation" not in reid.run(cohort, policy=policy).details
 
 
 def test_remediation_without_subgroup_bound_suppresses_the_minority(policy: ReleasePolicy) -> None:
@@ -188,7 +189,7 @@ def test_value_transforms(transform: ValueTransform, value: str, cohort_value: s
 def test_quasi_identifiers_present_skip_unknown_columns(policy: ReleasePolicy) -> None:
     df = reid.included_frame(make_cohort([{"PatientSex": "M"}, {"PatientSex": "F"}]))
     assert reid.quasi_identifiers_present(df, policy) == ("PatientSex",)
-    assert set(QI_COLUMNS) == set(policy.reid.quasi_identifiers)
+    assert set(policy.reid.quasi_identifiers) <= set(COHORT_SCHEMA.names)
 
 
 def test_header_transforms_rewrite_a_dataset_read_back(policy: ReleasePolicy, tmp_path: Path) -> None:
@@ -227,11 +228,86 @@ def test_header_values_keep_the_remediated_classes(policy: ReleasePolicy) -> Non
         assert len({h for h, _ in pairs}) == len(pairs) == len({c for _, c in pairs}), column
 
 
-def test_check_result_round_trips_with_remediation_details(policy: ReleasePolicy, tmp_path: Path) -> None:
+def test_check_result_round_trips_with_quasi_identifier_details(policy: ReleasePolicy, tmp_path: Path) -> None:
     from guards.checks.base import CheckResult
 
-    result = reid.run(minority_cohort(), policy=policy.with_overrides({"reid.remediate": True}))
+    result = reid.run(minority_cohort(), policy=policy)
     result.write(tmp_path / "reid.json")
     back = CheckResult.read(tmp_path / "reid.json")
     assert back.status == "fail" and back.findings == result.findings
-    assert back.details["remediation"]["losses"]["suppressed_records"] == 1
+    assert back.details["quasi_identifiers"] == result.details["quasi_identifiers"]
+    assert back.details["configured_quasi_identifiers"] == list(policy.reid.quasi_identifiers)
+
+
+DEVICE_QIS = ("StationName", "DeviceSerialNumber")
+
+
+def device_policy() -> ReleasePolicy:
+    """StationName and DeviceSerialNumber added to the quasi-identifiers, released (Retain Device Identity)."""
+    return ReleasePolicy().with_overrides({
+        "deid.retain_device_identity": True,
+        "reid.quasi_identifiers": [*ReleasePolicy().reid.quasi_identifiers, *DEVICE_QIS],
+    })
+
+
+def test_configured_device_quasi_identifiers_are_examined() -> None:
+    """Issue 14: quasi-identifiers added in [reid] are carried by the cohort and examined, not dropped."""
+    policy = device_policy()
+    schema = cohort_schema(policy.reid.quasi_identifiers)
+    assert {"StationName", "DeviceSerialNumber"} <= set(schema.names)
+    # 4 stations x 2 serials each (serial n at station n % 4); sex F/M: 16 classes of 20 patients
+    rows = [{"PatientSex": "FM"[i % 2], "sex": "FM"[i % 2], "StationName": f"ST{(i // 2) % 4}",
+             "DeviceSerialNumber": f"SN{(i // 2) % 8}"} for i in range(320)]
+    result = reid.run(make_cohort(rows, schema), policy=policy)
+    assert result.details["quasi_identifiers"] == ["PatientSex", "StationName", "DeviceSerialNumber"]
+    assert result.examined["quasi_identifiers"] == 3
+    assert result.details["missing_quasi_identifiers"] == []
+    assert result.status == "pass", result.summary
+    assert result.examined["classes"] == 16
+    assert "StationName" in result.summary and "DeviceSerialNumber" in result.summary
+    # one serial number seen on a single patient singles that patient out: the new columns count
+    rows[0] = {**rows[0], "DeviceSerialNumber": "SN-UNIQUE"}
+    unique = reid.run(make_cohort(rows, schema), policy=policy)
+    assert unique.status == "fail"
+    assert next(f for f in unique.findings if f.metric == "k_anonymity" and f.subgroup == "all").value == 1
+    # without them in the policy the same records pass: the device columns are what singles the patient out
+    default = reid.run(make_cohort(rows, schema), policy=ReleasePolicy())
+    assert default.details["quasi_identifiers"] == ["PatientSex"] and default.status == "pass"
+
+
+def test_configured_quasi_identifier_not_in_the_data_is_named_and_fails() -> None:
+    """A configured quasi-identifier with no column in the data is reported (details, a failing finding, the
+    summary and advice), never silently dropped."""
+    policy = device_policy()
+    rows = [{"PatientSex": "FM"[i % 2], "sex": "FM"[i % 2]} for i in range(60)]
+    result = reid.run(make_cohort(rows), policy=policy)  # the default schema: no device columns
+    assert result.details["missing_quasi_identifiers"] == ["StationName", "DeviceSerialNumber"]
+    assert result.details["quasi_identifiers"] == ["PatientSex"]
+    missing = next(f for f in result.findings if f.metric == "quasi_identifiers_missing")
+    assert (missing.value, missing.status) == (2, "fail")
+    assert "StationName, DeviceSerialNumber" in missing.evidence
+    assert result.status == "fail"
+    assert "not in the data" in result.summary and "HEADER_KEYWORDS" in result.advice
+
+
+def test_missing_recorded_by_the_cohort_is_named(policy: ReleasePolicy) -> None:
+    """build_cohort records in the schema metadata the quasi-identifiers its inputs had no column for; the
+    column is then all "unknown", and the check names it as missing rather than as not released."""
+    device = device_policy()
+    schema = cohort_schema(device.reid.quasi_identifiers, missing=["DeviceSerialNumber"])
+    rows = [{"PatientSex": "FM"[i % 2], "sex": "FM"[i % 2], "StationName": "ST1"} for i in range(60)]
+    result = reid.run(make_cohort(rows, schema), policy=device)
+    assert result.details["missing_quasi_identifiers"] == ["DeviceSerialNumber"]
+    assert result.details["quasi_identifiers"] == ["PatientSex", "StationName"]
+    assert "DeviceSerialNumber" not in result.details["unreleased_quasi_identifiers"]
+
+
+def test_reid_check_does_not_import_remediation() -> None:
+    """The check and remediation no longer import each other: only guards.remediate uses guards.checks.reid."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(reid))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "guards.remediate" not in imported
