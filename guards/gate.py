@@ -6,10 +6,16 @@ Rules, in order:
   nothing (all ``examined`` counts zero) or returned no finding;
 - a check is blocking or advisory by ``policy.gate``; a check id in neither list is treated as blocking
   (fail safe: a check nobody classified cannot pass silently);
-- a blocking check named by the policy but absent from the results is a failure ("not run");
-- a failed blocking check with a waiver (``policy.gate.waivers``: check id and a written reason) becomes a
-  waived pass; the waiver is recorded in the decision and in gate.json. A waiver never covers "not run" or
-  "examined nothing": there is nothing to waive when nothing was measured;
+- a check without a valid result is "not run": a blocking check named by the policy but absent from the
+  results, or any check named in ``decide(..., not_run=...)`` with why it has no valid result (crashed, stale,
+  missing). A blocking check that was not run fails the gate; an advisory one is an advisory line;
+- fail closed: a blocking check passes only when it shows the release is safe. An ``inconclusive`` blocking
+  check (it could not show the release safe: an interval that straddles the threshold, too few patients, a
+  reference that did not learn) blocks, and the reasons name it and what would make it conclusive (its
+  findings' ``needs``). An inconclusive advisory check is an advisory line;
+- a failed or inconclusive blocking check with a waiver (``policy.gate.waivers``: check id and a written reason)
+  becomes a waived pass; the waiver is recorded in the decision and in gate.json. A waiver never covers
+  "not run" or "examined nothing": there is nothing to waive when nothing was measured;
 - a failed advisory check never fails the gate; it appears as ``warn`` with its reason.
 
 Checks return findings; only this module turns findings into a failure, once, with all of them (STYLE.md).
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +36,8 @@ from guards.policy import ReleasePolicy, Waiver
 log = logging.getLogger(__name__)
 
 Role = Literal["blocking", "advisory"]
-Outcome = Literal["pass", "fail", "warn", "waived", "not run", "no data"]
+Outcome = Literal["pass", "fail", "warn", "inconclusive", "waived", "not run", "no data"]
+NOT_RUN_DEFAULT = "blocking by policy but no result was produced"
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ class CheckOutcome:
     role: Role
     outcome: Outcome
     examined: dict[str, int]
+    note: str = ""  # "not run": why there is no valid result; inconclusive: what would make it conclusive
+    was: str = ""  # a waived check: the status it had before the waiver ("fail" or "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,11 @@ class GateDecision:
         """gate.json as in ARCHITECTURE.md: ``passed``, ``checks`` (one entry per finding) and ``waivers``.
 
         Extra keys: ``reasons`` and ``advisories`` (plain language) and ``outcomes`` (per check: role, outcome
-        after waivers, examined counts). A finding of an advisory check that failed is written as ``warn``; a
-        check that was not run or examined nothing gets one ``fail`` entry of its own.
+        after waivers, examined counts, ``note``: why it was not run or what would make it conclusive, and
+        ``was``: a waived check's status before the waiver). Every check entry has ``needs`` (what would make an
+        inconclusive finding conclusive; "" otherwise). A finding of an advisory check that failed is written as
+        ``warn``; a check that was not run or examined nothing gets one ``fail`` entry of its own (``warn`` for an
+        advisory check that was not run).
         """
         roles = {o.id: o for o in self.outcomes}
         checks: list[dict[str, Any]] = []
@@ -74,9 +87,11 @@ class GateDecision:
                 checks.append(_entry(result.id, finding, status=status))
         for o in self.outcomes:
             if o.outcome == "not run":
+                evidence = o.note if o.role == "blocking" else f"advisory by policy; not run: {o.note}"
                 checks.append(
-                    _entry(o.id, Finding(metric="not run", value=None, threshold=None, status="fail",
-                                         evidence="blocking by policy but no result was produced"))
+                    _entry(o.id, Finding(metric="not run", value=None, threshold=None,
+                                         status="fail" if o.role == "blocking" else "warn",
+                                         evidence=evidence or NOT_RUN_DEFAULT))
                 )
         return {
             "passed": self.passed,
@@ -85,7 +100,9 @@ class GateDecision:
             "reasons": list(self.reasons),
             "advisories": list(self.advisories),
             "outcomes": [
-                {"id": o.id, "role": o.role, "outcome": o.outcome, "examined": dict(o.examined)} for o in self.outcomes
+                {"id": o.id, "role": o.role, "outcome": o.outcome, "examined": dict(o.examined), "note": o.note,
+                 "was": o.was}
+                for o in self.outcomes
             ],
         }
 
@@ -106,6 +123,7 @@ def _entry(check_id: str, finding: Finding, *, status: str | None = None) -> dic
         "threshold": _json_number(finding.threshold),
         "subgroup": finding.subgroup,
         "evidence": finding.evidence,
+        "needs": finding.needs,
     }
 
 
@@ -146,6 +164,29 @@ def _explain(result: CheckResult, *, role: Role) -> list[str]:
     return lines
 
 
+def _explain_inconclusive(result: CheckResult, *, role: Role) -> list[str]:
+    """One sentence per inconclusive finding: which check, which subgroup, what was measured, what would make it
+    conclusive."""
+    lines = []
+    unsure = [f for f in result.findings if f.status == "inconclusive"]
+    for f in unsure[:10]:
+        where = "overall" if f.subgroup == "all" else f"for subgroup {f.subgroup}"
+        measured = "could not be measured" if f.value is None else f"is {_by_how_much(f)}"
+        text = (f"{role.capitalize()} check '{result.id}' is inconclusive {where}: {f.metric} {measured}, which"
+                " does not show the release safe.")
+        if f.evidence:
+            text += f" Evidence: {f.evidence}."
+        text += f" Conclusive with: {f.needs or 'more data (the check did not say what)'}."
+        lines.append(text)
+    if len(unsure) > 10:
+        lines.append(f"Check '{result.id}': {len(unsure) - 10} more inconclusive findings (see the report).")
+    if role == "blocking":
+        lines.append(f"An inconclusive blocking check blocks the release: make '{result.id}' conclusive, or have a"
+                     f" steward waive it in guard.toml ([[gate.waivers]] check = '{result.id}', with a written"
+                     " reason).")
+    return lines
+
+
 def _validate_waivers(policy: ReleasePolicy, known: set[str]) -> None:
     for w in policy.gate.waivers:
         # Waiver validates itself on construction; re-check here so a hand-built policy cannot slip past.
@@ -160,9 +201,16 @@ def _validate_waivers(policy: ReleasePolicy, known: set[str]) -> None:
             )
 
 
-def decide(results: list[CheckResult], *, policy: ReleasePolicy) -> GateDecision:
-    """Judge ``results`` under ``policy.gate`` (see the module docstring for the rules)."""
-    known = set(policy.gate.blocking) | set(policy.gate.advisory) | {r.id for r in results}
+def decide(results: list[CheckResult], *, policy: ReleasePolicy,
+           not_run: Mapping[str, str] | None = None) -> GateDecision:
+    """Judge ``results`` under ``policy.gate`` (see the module docstring for the rules).
+
+    ``not_run``: check id -> why it has no valid result (e.g. "crashed: ValueError ...", "stale: result from
+    attempt 1, this is attempt 2", "missing"). Such a check is "not run" (blocking: the gate fails and no waiver
+    covers it; advisory: an advisory line), whatever result of that id is also passed.
+    """
+    missing = dict(not_run or {})
+    known = set(policy.gate.blocking) | set(policy.gate.advisory) | {r.id for r in results} | set(missing)
     _validate_waivers(policy, known)
     waivers = {w.check: w for w in policy.gate.waivers}
     reasons: list[str] = []
@@ -170,7 +218,11 @@ def decide(results: list[CheckResult], *, policy: ReleasePolicy) -> GateDecision
     applied: list[Waiver] = []
     outcomes: list[CheckOutcome] = []
     passed = True
-    if not results:
+    invalid = [r for r in results if r.id in missing]
+    results = [r for r in results if r.id not in missing]
+    for r in invalid:
+        log.warning("gate: result of check %r ignored: %s", r.id, missing[r.id])
+    if not results and not missing:
         passed = False
         reasons.append(
             "No check produced a result: there is no data to judge, and a gate without data never passes. "
@@ -178,6 +230,8 @@ def decide(results: list[CheckResult], *, policy: ReleasePolicy) -> GateDecision
         )
     for result in results:
         role = _role(result.id, policy)
+        note = ""
+        was = ""
         if not result.findings or not any(result.examined.values()):
             outcome: Outcome = "no data"
             counts = ", ".join(f"{k}={v}" for k, v in sorted(result.examined.items())) or "no counts"
@@ -190,36 +244,49 @@ def decide(results: list[CheckResult], *, policy: ReleasePolicy) -> GateDecision
                 reasons.append(text)
             else:
                 advisories.append(text)
-        elif result.status == "fail":
+        elif result.status in ("fail", "inconclusive"):
+            status = result.status
+            note = "; ".join(result.conclusive_when) if status == "inconclusive" else ""
+            explain = _explain if status == "fail" else _explain_inconclusive
             if role == "advisory":
-                outcome = "warn"
-                advisories.extend(_explain(result, role=role))
+                outcome = "warn" if status == "fail" else "inconclusive"
+                advisories.extend(explain(result, role=role))
             elif result.id in waivers:
                 outcome = "waived"
+                was = status
                 w = waivers[result.id]
                 applied.append(w)
-                log.warning("gate: failed blocking check %r waived by steward: %s", result.id, w.reason)
+                log.warning("gate: %s blocking check %r waived by steward: %s", status, result.id, w.reason)
             else:
-                outcome = "fail"
+                outcome = status
                 passed = False
-                reasons.extend(_explain(result, role=role))
+                reasons.extend(explain(result, role=role))
         else:
             outcome = result.status
-            if outcome == "warn":
-                advisories.extend(
-                    f"Check '{result.id}' warns for {f.subgroup}: {f.metric} is {_by_how_much(f)}."
-                    for f in result.findings if f.status == "warn"
-                )
-        outcomes.append(CheckOutcome(id=result.id, role=role, outcome=outcome, examined=dict(result.examined)))
-    ran = {r.id for r in results}
-    for check_id in policy.gate.blocking:
-        if check_id not in ran:
-            passed = False
-            outcomes.append(CheckOutcome(id=check_id, role="blocking", outcome="not run", examined={}))
-            reasons.append(
-                f"Blocking check '{check_id}' was not run, so the release cannot pass. Run it, or (if the policy "
-                f"should not require it) remove '{check_id}' from gate.blocking in guard.toml."
+        if outcome != "no data":
+            advisories.extend(
+                f"Check '{result.id}' warns for {f.subgroup}: {f.metric} is {_by_how_much(f)}."
+                for f in result.findings if f.status == "warn"
             )
+        outcomes.append(CheckOutcome(id=result.id, role=role, outcome=outcome, examined=dict(result.examined),
+                                     note=note, was=was))
+    ran = {r.id for r in results}
+    absent = {c: "missing: no result was produced" for c in policy.gate.blocking if c not in ran and c not in missing}
+    for check_id, why in {**missing, **absent}.items():
+        role = _role(check_id, policy)
+        note = why if check_id in missing else NOT_RUN_DEFAULT
+        outcomes.append(CheckOutcome(id=check_id, role=role, outcome="not run", examined={}, note=note))
+        if role == "advisory":
+            advisories.append(f"Advisory check '{check_id}' was not run ({why}); it does not block the release.")
+            continue
+        passed = False
+        text = f"Blocking check '{check_id}' was not run ({why}), so the release cannot pass; no waiver covers a check"
+        text += " that was not run. Run it"
+        if check_id in policy.gate.blocking:
+            text += f", or (if the policy should not require it) remove '{check_id}' from gate.blocking in guard.toml."
+        else:
+            text += "."
+        reasons.append(text)
     log.info("gate: %s (%d checks, %d reasons, %d waivers)", "PASSED" if passed else "FAILED",
              len(outcomes), len(reasons), len(applied))
     return GateDecision(passed=passed, reasons=tuple(reasons), waivers=tuple(applied), results=tuple(results),

@@ -541,7 +541,7 @@ def datasheet(run: Run, *, key: PseudonymKey) -> str:
         "## Waivers",
         "",
     ]
-    outcomes = {o["id"]: o["outcome"] for o in gate.get("outcomes", [])}
+    outcomes = {o["id"]: o.get("was") or o["outcome"] for o in gate.get("outcomes", [])}
     lines += [f"- `{w['check']}` (was {outcomes.get(w['check'], 'failed')}): {w['reason']}"
               for w in gate.get("waivers", [])] or ["None."]
     remediation = paths.cohort / "remediation.json"

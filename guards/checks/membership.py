@@ -17,13 +17,28 @@ Scores:
   (arXiv 2312.03262, eq. 4 and appendix B.2.2).
 
 Per subgroup ("column=value") the subgroup's members are scored against the whole non-member population: the
-attacker sets one threshold for everyone. A figure (overall or a subgroup's) fails when the lower end of its
-95 % interval is above the policy threshold, and warns when only its point estimate is: many subgroups are
-tested, some small, and a small cohort's point estimates are noisy (large cohorts have tight intervals, so
-there the verdict follows the point estimate). Reported: TPR at 1 % and 0.1 % FPR and AUC with 95 % intervals
+attacker sets one threshold for everyone. Reported: TPR at 1 % and 0.1 % FPR and AUC with 95 % intervals
 (exact binomial for TPR, a seeded bootstrap of patients for AUC), and whether a subgroup is over-represented
 among the most vulnerable members (chi-squared, or Fisher's exact test when expected counts are under 5,
 Bonferroni-corrected).
+
+Fail closed (the check must show the release safe, not merely fail to show it unsafe). For TPR at 1 % FPR and
+AUC, overall and per subgroup:
+
+- ``pass``: the upper end of the 95 % interval is at or below the policy threshold;
+- ``fail``: the lower end is above it (the whole interval is unsafe);
+- ``inconclusive``: the interval straddles the threshold, or the figure could not be measured: fewer than
+  ``MIN_SUBGROUP_MEMBERS`` member patients in the subgroup, no interval (``membership.bootstrap = 0``), too few
+  labelled patients overall, or images that no reference model left out (their OUT distribution is unknown, so
+  their scores fall back to all references and understate the risk).
+
+``needs`` (what would make an inconclusive figure conclusive): for TPR, the smallest member count whose exact
+(Clopper-Pearson) upper bound at the observed TPR is at or below the threshold, converted to patients of the
+subgroup (members are a random half); for AUC, or a TPR whose estimate is above the threshold,
+:func:`guards.checks.base.scaled_count`: the subgroup's patient count times ``(half-width / distance to the
+threshold)^2`` (interval widths shrink as ``1 / sqrt(n)``). Images without an OUT reference: each reference model
+leaves a patient out with probability 1/2, so about ``P * 2^-R`` of ``P`` patients have none after ``R`` models;
+fewer than one half expected needs ``R >= log2(2 P)``.
 """
 
 from __future__ import annotations
@@ -34,13 +49,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import torch
 from scipy import stats
 
-from guards.checks.base import CheckResult, Finding, Status
+from guards.checks.base import CheckResult, Finding, Status, interval_verdict, more_patients_needs
 from guards.checks.models import SmallCNN, balanced_accuracy, logits, train, true_label_margin, true_label_prob
 from guards.images import load_labelled_pair
 from guards.policy import ReleasePolicy
@@ -118,14 +134,48 @@ def attack_metrics(member: np.ndarray, non_member: np.ndarray, *, rng: np.random
     return AttackMetrics(tpr1, tpr01, point_auc, ci, len(member), len(non_member))
 
 
-def _status(value: float, ci_low: float, threshold: float) -> Status:
-    """fail when even the lower end of the 95 % interval is above the threshold; warn when only the point
-    estimate is (small cohorts and subgroups: at 12 non-members one lucky member is already 8 % TPR)."""
-    if value <= threshold:
-        return "pass"
-    if not math.isnan(ci_low) and ci_low > threshold:
-        return "fail"
-    return "warn"
+def _status(ci_low: float, ci_high: float, threshold: float) -> Status:
+    """pass when the whole 95 % interval is at or below the threshold, fail when the whole interval is above it,
+    inconclusive when it straddles the threshold or is not finite (see the module docstring)."""
+    return interval_verdict(ci_low, ci_high, threshold)
+
+
+def members_for_tpr(tpr: float, threshold: float, *, limit: int = 100_000) -> int | None:
+    """The smallest number of member patients for which the exact 95 % (Clopper-Pearson) upper bound of a TPR
+    of ``tpr`` (``round(tpr * n)`` hits of ``n``) is at or below ``threshold``; None when the TPR is not below
+    the threshold or ``limit`` members would not do."""
+    if not (0.0 <= tpr < threshold):
+        return None
+    n = np.arange(1, limit + 1)
+    hits = np.round(tpr * n)
+    upper = np.where(hits >= n, 1.0, stats.beta.ppf(0.975, hits + 1, np.maximum(n - hits, 1)))
+    ok = np.flatnonzero(upper <= threshold)
+    return int(n[ok[0]]) if len(ok) else None
+
+
+def _tpr_needs(tpr: float, low: float, high: float, threshold: float, *, members: int, patients: int,
+               where: str) -> str:
+    """What would make an inconclusive TPR conclusive (module docstring, ``needs``)."""
+    need = members_for_tpr(tpr, threshold)
+    if need is None:
+        return more_patients_needs(patients=patients, value=tpr, low=low, high=high, threshold=threshold,
+                                   where=where)
+    total = max(patients + 1, math.ceil(need * patients / max(members, 1)))
+    return (f"about {total - patients} more patients {where} (now {patients}, {members} of them members): at a"
+            f" TPR of {tpr:.3g}, {need} member patients give an exact 95% upper bound at or below {threshold:.4g}")
+
+
+def _auc_needs(am: AttackMetrics, threshold: float, *, patients: int, where: str) -> str:
+    low, high = am.ci["auc"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "membership.bootstrap > 0: the AUC needs a bootstrap interval to be shown below the threshold"
+    return more_patients_needs(patients=patients, value=am.auc, low=low, high=high, threshold=threshold,
+                               where=where)
+
+
+def reference_models_for(patients: int) -> int:
+    """Reference models for fewer than one half patient expected without an OUT reference: ``P * 2^-R < 1/2``."""
+    return max(2, math.ceil(math.log2(2 * max(patients, 1)) + 1e-9))
 
 
 def _halves(patients: np.ndarray, rng: np.random.Generator) -> set[str]:
@@ -141,7 +191,7 @@ def _out_or_all(out_mask: np.ndarray) -> np.ndarray:
 
 def _lira(target: np.ndarray, refs: np.ndarray, out_mask: np.ndarray) -> np.ndarray:
     """Offline LiRA, fixed variance: standardised distance of the target's phi above the OUT references' mean."""
-    use = _out_or_all(out_mask)  # no OUT reference: fall back to all (counted as a warning)
+    use = _out_or_all(out_mask)  # no OUT reference: fall back to all (an inconclusive finding)
     mu = (refs * use).sum(axis=0) / use.sum(axis=0)
     resid = (refs - mu[None, :])[use]
     sigma = float(np.std(resid)) if resid.size > 1 else 1.0
@@ -213,7 +263,10 @@ def run(
         msg = f"{len(classes)} label classes over {len(patients)} patients with known labels"
         return CheckResult(
             id=CHECK_ID,
-            findings=(Finding("labelled_data", len(keep), ">= 2 classes, >= 8 patients", "fail", evidence=msg),),
+            findings=(Finding("labelled_data", len(keep), ">= 2 classes, >= 8 patients", "inconclusive",
+                              evidence=msg,
+                              needs=f"labels for at least 2 classes and at least 8 patients (now {len(classes)}"
+                                    f" classes, {len(patients)} patients) so that a proxy can be trained"),),
             examined=examined, summary=f"Membership risk could not be measured: {msg}.",
             advice="Provide labels for at least two classes and eight patients so that an attacker's proxy can"
                    " be trained.",
@@ -284,34 +337,49 @@ def run(
     metrics: dict[str, dict[str, object]] = {}
     non_scores = patient_score[~patient_member]
     groups = {"all": np.ones(len(patients), dtype=bool), **patient_groups}
+    tpr_max, auc_max = sec.tpr_at_1pct_fpr_max, sec.auc_max
     for name, in_group in groups.items():
         m_scores = patient_score[patient_member & in_group]
+        group_patients = int(in_group.sum())
+        where = "overall" if name == "all" else f"in subgroup {name}"
         if len(m_scores) < MIN_SUBGROUP_MEMBERS:
-            findings.append(Finding("tpr_at_1pct_fpr", None, sec.tpr_at_1pct_fpr_max, "warn", subgroup=name,
-                                    evidence=f"only {len(m_scores)} member patients (< {MIN_SUBGROUP_MEMBERS}):"
-                                             " too few to measure"))
+            need = members_for_tpr(0.0, tpr_max) or MIN_SUBGROUP_MEMBERS
+            more = max(1, 2 * need - group_patients)
+            findings.append(Finding(
+                "tpr_at_1pct_fpr", None, tpr_max, "inconclusive", subgroup=name,
+                evidence=f"only {len(m_scores)} member patients (< {MIN_SUBGROUP_MEMBERS}): too few to measure",
+                needs=(f"at least {more} more patients {where} (now {group_patients}): even with no member"
+                       f" detected, {need} member patients (about half of the patients) are needed for an exact"
+                       f" 95% upper bound at or below {tpr_max:.4g}"),
+            ))
             continue
         am = attack_metrics(m_scores, non_scores, rng=rng, bootstrap=sec.bootstrap)
         roc[name] = roc_curve(m_scores, non_scores)
         metrics[name] = {"tpr_1pct": am.tpr_1pct, "tpr_01pct": am.tpr_01pct, "auc": am.auc, "ci": am.ci,
                          "members": am.members, "non_members": am.non_members}
         base = f"{am.members} member vs {am.non_members} non-member patients"
+        tpr_low, tpr_high = am.ci["tpr_1pct"]
+        tpr_status = _status(tpr_low, tpr_high, tpr_max)
         findings.append(Finding(
-            "tpr_at_1pct_fpr", round(am.tpr_1pct, 4), sec.tpr_at_1pct_fpr_max,
-            _status(am.tpr_1pct, am.ci["tpr_1pct"][0], sec.tpr_at_1pct_fpr_max),
+            "tpr_at_1pct_fpr", round(am.tpr_1pct, 4), tpr_max, tpr_status,
             subgroup=name,
             evidence=f"{base}; 95% CI {am.ci['tpr_1pct']}; {sec.attack} with {sec.reference_models} reference models"
                      + (f" (1% FPR over {am.non_members} non-members allows {int(0.01 * am.non_members)} false"
                         " positives)" if am.non_members < 100 else ""),
+            needs=_tpr_needs(am.tpr_1pct, tpr_low, tpr_high, tpr_max, members=am.members,
+                             patients=group_patients, where=where) if tpr_status == "inconclusive" else "",
         ))
         findings.append(Finding(
             "tpr_at_0.1pct_fpr", round(am.tpr_01pct, 4), None, "pass", subgroup=name,
             evidence=f"{base}; 95% CI {am.ci['tpr_01pct']} (reported, no threshold)",
         ))
+        auc_status = _status(am.ci["auc"][0], am.ci["auc"][1], auc_max)
         findings.append(Finding(
-            "auc", round(am.auc, 4), sec.auc_max, _status(am.auc, am.ci["auc"][0], sec.auc_max),
+            "auc", round(am.auc, 4), auc_max, auc_status,
             subgroup=name,
             evidence=f"{base}; 95% CI {am.ci['auc']}",
+            needs=_auc_needs(am, auc_max, patients=group_patients, where=where) if auc_status == "inconclusive"
+            else "",
         ))
 
     member_scores = patient_score[patient_member]
@@ -331,16 +399,28 @@ def run(
                      f" {t['test']}, Bonferroni over {len(tests)} subgroups",
         ))
     if no_out:
-        findings.append(Finding("images_without_out_reference", no_out, 0, "warn",
-                                evidence=f"{no_out} images had no reference model that left them out; raise"
-                                         " membership.reference_models"))
+        in_all = np.ones(len(patients), dtype=bool)
+        for p_i, p in enumerate(patients):
+            in_all[p_i] = not out_mask[:, pids == p].any()
+        wanted = reference_models_for(len(patients))
+        findings.append(Finding(
+            "images_without_out_reference", no_out, 0, "inconclusive",
+            evidence=(f"{no_out} images of {int(in_all.sum())} patients had no reference model that left them"
+                      " out: their scores fall back to all reference models, which understates their risk"),
+            needs=(f"membership.reference_models of at least {wanted} (now {sec.reference_models}): each model"
+                   f" leaves a patient out with probability 1/2, so about {len(patients)} x 2^-R patients have no"
+                   " OUT reference after R models"),
+        ))
     failed = sorted({f.subgroup for f in findings if f.status == "fail"})
+    unsure = sorted({f.subgroup for f in findings if f.status == "inconclusive"} - set(failed))
     overall = metrics.get("all", {})
     summary = (
         f"An attacker's {sec.attack.upper()} attack on a model trained on the release reaches TPR "
         f"{overall.get('tpr_1pct', float('nan')):.2f} at 1% FPR and AUC {overall.get('auc', float('nan')):.2f}"
-        f" over {len(patients)} patients" + (f"; elevated risk for: {', '.join(failed)}." if failed else
-                                              "; no subgroup exceeds the thresholds.")
+        f" over {len(patients)} patients"
+        + (f"; elevated risk for: {', '.join(failed)}" if failed else "")
+        + (f"; not shown below the thresholds (inconclusive) for: {', '.join(unsure)}" if unsure else "")
+        + ("." if failed or unsure else "; every figure's 95% interval is below its threshold.")
     )
     examined.update({"member_patients": n_members, "non_member_patients": int((~patient_member).sum()),
                      "subgroups": len(patient_groups), "top_k": k})
@@ -351,7 +431,10 @@ def run(
         summary=summary,
         advice=("Remove duplicated or near-duplicate studies, check that the flagged subgroup's images carry the"
                 " protective noise (protect.epsilon, protect.rho), or release fewer images of those patients."
-                ) if failed else "",
+                ) if failed else (
+                "Not enough data to show the risk below the thresholds: see each inconclusive finding's needs"
+                " (more patients, more reference models), or have a steward waive the check with a written"
+                " reason.") if unsure else "",
         details={
             "roc": roc,
             "curves": {"proxy_members": proxy.curve, "proxy_non_members": curve_non},
@@ -362,3 +445,13 @@ def run(
             "seconds": round(time.monotonic() - t0, 2),
         },
     )
+
+
+if TYPE_CHECKING:
+    from guards.run import Run
+
+
+def check(current: Run) -> CheckResult:
+    """The registry's entry (guards.checks.registry): the release against its de-identified clean reference."""
+    return run(current.release_tree, source_dir=current.paths.deid, cohort=current.cohort(), policy=current.policy,
+               device=current.device)

@@ -13,28 +13,37 @@ released file is searched for it, MIDI-B style:
   up to 8 frames per instance, evenly spaced; frames of one shape are OCR'd 16 to a tesseract call (a mosaic
   with blank gaps, words mapped back by their box), because starting tesseract dominates on small frames.
 
-Token rules (what counts as source PHI, and what is skipped as too generic):
+Token rules (what counts as source PHI, and what is skipped as too generic). The vocabulary (which attributes,
+which date forms, which pieces of an identifier, the normalisation) is :mod:`guards.deid.vocabulary`, the one the
+cleaner (:mod:`guards.deid.actions`) and the pixel cleaner (:mod:`guards.deid.pixel_phi`) use, so that every token
+either of them would scrub or hide is a token here too:
 
 - person names (every PN element): each component and word of at least 3 characters;
 - identifiers (PatientID, OtherPatientIDs, AccessionNumber, StudyID, order/procedure ids, ...), addresses,
   phone numbers (also as digits only), institution and department names (skipped when the policy retains
-  institution identity), station names and serial numbers (skipped when the policy retains device identity);
-- dates of every DA element and the date part of every DT element, written as YYYYMMDD, YYYY-MM-DD, YYYY/MM/DD,
-  YYYY.MM.DD, DD/MM/YYYY, MM/DD/YYYY, DD.MM.YYYY, DD-MM-YYYY, MM-DD-YYYY, DDMMYYYY and MMDDYYYY (skipped when
-  ``deid.retain_longitudinal = "full"`` keeps them). De-identification shifts dates per patient, so exact tokens
-  are right; but one patient's shifted date may equal another patient's true date, so when the release folder
-  has a ``manifest.parquet`` mapping each file to its ``source_path``, a file is searched for the dates of its
-  own source patient only (otherwise for all source dates, and details say so);
+  institution identity), station names and serial numbers (skipped when the policy retains device identity):
+  each value, each of its parts (:func:`~guards.deid.vocabulary.name_parts`), and for identifiers its pieces
+  (:func:`~guards.deid.vocabulary.id_pieces`: ``448120`` and ``PID448120`` of ``PID-448120``);
+- dates of every DA element and the date part of every DT element in every form of
+  :func:`~guards.deid.vocabulary.date_parts` (``19610317``, ``1961-03-17``, ``17/03/1961``, ``03/17/1961``,
+  ``17.03.1961``, ``17/3/61``, ``17-MAR-1961``, ``17 Mar 1961``, ``March 17, 1961``, ``17MAR1961``, ...; skipped
+  when ``deid.retain_longitudinal = "full"`` keeps them). De-identification shifts dates per patient, so exact
+  tokens are right; but one patient's shifted date may equal another patient's true date, so when the release
+  folder has a ``manifest.parquet`` mapping each file to its ``source_path``, a file is searched for the dates of
+  its own source patient only (otherwise for all source dates, and details say so);
 - UIDs of every UI element except class, transfer-syntax, coding-scheme and implementation UIDs and the
   standard's own ``1.2.840.10008.`` UIDs, which identify software and standards rather than a patient
   (skipped when ``deid.retain_uids``);
 - skipped: tokens shorter than 3 characters, purely numeric tokens shorter than 5 digits (they match counts,
   sizes and code values), and common words (:data:`COMMON_WORDS`: body parts, modalities, titles, address
-  words). What was skipped is listed in details (categories and counts, never the values).
+  words). What was skipped is listed in details (categories and counts, never the values; pieces of a value are
+  not counted again).
 
-Matching is on normalised text: upper case, every character outside ``A-Z 0-9 .`` a word break, dots at the
-ends of words dropped; a token matches where its words appear as consecutive whole words. The report names the
-category, the source element and the token's length, never the token itself: the report is published.
+Matching is on normalised text (:func:`~guards.deid.vocabulary.words`): upper case, every character outside
+``A-Z 0-9 .`` a word break, dots at the ends of words dropped; a token matches where its words appear as
+consecutive whole words, and a one-word token also where it equals a run of 6 or more digits inside a longer word
+(``MRN448120``). A match inside a longer match is counted once. The report names the category, the source element
+and the token's length, never the token itself: the report is published.
 """
 
 from __future__ import annotations
@@ -49,8 +58,9 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +73,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from guards.checks.base import CheckResult, Finding
+from guards.deid.vocabulary import CATEGORY, MIN_ID_DIGITS, date_parts, digit_runs, id_pieces, name_parts, words
 from guards.errors import GuardError, InputError
 from guards.policy import ReleasePolicy
 from guards.progress import progress
@@ -70,7 +81,7 @@ from guards.progress import progress
 log = logging.getLogger(__name__)
 
 CHECK_ID = "phi"
-MIN_LEN = 3
+MIN_LEN = 3  # = guards.deid.vocabulary.MIN_TOKEN
 MIN_NUMERIC_LEN = 5
 MAX_OCR_FRAMES = 8  # frames of a multi-frame image read by OCR (evenly spaced)
 MOSAIC_MAX_TILES = 16  # frames OCR'd in one tesseract call (see _OcrBatcher)
@@ -96,51 +107,23 @@ COMMON_WORDS: frozenset[str] = frozenset(
     """.split()
 )
 
-#: Identifier, address, phone and institution keywords, by category (PS3.15 Table E.1-1 rows).
-ID_KEYWORDS: tuple[str, ...] = (
-    "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "StudyID", "AdmissionID",
-    "MedicalRecordLocator", "RequestedProcedureID", "ScheduledProcedureStepID", "PerformedProcedureStepID",
-    "PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest",
-    "PlacerOrderNumberImagingServiceRequestRetired", "FillerOrderNumberImagingServiceRequestRetired",
-    "ServiceEpisodeID", "PatientInsurancePlanCodeSequence", "MilitaryRank", "BranchOfService",
-)
-ADDRESS_KEYWORDS: tuple[str, ...] = ("PatientAddress", "InstitutionAddress", "ReferringPhysicianAddress",
-                                     "PersonAddress", "RegionOfResidence")
-PHONE_KEYWORDS: tuple[str, ...] = ("PatientTelephoneNumbers", "ReferringPhysicianTelephoneNumbers",
-                                   "PersonTelephoneNumbers", "PatientTelecomInformation")
-INSTITUTION_KEYWORDS: tuple[str, ...] = ("InstitutionName", "InstitutionalDepartmentName")
-DEVICE_KEYWORDS: tuple[str, ...] = ("StationName", "DeviceSerialNumber")
-FREE_TEXT_KEYWORDS: tuple[str, ...] = ("PatientComments", "AdditionalPatientHistory", "Occupation",
-                                       "PatientBirthName", "PatientMotherBirthName")
-_CATEGORY: dict[str, str] = {
-    **{k: "identifier" for k in ID_KEYWORDS},
-    **{k: "address" for k in ADDRESS_KEYWORDS},
-    **{k: "phone" for k in PHONE_KEYWORDS},
-    **{k: "institution" for k in INSTITUTION_KEYWORDS},
-    **{k: "device" for k in DEVICE_KEYWORDS},
-    **{k: "free text" for k in FREE_TEXT_KEYWORDS},
-}
 _SKIP_UID_KEYWORDS = ("TransferSyntaxUID", "ImplementationClassUID", "CodingSchemeUID", "PrivateInformationCreatorUID")
-_WORD = re.compile(r"[A-Z0-9.]+")
 _ASCII_RUN = re.compile(rb"[\x20-\x7e]{3,}")
+#: The audit's normalisation (:func:`guards.deid.vocabulary.words`), under its old name.
+normalize = words
 
 
-def normalize(text: str) -> tuple[str, ...]:
-    """Upper-case words of ``text``: characters outside A-Z, 0-9 and '.' break words; dots at the ends go."""
-    words = (w.strip(".") for w in _WORD.findall(text.upper()))
-    return tuple(w for w in words if w)
-
-
-def date_forms(value: str) -> set[str]:
-    """A DA value (YYYYMMDD) in every written form listed in the module docstring; empty if not a date."""
-    digits = value.strip()[:8]
-    if len(digits) != 8 or not digits.isdigit():
-        return set()
-    y, m, d = digits[:4], digits[4:6], digits[6:8]
-    return {
-        f"{y}{m}{d}", f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}",
-        f"{d}.{m}.{y}", f"{d}-{m}-{y}", f"{m}-{d}-{y}", f"{d}{m}{y}", f"{m}{d}{y}",
-    }
+@lru_cache(maxsize=65536)
+def _date_words(value: str) -> tuple[tuple[str, ...], ...]:
+    """Every form of a DA value (the date part of a DT) as normalised words: each form of
+    :func:`guards.deid.vocabulary.date_parts` as separate words (``17-MAR-1961``, ``March 17, 1961``) and run
+    together as one word (``17MAR1961``)."""
+    out: set[tuple[str, ...]] = set()
+    for parts in date_parts(value):
+        out.add(parts)
+        out.add(("".join(parts),))
+        out.add((".".join(parts),))  # dots do not break words: "17.03.1961" is one
+    return tuple(sorted(out))
 
 
 @dataclass(frozen=True)
@@ -158,23 +141,44 @@ class TokenIndex:
 
     tokens: dict[tuple[str, ...], Token] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    _dates: set[str] = field(default_factory=set)
 
-    def add(self, raw: str, *, category: str, source_element: str) -> None:
-        words = normalize(raw)
-        text = "".join(words)
-        if not words:
+    def add(self, raw: str, *, category: str, source_element: str, quiet: bool = False) -> None:
+        """Add ``raw`` as a token (normalised), unless too short, short and numeric, or common words: then it is
+        counted in ``skipped`` (not when ``quiet``: pieces of a value already counted)."""
+        self.add_words(words(raw), category=category, source_element=source_element, quiet=quiet)
+
+    def add_words(self, ws: tuple[str, ...], *, category: str, source_element: str, quiet: bool = False) -> None:
+        """:meth:`add` of a token already normalised to words."""
+        if not ws or ws in self.tokens:
             return
+        text = "".join(ws)
+        skip = None
         if len(text) < MIN_LEN:
-            self.skipped[f"{category}: shorter than {MIN_LEN} characters"] += 1
+            skip = f"{category}: shorter than {MIN_LEN} characters"
+        elif text.replace(".", "").isdigit() and len(text) < MIN_NUMERIC_LEN:
+            skip = f"{category}: numeric, shorter than {MIN_NUMERIC_LEN} digits"
+        elif all(w in COMMON_WORDS or len(w) < MIN_LEN for w in ws):
+            skip = f"{category}: common word"
+        if skip is not None:
+            if not quiet:
+                self.skipped[skip] += 1
             return
-        if text.replace(".", "").isdigit() and len(text) < MIN_NUMERIC_LEN:
-            self.skipped[f"{category}: numeric, shorter than {MIN_NUMERIC_LEN} digits"] += 1
-            return
-        if all(w in COMMON_WORDS or len(w) < MIN_LEN for w in words):
-            self.skipped[f"{category}: common word"] += 1
-            return
-        self.tokens.setdefault(words, Token(words=words, category=category, source_element=source_element))
+        self.tokens[ws] = Token(words=ws, category=category, source_element=source_element)
         self._lengths = None
+
+    def add_date(self, value: str, *, source_element: str) -> None:
+        """Every written form of a DA value (the date part of a DT) as a date token; a value seen before adds
+        nothing new, so it is not expanded again. The forms are already filtered by the vocabulary (at least
+        :data:`~guards.deid.vocabulary.MIN_DATE_CHARS` letters and digits), so the word rules of :meth:`add`
+        (which would drop ``17/03/61`` as three short words) do not apply."""
+        if value in self._dates:
+            return
+        self._dates.add(value)
+        for ws in _date_words(value):
+            if ws not in self.tokens:
+                self.tokens[ws] = Token(words=ws, category="date", source_element=source_element)
+                self._lengths = None
 
     _lengths: tuple[int, ...] | None = None
 
@@ -278,18 +282,18 @@ def gather_source_tokens(source_dir: Path, *, policy: ReleasePolicy) -> SourcePh
 def _collect(elem: DataElement, *, common: TokenIndex, dates: TokenIndex, all_dates: TokenIndex,
              policy: ReleasePolicy, keep_dates: bool) -> None:
     kw = elem.keyword
+    where = kw or str(elem.tag)
     if elem.VR == "PN":
         for name in _element_strings(elem):
-            for part in re.split(r"[\^=\s,]+", name):
-                common.add(part, category="name", source_element=kw or str(elem.tag))
+            for part in name_parts(name):
+                common.add(part, category="name", source_element=where)
         return
     if elem.VR in ("DA", "DT"):
         if keep_dates:
             return
         for value in _element_strings(elem):
-            for form in date_forms(value):
-                dates.add(form, category="date", source_element=kw or str(elem.tag))
-                all_dates.add(form, category="date", source_element=kw or str(elem.tag))
+            dates.add_date(value, source_element=where)
+            all_dates.add_date(value, source_element=where)
         return
     if elem.VR == "UI":
         if policy.deid.retain_uids or kw.endswith("ClassUID") or kw in _SKIP_UID_KEYWORDS:
@@ -297,9 +301,9 @@ def _collect(elem: DataElement, *, common: TokenIndex, dates: TokenIndex, all_da
         for uid in _element_strings(elem):
             uid = uid.strip("\x00 ")
             if uid and not uid.startswith("1.2.840.10008."):
-                common.add(uid, category="uid", source_element=kw or str(elem.tag))
+                common.add(uid, category="uid", source_element=where)
         return
-    category = _CATEGORY.get(kw)
+    category = CATEGORY.get(kw)
     if category is None:
         return
     if category == "institution" and policy.deid.retain_institution_identity:
@@ -314,6 +318,12 @@ def _collect(elem: DataElement, *, common: TokenIndex, dates: TokenIndex, all_da
         if category == "phone":
             digits = re.sub(r"\D", "", value)
             common.add(digits, category=category, source_element=kw)
+        if category == "identifier":
+            for piece in id_pieces(value):
+                common.add(piece, category=category, source_element=kw, quiet=True)
+        # the cleaner scrubs each part of these values from free text (guards.deid.actions.identifier_tokens)
+        for part in name_parts(value):
+            common.add(part, category=category, source_element=kw, quiet=True)
 
 
 @dataclass(frozen=True)
@@ -325,16 +335,43 @@ class Hit:
     token: Token
 
 
-def _match(words: tuple[str, ...], indexes: Iterable[TokenIndex]) -> Iterator[tuple[int, Token]]:
-    """(word position, token) for each token whose words occur consecutively in ``words``."""
+def _find(ws: tuple[str, ...], indexes: Iterable[TokenIndex]) -> list[Token]:
+    """The tokens found in the words ``ws``: each token whose words occur consecutively, and each single-word
+    token equal to a run of :data:`~guards.deid.vocabulary.MIN_ID_DIGITS` or more digits inside a longer word
+    (``448120`` in ``MRN448120``, as the pixel cleaner matches identifier pieces). A match inside a longer one
+    (``PID 448120`` holds ``448120``) is not counted again."""
+    found: list[tuple[int, int, Token]] = []
     for index in indexes:
         if not index.tokens:
             continue
+        get = index.tokens.get
         for n in index.lengths:
-            for i in range(len(words) - n + 1):
-                tok = index.tokens.get(words[i:i + n])
+            for i in range(len(ws) - n + 1):
+                tok = get(ws[i:i + n])
                 if tok is not None:
-                    yield i, tok
+                    found.append((i, n, tok))
+    out: list[Token] = []
+    covered: set[int] = set()
+    if found:
+        if len(found) > 1:
+            found.sort(key=lambda f: -f[1])
+        spans: list[tuple[int, int]] = []
+        for i, n, tok in found:
+            if any(a <= i and i + n <= b for a, b in spans):
+                continue
+            spans.append((i, i + n))
+            covered.update(range(i, i + n))
+            out.append(tok)
+    for i, w in enumerate(ws):
+        if len(w) <= MIN_ID_DIGITS or i in covered or w.isdigit():
+            continue
+        for run in digit_runs(w):
+            for index in indexes:
+                tok = index.tokens.get((run,))
+                if tok is not None:
+                    out.append(tok)
+                    break
+    return out
 
 
 @dataclass
@@ -356,7 +393,7 @@ def _scan_elements(ds: FileDataset, rel: str, indexes: list[TokenIndex], counts:
         for path, elem in _walk(sub, prefix):
             counts.elements += 1
             for text in _element_strings(elem):
-                for _, tok in _match(normalize(text), indexes):
+                for tok in _find(words(text), indexes):
                     hits.append(Hit(file=rel, where=path, token=tok))
     return hits
 
@@ -364,8 +401,7 @@ def _scan_elements(ds: FileDataset, rel: str, indexes: list[TokenIndex], counts:
 def _scan_bytes(data: bytes, rel: str, indexes: list[TokenIndex], seen: set[Token]) -> list[Hit]:
     hits = []
     for m in _ASCII_RUN.finditer(data):
-        words = normalize(m.group().decode("ascii"))
-        for _, tok in _match(words, indexes):
+        for tok in _find(words(m.group().decode("ascii")), indexes):
             if tok not in seen:
                 seen.add(tok)
                 hits.append(Hit(file=rel, where=f"raw bytes near offset {m.start()}", token=tok))
@@ -479,18 +515,18 @@ class _OcrBatcher:
             log.warning("phi: OCR failed on a mosaic of %d frames (%s)", len(tiles), e)
             return []
         self.counts.ocr_calls += 1
-        words: list[list[str]] = [[] for _ in tiles]
+        found: list[list[str]] = [[] for _ in tiles]
         for text, x0, y0, x1, y1 in boxes:
             cx, cy = (x0 + x1) // 2 - MOSAIC_GAP, (y0 + y1) // 2 - MOSAIC_GAP
             c, r = cx // (w + MOSAIC_GAP), cy // (h + MOSAIC_GAP)
             k = r * cols + c
             if 0 <= c < cols and 0 <= k < len(tiles) and cx % (w + MOSAIC_GAP) < w and cy % (h + MOSAIC_GAP) < h:
-                words[k].extend(normalize(text))
+                found[k].extend(words(text))
         hits = []
-        for t, ws in zip(tiles, words, strict=True):
+        for t, ws in zip(tiles, found, strict=True):
             self.counts.ocr_frames += 1
             self.counts.ocr_words += len(ws)
-            for _, tok in _match(tuple(ws), t.indexes):
+            for tok in _find(tuple(ws), t.indexes):
                 hits.append(Hit(file=t.rel, where=f"PixelData frame {t.frame} (OCR text)", token=tok))
         return hits
 
@@ -613,3 +649,12 @@ def _count_categories(source: SourcePhi) -> dict[str, int]:
     for tok in list(source.common.tokens.values()) + list(source.all_dates.tokens.values()):
         out[tok.category] += 1
     return dict(out)
+
+
+if TYPE_CHECKING:
+    from guards.run import Run
+
+
+def check(current: Run) -> CheckResult:
+    """The registry's entry (guards.checks.registry): the release against the original source of the snapshot."""
+    return run(current.release_tree, source_dir=current.require_snapshot().root, policy=current.policy)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -25,6 +26,7 @@ from guards.deid.dates import shift_da, shift_dt
 from guards.deid.private import is_safe_private
 from guards.deid.profile import DICT_VR, PATIENT_ID, SQ_TAGS, TEXT_VRS, CompiledProfile
 from guards.deid.pseudonyms import pseudo_patient_id, pseudo_patient_name, pseudo_uid
+from guards.deid.vocabulary import ID_KEYWORDS, MIN_TOKEN, TEXT_SCRUB_KEYWORDS, date_forms, id_pieces, name_parts
 from guards.keys import PseudonymKey
 
 SCRUB = "***"
@@ -59,33 +61,19 @@ DUMMIES: dict[str, object] = {
 }
 BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
 STRING_VRS = TEXT_VRS | {"PN", "DA", "DT", "TM", "CS", "AE", "AS", "UI", "UR", "DS", "IS"}
-# Top-level attributes whose values are identifiers to scrub from free text that is kept or cleaned.
-IDENTIFIER_TAGS: tuple[int, ...] = (
-    0x00100010,  # PatientName
-    0x00100020,  # PatientID
-    0x00101000,  # OtherPatientIDs
-    0x00101001,  # OtherPatientNames
-    0x00101005,  # PatientBirthName
-    0x00101060,  # PatientMotherBirthName
-    0x00101040,  # PatientAddress
-    0x00102154,  # PatientTelephoneNumbers
-    0x00100030,  # PatientBirthDate
-    0x00080050,  # AccessionNumber
-    0x00200010,  # StudyID
-    0x00080080,  # InstitutionName
-    0x00080081,  # InstitutionAddress
-    0x00081040,  # InstitutionalDepartmentName
-    0x00080090,  # ReferringPhysicianName
-    0x00081050,  # PerformingPhysicianName
-    0x00081060,  # NameOfPhysiciansReadingStudy
-    0x00081070,  # OperatorsName
-    0x00321032,  # RequestingPhysician
-    0x00081048,  # PhysiciansOfRecord
-    0x00081010,  # StationName
-    0x00181000,  # DeviceSerialNumber
-)
-_TOKEN_SPLIT = re.compile(rb"[\^=\s,\\]+")
-MIN_TOKEN = 3
+
+def _tags(keywords: tuple[str, ...]) -> tuple[int, ...]:
+    """Tags of the keywords that hold values (sequences are cleaned item by item, not searched as tokens)."""
+    tags = (tag_for_keyword(k) for k in keywords)
+    return tuple(t for t in tags if t is not None and dictionary_VR(t) != "SQ")
+
+
+#: Top-level attributes whose values are identifiers to scrub from free text that is kept or cleaned
+#: (:data:`guards.deid.vocabulary.TEXT_SCRUB_KEYWORDS`: names, identifiers, addresses, phones, institution,
+#: device, birth date).
+IDENTIFIER_TAGS: tuple[int, ...] = _tags(TEXT_SCRUB_KEYWORDS)
+_ID_TAGS: frozenset[int] = frozenset(_tags(ID_KEYWORDS))
+_BIRTH_DATE = 0x00100030
 
 
 @dataclass
@@ -165,7 +153,10 @@ def value_text(ds: Dataset, tag: int) -> str:
 
 
 def identifier_tokens(ds: Dataset) -> list[bytes]:
-    """The instance's identifiers (names, IDs, addresses ...) as byte tokens, read before anything changes."""
+    """The instance's identifiers (names, IDs, addresses ...) as byte tokens, read before anything changes: each
+    value, its name parts, an identifier's pieces and the birth date in every written form
+    (:mod:`guards.deid.vocabulary`). Tokens keep the value's own bytes (split and rejoined as Latin-1, which
+    maps every byte to one character, so multi-byte text is never altered)."""
     tokens: list[bytes] = []
     for tag in IDENTIFIER_TAGS:
         if tag not in ds:
@@ -174,12 +165,16 @@ def identifier_tokens(ds: Dataset) -> list[bytes]:
         raw = _raw_bytes(elem)
         value = raw if raw is not None else text_of(elem.value).encode("utf-8", "ignore")
         value = value.strip(b" \x00")
-        if len(value) >= MIN_TOKEN:
-            tokens.append(value)
-            tokens.extend(t for t in _TOKEN_SPLIT.split(value) if len(t) >= MIN_TOKEN)
-        if tag == 0x00100030 and len(value) == 8 and value.isdigit():  # birth date written other ways
-            y, m, d = value[:4], value[4:6], value[6:]
-            tokens.extend((y + b"-" + m + b"-" + d, d + b"." + m + b"." + y, d + b"/" + m + b"/" + y))
+        if len(value) < MIN_TOKEN:
+            continue
+        tokens.append(value)
+        text = value.decode("latin-1")
+        pieces = name_parts(text)
+        if tag in _ID_TAGS:
+            pieces.extend(id_pieces(text))
+        elif tag == _BIRTH_DATE:
+            pieces.extend(date_forms(text))
+        tokens.extend(p.encode("latin-1") for p in pieces if len(p) >= MIN_TOKEN)
     return tokens
 
 

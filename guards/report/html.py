@@ -1,7 +1,10 @@
 """The gate report as one self-contained HTML page: no script, no external style sheet, no network.
 
-Order, for a data steward: the verdict; what failed and what can be changed; input counts; waivers; one section
-per check (summary, advice, examined counts, figures, findings table, artefact links, other details); the policy.
+Order, for a data steward: the verdict; what failed and what can be changed; what is inconclusive (not shown
+safe) and what would make it conclusive; input counts; waivers; one section per check (summary, advice, what would
+make it conclusive, the steward's waiver, examined counts, figures, findings table, artefact links, other
+details); the policy. Inconclusive checks and findings have their own colour and label, distinct from pass, warn
+and fail; waived checks show the steward's reason and the status they had before the waiver.
 Every piece of text from a check, the context or the policy goes through :func:`html.escape`.
 """
 
@@ -17,7 +20,7 @@ from urllib.parse import urlparse
 
 from guards.checks.base import CheckResult
 from guards.gate import GateDecision
-from guards.policy import ReleasePolicy
+from guards.policy import ReleasePolicy, Waiver
 from guards.report import svg
 
 MAX_ROWS = 300  # findings rows per check; the rest are counted
@@ -29,18 +32,28 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#22
 .verdict{padding:1em;border-radius:6px;font-size:1.4em;font-weight:bold}
 .pass{background:#e3f5e1;border:2px solid #2ca02c}.fail{background:#fbe3e3;border:2px solid #d62728}
 .warn{background:#fff4d6}.waived{background:#eef}
+.inconclusive{background:#efe3f7;border:2px dashed #7b3fa0}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:.9em;
 text-align:left;vertical-align:top}tr.fail td{background:#fdeaea}tr.warn td{background:#fff8e1}
+tr.inconclusive td{background:#f5ecfa}tr.waived td{background:#eef}
 section{border-top:1px solid #ddd;margin-top:1.5em}pre{background:#f6f6f6;padding:.5em;overflow:auto;
 font-size:.8em;max-height:30em}.figs{display:flex;flex-wrap:wrap;gap:1em}
 """
 
 
 _CSS_CLASS = {"not run": "fail", "no data": "fail"}
+_LABEL = {"inconclusive": "inconclusive: not shown safe"}
 
 
 def _css(outcome: str) -> str:
     return _CSS_CLASS.get(outcome, outcome)
+
+
+def _label(outcome: str, was: str = "") -> str:
+    """The outcome as the steward reads it: inconclusive is labelled as not shown safe; waived says what it was."""
+    if outcome == "waived" and was:
+        return f"waived (was {_LABEL.get(was, was)})"
+    return _LABEL.get(outcome, outcome)
 
 
 def _e(x: object) -> str:
@@ -121,13 +134,21 @@ def _link(name: str, target: str) -> str:
     return f'<li><a href="{_e(target)}">{_e(name)}</a></li>'
 
 
-def _check_section(result: CheckResult, outcome: str, role: str) -> str:
+def _check_section(result: CheckResult, outcome: str, role: str, *, was: str = "",
+                   waiver: Waiver | None = None) -> str:
     parts = [f'<section id="check-{_e(result.id)}"><h2>Check <code>{_e(result.id)}</code>: '
-             f'<span class="{_e(_css(outcome))}">{_e(outcome)}</span> ({_e(role)})</h2>']
+             f'<span class="{_e(_css(outcome))}">{_e(_label(outcome, was))}</span> ({_e(role)})</h2>']
     if result.summary:
         parts.append(f"<p>{_e(result.summary)}</p>")
     if result.advice:
         parts.append(f"<p><strong>What you can change:</strong> {_e(result.advice)}</p>")
+    if result.conclusive_when:
+        parts.append('<div class="inconclusive"><p><strong>Inconclusive: the check could not show the release'
+                     " safe. What would make it conclusive:</strong></p><ul>"
+                     + "".join(f"<li>{_e(n)}</li>" for n in result.conclusive_when) + "</ul></div>")
+    if waiver is not None:
+        parts.append(f'<p class="waived"><strong>Waived by the steward</strong> (was {_e(_label(was or "fail"))}):'
+                     f" {_e(waiver.reason)}</p>")
     parts.append("<h3>What was examined</h3>")
     parts.append(_table(["count", "value"], sorted(result.examined.items())) if result.examined
                  else "<p><strong>Nothing was examined.</strong></p>")
@@ -135,9 +156,11 @@ def _check_section(result: CheckResult, outcome: str, role: str) -> str:
     if figs:
         parts.append('<h3>Figures</h3><div class="figs">' + "".join(figs) + "</div>")
     parts.append(f"<h3>Findings ({len(result.findings)})</h3>")
-    rows = [(f.status, f.metric, f.subgroup, f.value, f.threshold, f.evidence) for f in result.findings[:MAX_ROWS]]
-    parts.append(_table(["status", "metric", "subgroup", "value", "threshold", "evidence"], rows,
-                        classes=[str(r[0]) for r in rows]))
+    rows = [(_label(f.status), f.metric, f.subgroup, f.value, f.threshold, f.evidence, f.needs)
+            for f in result.findings[:MAX_ROWS]]
+    parts.append(_table(["status", "metric", "subgroup", "value", "threshold", "evidence",
+                         "what would make it conclusive"], rows,
+                        classes=[f.status for f in result.findings[:MAX_ROWS]]))
     if len(result.findings) > MAX_ROWS:
         parts.append(f"<p>{len(result.findings) - MAX_ROWS} more findings are in gate.json.</p>")
     if result.artefacts:
@@ -202,11 +225,22 @@ def render_html(decision: GateDecision, results: Sequence[CheckResult], *, polic
                      + "".join(f"<li>{_e(r)}</li>" for r in decision.reasons) + "</ul>")
     else:
         parts.append("<p>Every blocking check passed (or was waived with a written reason).</p>")
+    unsure = [o for o in decision.outcomes if o.outcome == "inconclusive" or o.was == "inconclusive"]
+    if unsure:
+        parts.append('<div class="inconclusive"><p><strong>Inconclusive (not shown safe):</strong></p><ul>'
+                     + "".join(f"<li><code>{_e(o.id)}</code> ({_e(o.role)}, {_e(_label(o.outcome, o.was))}):"
+                               f" conclusive with: {_e(o.note or 'more data')}</li>" for o in unsure)
+                     + "</ul></div>")
     if decision.advisories:
         parts.append("<p>Advisory (does not block):</p><ul>"
                      + "".join(f"<li>{_e(a)}</li>" for a in decision.advisories) + "</ul>")
-    parts.append(_table(["check", "role", "outcome"], [(o.id, o.role, o.outcome) for o in decision.outcomes],
-                        classes=[_css(o.outcome) for o in decision.outcomes]))
+    waiver_of = {w.check: w for w in decision.waivers}
+    parts.append(_table(
+        ["check", "role", "outcome", "note"],
+        [(o.id, o.role, _label(o.outcome, o.was),
+          f"waived: {waiver_of[o.id].reason}" if o.outcome == "waived" and o.id in waiver_of else o.note)
+         for o in decision.outcomes],
+        classes=[_css(o.outcome) for o in decision.outcomes]))
     parts.append("<h2>Input counts</h2>" + _counts(context))
     parts.append(_remediation(context))
     parts.append("<h2>Waivers</h2>")
@@ -215,7 +249,9 @@ def render_html(decision: GateDecision, results: Sequence[CheckResult], *, polic
     outcomes = {o.id: o for o in decision.outcomes}
     for result in results:
         o = outcomes.get(result.id)
-        parts.append(_check_section(result, o.outcome if o else result.status, o.role if o else "blocking"))
+        parts.append(_check_section(result, o.outcome if o else result.status, o.role if o else "blocking",
+                                    was=o.was if o else "",
+                                    waiver=waiver_of.get(result.id) if o and o.outcome == "waived" else None))
     policy_text = json.dumps(policy.to_dict(), indent=1, default=str)
     parts.append(f'<section id="policy"><h2>Policy used</h2><pre>{_e(policy_text)}</pre></section>')
     parts.append("</body></html>")

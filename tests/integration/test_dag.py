@@ -140,6 +140,31 @@ class DagRun:
     log: str
 
 
+EXTRA_CHECK = """
+from guards.checks.base import CheckResult, Finding
+from guards.checks.registry import Check
+
+
+def _run(current):
+    n = current.cohort().num_rows
+    return CheckResult(id="study_count", findings=(Finding("studies", n, 1, "pass" if n else "fail"),),
+                       examined={"studies": n})
+
+
+CHECK = Check("study_count", _run)
+"""
+
+
+def _extra_check(folder: Path) -> Path:
+    """A check from another package: one module and one registry line (an entry point), nothing else."""
+    (folder / "guard_extra_check.py").write_text(EXTRA_CHECK, encoding="utf-8")
+    info = folder / "guard_extra_check-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: guard-extra-check\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[release_guard.checks]\nstudy_count = guard_extra_check:CHECK\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def airflow_run(tmp_path_factory: pytest.TempPathFactory, key_hex: str):  # type: ignore[no-untyped-def]
     """A function running the DAG once with ``airflow dags test`` on a fresh corpus; the home is shared."""
@@ -155,6 +180,7 @@ def airflow_run(tmp_path_factory: pytest.TempPathFactory, key_hex: str):  # type
         AIRFLOW__CORE__PARALLELISM="4",
         AIRFLOW_CONN_GUARD_PSEUDONYM_KEY=json.dumps({"conn_type": "generic", "password": key_hex}),
     )
+    env["PYTHONPATH"] = str(_extra_check(tmp_path_factory.mktemp("extra-check")))
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
 
     def run(name: str, policy_text: str) -> DagRun:
@@ -185,6 +211,9 @@ def test_dag_run_publishes_a_release_and_logs_no_key(airflow_run: Any, key_hex: 
     assert (release / "manifest.parquet").is_file() and (release / "datasheet.md").is_file()
     gate = json.loads((release / "gate.json").read_text(encoding="utf-8"))
     assert gate["passed"] is True
+    # the check registered by an entry point ran as a mapped task and was judged (unclassified: blocking)
+    [extra] = [o for o in gate["outcomes"] if o["id"] == "study_count"]
+    assert extra["role"] == "blocking" and extra["outcome"] == "pass" and extra["examined"]["studies"] > 0
     from guards.manifest import read_table, status_counts
 
     counts = status_counts(read_table(release / "manifest.parquet"))

@@ -1,4 +1,11 @@
-"""The release gate passes on the default generated samples under the default policy, and publishes.
+"""The default generated samples under the default policy: the gate measures and passes, or blocks honestly.
+
+The gate fails closed: a blocking check that could not show the release safe is ``inconclusive`` and blocks.
+On the demo's samples membership inference is inconclusive (too few patients per subgroup for its 95 %
+intervals). So the test asserts the honest outcome: the first attempt blocks only on inconclusive checks, each
+named with what would make it conclusive, and never on a failed or missing one; the steward's second attempt of
+the same run with a written waiver for each carries every measured step (nothing is computed again: waivers are
+not an input of the checks), passes, publishes, and the datasheet lists the waivers.
 
 The pass case of the gate (the fail cases are in tests/unit/test_gate_failures*.py): `guard run` as a user runs it
 first, with nothing tuned: `guards.samples` defaults (the demo's 150 studies and seed) and `ReleasePolicy()`.
@@ -30,8 +37,25 @@ CHECKS = {"phi", "reid", "representation", "membership", "unlearnability", "attr
 def run(tmp_path_factory: pytest.TempPathFactory, key: PseudonymKey) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("release")
     corpus = generate_corpus(root / "incoming", studies=STUDIES, seed=SEED)
-    result = run_pipeline(corpus.root, root / "out", policy=ReleasePolicy(), key=key, run_id="default")
-    return corpus.root, result
+    first = run_pipeline(corpus.root, root / "out", policy=ReleasePolicy(), key=key, run_id="default")
+    if first.passed:
+        return corpus.root, first
+    gate = json.loads((first.paths.report / "gate.json").read_text(encoding="utf-8"))
+    blocking = [o for o in gate["outcomes"] if o["role"] == "blocking"]
+    assert {o["outcome"] for o in blocking} <= {"pass", "inconclusive"}, gate["reasons"]
+    inconclusive = [o["id"] for o in blocking if o["outcome"] == "inconclusive"]
+    assert inconclusive and first.release is None
+    for check_id in inconclusive:
+        assert any(f"'{check_id}' is inconclusive" in r for r in gate["reasons"]), gate["reasons"]
+    waivers = [{"check": c, "reason": f"demo samples: {c} is inconclusive on 150 generated studies"}
+               for c in inconclusive]
+    policy = ReleasePolicy().with_overrides({"gate.waivers": waivers})
+    second = run_pipeline(corpus.root, root / "out", policy=policy, key=key, run_id="default")
+    assert second.run.attempt == 2
+    sheet = (second.release / "datasheet.md").read_text(encoding="utf-8") if second.release else ""
+    for check_id in inconclusive:
+        assert f"`{check_id}` (was inconclusive)" in sheet
+    return corpus.root, second
 
 
 def test_gate_passes_and_every_check_examined_data(run: tuple[Path, object]) -> None:
@@ -45,7 +69,7 @@ def test_gate_passes_and_every_check_examined_data(run: tuple[Path, object]) -> 
         assert any(v for v in outcomes[check_id]["examined"].values()), (check_id, outcomes[check_id])
     blocking = {o["id"] for o in gate["outcomes"] if o["role"] == "blocking"}
     assert {"phi", "reid", "unlearnability"} <= blocking
-    assert not [c for c in gate["checks"] if c["id"] in blocking and c["status"] == "fail"]
+    assert {o["outcome"] for o in gate["outcomes"] if o["role"] == "blocking"} <= {"pass", "waived"}
     phi = outcomes["phi"]["examined"]
     assert phi["files"] > 0 and phi.get("hits", 0) == 0
 

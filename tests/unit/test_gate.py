@@ -1,8 +1,10 @@
-"""guards.gate: blocking vs advisory, waivers, not run, no data; gate.json shape (ARCHITECTURE.md)."""
+"""guards.gate: blocking vs advisory, waivers, not run, no data, inconclusive (fail closed); gate.json shape
+(ARCHITECTURE.md); the check JSON round trip of ``needs``."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,8 @@ from guards.errors import PolicyError
 from guards.gate import decide
 from guards.policy import GateSection, ReleasePolicy, Waiver, policy_from_dict
 
-GATE_KEYS = {"id", "status", "metric", "value", "threshold", "subgroup", "evidence"}
+GATE_KEYS = {"id", "status", "metric", "value", "threshold", "subgroup", "evidence", "needs"}
+NEEDS = "about 40 more patients in subgroup sex=F (now 20)"
 
 
 def _policy(*, blocking: tuple[str, ...] = ("phi", "reid"), advisory: tuple[str, ...] = ("attribute",),
@@ -23,7 +26,8 @@ def _result(check_id: str, status: str = "pass", *, subgroup: str = "all", exami
     return CheckResult(
         id=check_id,
         findings=(Finding(metric="risk", value=0.3 if status == "fail" else 0.01, threshold=0.09,
-                          status=status, subgroup=subgroup, evidence="measured"),),  # type: ignore[arg-type]
+                          status=status, subgroup=subgroup, evidence="measured",  # type: ignore[arg-type]
+                          needs=NEEDS if status == "inconclusive" else ""),),
         examined={"rows": examined},
         advice="raise k or generalise age bands",
     )
@@ -73,7 +77,7 @@ def test_missing_blocking_check_fails_as_not_run() -> None:
     assert any("'reid' was not run" in r for r in d.reasons)
     not_run = [c for c in d.to_json()["checks"] if c["id"] == "reid"]
     assert not_run == [{"id": "reid", "status": "fail", "metric": "not run", "value": None, "threshold": None,
-                        "subgroup": "all", "evidence": "blocking by policy but no result was produced"}]
+                        "subgroup": "all", "evidence": "blocking by policy but no result was produced", "needs": ""}]
 
 
 def test_advisory_failure_does_not_fail_the_gate() -> None:
@@ -131,5 +135,106 @@ def test_gate_json_shape() -> None:
     assert len(doc["checks"]) == 4  # one entry per finding
     for c in doc["checks"]:
         assert set(c) == GATE_KEYS
-        assert c["status"] in {"pass", "fail", "warn"}
+        assert c["status"] in {"pass", "fail", "warn", "inconclusive"}
     assert doc["checks"][1]["value"] == "nan"
+    assert {"passed", "checks", "waivers", "reasons", "advisories", "outcomes"} <= set(doc)
+
+
+# --- fail closed: inconclusive ----------------------------------------------------------------------------------
+
+def test_inconclusive_blocking_check_fails_the_gate_naming_the_check_and_its_needs() -> None:
+    d = decide([_result("phi"), _result("reid", "inconclusive", subgroup="sex=F")], policy=_policy())
+    assert not d.passed
+    assert {o.id: o.outcome for o in d.outcomes}["reid"] == "inconclusive"
+    text = " ".join(d.reasons)
+    assert "'reid' is inconclusive for subgroup sex=F" in text and NEEDS in text
+    assert "waive" in text  # says how a steward can accept it
+    doc = d.to_json()
+    entry = [c for c in doc["checks"] if c["id"] == "reid"]
+    assert entry[0]["status"] == "inconclusive" and entry[0]["needs"] == NEEDS
+    outcome = [o for o in doc["outcomes"] if o["id"] == "reid"][0]
+    assert outcome["outcome"] == "inconclusive" and NEEDS in outcome["note"]
+
+
+def test_inconclusive_blocking_check_with_a_waiver_passes_and_the_waiver_is_recorded() -> None:
+    w = Waiver(check="reid", reason="steward: small pilot cohort, shared under a data use agreement")
+    d = decide([_result("phi"), _result("reid", "inconclusive")], policy=_policy(waivers=(w,)))
+    assert d.passed and d.reasons == ()
+    assert d.waivers == (w,)
+    doc = d.to_json()
+    assert doc["waivers"] == [{"check": "reid", "reason": w.reason}]
+    outcome = [o for o in doc["outcomes"] if o["id"] == "reid"][0]
+    assert outcome["outcome"] == "waived" and outcome["was"] == "inconclusive"
+    assert [c["status"] for c in doc["checks"] if c["id"] == "reid"] == ["inconclusive"]  # the finding is kept
+
+
+def test_inconclusive_advisory_check_is_an_advisory_line() -> None:
+    d = decide([_result("phi"), _result("reid"), _result("attribute", "inconclusive", subgroup="sex=F")],
+               policy=_policy())
+    assert d.passed
+    assert {o.id: o.outcome for o in d.outcomes}["attribute"] == "inconclusive"
+    assert any("'attribute' is inconclusive" in a and NEEDS in a for a in d.advisories)
+
+
+def test_fail_outranks_inconclusive_outranks_warn() -> None:
+    def result(*statuses: str) -> CheckResult:
+        return CheckResult(id="x", examined={"n": 1}, findings=tuple(
+            Finding(metric="m", value=1, threshold=1, status=s) for s in statuses))  # type: ignore[arg-type]
+
+    assert result("pass", "warn", "inconclusive", "fail").status == "fail"
+    assert result("pass", "warn", "inconclusive").status == "inconclusive"
+    assert result("pass", "warn").status == "warn"
+    assert result("pass").status == "pass"
+    assert result("inconclusive").conclusive_when == ("m: more data (the check did not say what)",)
+
+
+# --- not run (crashed, stale, missing) ---------------------------------------------------------------------------
+
+def test_not_run_reasons_appear_and_a_waiver_never_passes_a_not_run_check() -> None:
+    w = Waiver(check="reid", reason="steward accepted: rare-site study, data use agreement in place")
+    why = "crashed in attempt 2: ValueError: bad pixel data"
+    d = decide([_result("phi")], policy=_policy(waivers=(w,)), not_run={"reid": why})
+    assert not d.passed and d.waivers == ()
+    assert any("'reid' was not run" in r and why in r for r in d.reasons)
+    outcome = [o for o in d.to_json()["outcomes"] if o["id"] == "reid"]
+    assert outcome == [{"id": "reid", "role": "blocking", "outcome": "not run", "examined": {}, "note": why,
+                        "was": ""}]
+    entry = [c for c in d.to_json()["checks"] if c["id"] == "reid"]
+    assert entry[0]["status"] == "fail" and entry[0]["evidence"] == why
+
+
+def test_not_run_overrides_a_stale_result_of_the_same_check() -> None:
+    why = "stale: result from attempt 1, this is attempt 2"
+    d = decide([_result("phi"), _result("reid")], policy=_policy(), not_run={"reid": why})
+    assert not d.passed
+    assert {o.id: o.outcome for o in d.outcomes}["reid"] == "not run"
+    assert [r.id for r in d.results] == ["phi"]
+    assert any(why in r for r in d.reasons)
+
+
+def test_not_run_advisory_check_is_an_advisory_line() -> None:
+    d = decide([_result("phi"), _result("reid")], policy=_policy(), not_run={"attribute": "missing"})
+    assert d.passed
+    assert any("'attribute' was not run (missing)" in a for a in d.advisories)
+    assert [c["status"] for c in d.to_json()["checks"] if c["id"] == "attribute"] == ["warn"]
+
+
+def test_only_not_run_checks_fail_the_gate() -> None:
+    d = decide([], policy=_policy(blocking=("phi",), advisory=()), not_run={"phi": "crashed: OSError"})
+    assert not d.passed and any("crashed: OSError" in r for r in d.reasons)
+
+
+# --- the check JSON round trip ----------------------------------------------------------------------------------
+
+def test_needs_round_trip_and_old_json_without_needs_still_reads(tmp_path: Path) -> None:
+    r = _result("membership", "inconclusive")
+    r.write(tmp_path / "new.json")
+    back = CheckResult.read(tmp_path / "new.json")
+    assert back == r and back.findings[0].needs == NEEDS and back.status == "inconclusive"
+    old = json.loads((tmp_path / "new.json").read_text())
+    for f in old["findings"]:
+        del f["needs"]
+    old["findings"][0]["status"] = "warn"
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    legacy = CheckResult.read(tmp_path / "old.json")
+    assert legacy.findings[0].needs == "" and legacy.status == "warn"

@@ -1,9 +1,12 @@
 """guards.checks.membership: metrics, the over-representation test, and detection of a minority subgroup whose
-duplicated, atypical studies a proxy memorises (Knolle et al., Nature 2026), with LiRA and RMIA."""
+duplicated, atypical studies a proxy memorises (Knolle et al., Nature 2026), with LiRA and RMIA; fail closed:
+only a whole 95% interval at or below the threshold passes, a straddling interval or too few patients or
+references is inconclusive with what would make it conclusive."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -131,11 +134,63 @@ def test_lira_flags_the_duplicated_minority(duplicated) -> None:  # type: ignore
     assert _f(r, "top_vulnerable_over_representation", "ethnic_group=minority").status == "fail"
 
 
-def test_clean_corpus_has_no_failing_finding(clean) -> None:  # type: ignore[no-untyped-def]
-    r = membership.run(clean.root, source_dir=clean.root, cohort=clean.cohort, policy=_policy("rmia"))
+@pytest.fixture(scope="module")
+def clean_result(clean) -> CheckResult:  # type: ignore[no-untyped-def]
+    return membership.run(clean.root, source_dir=clean.root, cohort=clean.cohort, policy=_policy("rmia"))
+
+
+def test_clean_corpus_has_no_failing_finding(clean_result: CheckResult) -> None:
+    r = clean_result
     assert [f for f in r.findings if f.status == "fail"] == []
     assert float(_f(r, "auc", "all").value) <= 0.65
     assert r.examined["patients"] == 200 and r.examined["top_k"] == 10
+    assert "warn" not in {f.status for f in r.findings}  # statistical findings pass, fail or are inconclusive
+
+
+def test_whole_interval_below_the_threshold_passes(clean_result: CheckResult) -> None:
+    # overall, 100 members: TPR 0.01 with exact 95% CI (0.0003, 0.0545), AUC CI (0.45, 0.62) (measured)
+    for metric, threshold in (("tpr_at_1pct_fpr", 0.10), ("auc", 0.65)):
+        f = _f(clean_result, metric, "all")
+        assert f.status == "pass" and f.needs == ""
+        ci = clean_result.details["metrics"]["all"]["ci"]["tpr_1pct" if metric.startswith("tpr") else "auc"]
+        assert ci[1] <= threshold
+
+
+def test_interval_straddling_the_threshold_is_inconclusive_with_a_count(clean_result: CheckResult) -> None:
+    # ethnic_group=minority: 18 members, no member detected, but 0/18 has an exact upper bound of 0.185 > 0.10
+    f = _f(clean_result, "tpr_at_1pct_fpr", "ethnic_group=minority")
+    lo, hi = clean_result.details["metrics"]["ethnic_group=minority"]["ci"]["tpr_1pct"]
+    assert f.status == "inconclusive" and lo <= 0.10 < hi
+    m = re.search(r"about (\d+) more patients in subgroup ethnic_group=minority \(now 40", f.needs)
+    assert m and int(m.group(1)) > 0, f.needs
+    assert clean_result.status == "inconclusive"
+    assert "ethnic_group=minority" in clean_result.summary and "inconclusive" in clean_result.summary
+
+
+def test_images_without_an_out_reference_are_inconclusive(clean_result: CheckResult) -> None:
+    # 4 reference models on random halves: about 200 / 2^4 = 12.5 patients are in every half (measured: 13)
+    f = _f(clean_result, "images_without_out_reference", "all")
+    assert f.status == "inconclusive" and int(f.value) > 0
+    assert "membership.reference_models of at least 9 (now 4)" in f.needs
+
+
+def test_members_for_tpr_is_the_exact_clopper_pearson_count() -> None:
+    # 0 of n: the exact upper bound is 1 - 0.025^(1/n), at or below 0.10 from n = 36
+    assert membership.members_for_tpr(0.0, 0.10) == 36
+    assert membership.members_for_tpr(0.10, 0.10) is None  # an estimate on the threshold is never shown below it
+    assert membership.reference_models_for(200) == 9 and membership.reference_models_for(100) == 8
+
+
+def test_too_few_members_in_a_subgroup_is_inconclusive_with_a_count(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    small = corpus_module().make_corpus(tmp_path / "s", patients=24, size=16, seed=4, images_per_study=1)
+    policy = policy_from_dict({"membership": {"image_size": 16, "epochs": 3, "reference_models": 2,
+                                              "bootstrap": 20}})
+    r = membership.run(small.root, source_dir=small.root, cohort=small.cohort, policy=policy)
+    f = _f(r, "tpr_at_1pct_fpr", "ethnic_group=minority")  # 2 minority patients, at most 2 members
+    assert f.status == "inconclusive" and f.value is None and "too few to measure" in f.evidence
+    m = re.search(r"at least (\d+) more patients in subgroup ethnic_group=minority \(now 2\)", f.needs)
+    assert m and int(m.group(1)) == 2 * 36 - 2, f.needs
+    assert r.status in {"inconclusive", "fail"}
 
 
 def test_same_seed_same_scores(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -147,22 +202,25 @@ def test_same_seed_same_scores(tmp_path) -> None:  # type: ignore[no-untyped-def
     assert a.details["metrics"] == b.details["metrics"] and a.findings == b.findings
 
 
-def test_too_few_labelled_patients_fails_with_reason(duplicated) -> None:  # type: ignore[no-untyped-def]
+def test_too_few_labelled_patients_is_inconclusive(duplicated) -> None:  # type: ignore[no-untyped-def]
     rows = duplicated.cohort.to_pylist()
     for row in rows[4:]:
         row["label"] = -1
     r = membership.run(duplicated.root, source_dir=duplicated.root, cohort=pa.Table.from_pylist(rows),
                        policy=_policy("rmia"))
-    assert r.status == "fail" and r.findings[0].metric == "labelled_data"
+    assert r.status == "inconclusive" and r.findings[0].metric == "labelled_data"  # could not measure: not a pass
+    assert "at least 8 patients (now 2 classes, 4 patients)" in r.findings[0].needs
 
 
 @pytest.mark.parametrize(
-    "value, ci_low, expected",
+    "ci_low, ci_high, expected",
     [
-        (0.05, 0.00, "pass"),  # below the threshold
-        (0.25, 0.00, "warn"),  # above, but the interval reaches below the threshold (small cohort)
-        (0.60, 0.30, "fail"),  # the whole interval is above the threshold
+        (0.00, 0.05, "pass"),  # the whole interval at or below the threshold
+        (0.00, 0.10, "pass"),  # upper end exactly at the threshold
+        (0.00, 0.40, "inconclusive"),  # straddles the threshold (small cohort): not shown safe
+        (0.30, 0.90, "fail"),  # the whole interval is above the threshold
+        (float("nan"), float("nan"), "inconclusive"),  # no interval (bootstrap = 0)
     ],
 )
-def test_verdict_rule(value: float, ci_low: float, expected: str) -> None:
-    assert membership._status(value, ci_low, 0.10) == expected
+def test_verdict_rule(ci_low: float, ci_high: float, expected: str) -> None:
+    assert membership._status(ci_low, ci_high, 0.10) == expected

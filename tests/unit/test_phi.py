@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from guards.checks import phi
 from guards.errors import InputError
@@ -30,7 +30,7 @@ def _dataset(*, name: str, pid: str, birth: str, study: str, accession: str, nes
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = uids[2]
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(uids[2])
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = uids
@@ -195,7 +195,7 @@ def test_source_uid_in_file_meta_is_found(tmp_path: Path) -> None:
     from pydicom import dcmread
 
     ds = dcmread(rel / "img.dcm")
-    ds.file_meta.MediaStorageSOPInstanceUID = SRC_UIDS[2]
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(SRC_UIDS[2])
     ds.save_as(rel / "img.dcm")
     result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
     ev = [f.evidence for f in result.findings]
@@ -275,3 +275,85 @@ def test_deidentified_samples_pass_with_ocr(sample_corpus, key, tmp_path: Path) 
     assert result.status == "pass", [f.evidence for f in result.findings[:10]]
     assert result.examined["files"] > 0 and result.examined["ocr_frames"] > 0
     assert result.details["dates_scoped_to_patient_files"] == result.examined["dicom_files"]
+
+
+# --- issue 14: the audit is never weaker than the cleaner (one vocabulary, guards.deid.vocabulary) -----------
+
+BIRTH_WRITTEN = ("17-MAR-1961", "17 Mar 1961", "March 17, 1961", "DOB 17MAR1961")  # source PatientBirthDate 19610317
+ID_PIECES = ("448120", "MRN448120")  # the digits of the source PatientID PID-448120, alone or in another word
+
+
+def _plant(rel: Path, location: str, text: str) -> str:
+    """Put ``text`` into the released file at ``location``; returns the element path the check must report."""
+    from pydicom import dcmread
+
+    ds = dcmread(rel / "img.dcm")
+    if location == "free text":
+        ds.StudyDescription = f"CHEST PA {text}"
+        where = "StudyDescription"
+    elif location == "private":
+        ds.private_block(0x0009, "MADEUP TEST").add_new(0x11, "LO", f"note {text}")
+        where = "(0009,1011) [MADEUP TEST]"
+    else:  # a sequence item inside a sequence item
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "X1", "99LOCAL", f"protocol {text}"
+        ds.RequestAttributesSequence[0].ScheduledProtocolCodeSequence = Sequence([code])
+        where = "RequestAttributesSequence[0] > ScheduledProtocolCodeSequence[0] > CodeMeaning"
+    ds.save_as(rel / "img.dcm")
+    return where
+
+
+@pytest.mark.parametrize("location", ["free text", "private", "nested sequence"])
+@pytest.mark.parametrize(("text", "category"), [*((t, "date") for t in BIRTH_WRITTEN),
+                                                *((t, "identifier") for t in ID_PIECES)])
+def test_birth_date_and_id_digits_are_found_in_every_location(tmp_path: Path, text: str, category: str,
+                                                              location: str) -> None:
+    src = _source(tmp_path)
+    rel = _release(tmp_path, nested="9X0001")
+    where = _plant(rel, location, text)
+    result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+    assert result.status == "fail"
+    ev = [f.evidence for f in result.findings if f.metric.startswith("phi_token")]
+    assert any(e.startswith(f"img.dcm: {where} holds a {category} token") for e in ev), ev
+    assert result.findings[0].value == 1  # one planted piece, one hit (not again as a piece of itself)
+    assert text not in str(result.to_dict())
+    assert result.examined["elements"] > 10 and result.examined["files"] == 1
+
+
+def test_every_token_of_the_cleaners_is_found_by_the_audit(tmp_path: Path) -> None:
+    """The audit is never weaker than the cleaners: each token guards.deid.actions would scrub from free text and
+    each token guards.deid.pixel_phi would match in burned-in text, planted alone into a released free-text
+    element, fails the check."""
+    from pydicom import dcmread
+
+    from guards.deid.actions import identifier_tokens
+    from guards.deid.pixel_phi import header_tokens
+
+    src = _source(tmp_path)
+    source = dcmread(src / "p1" / "a.dcm")
+    tokens = {t.decode("latin-1") for t in identifier_tokens(source)} | header_tokens(source)
+    assert {"17-MAR-1961", "17MAR1961", "448120", "PID448120"} <= tokens
+    rel = _release(tmp_path, nested="9X0001")
+    missed = []
+    for token in sorted(tokens):
+        ds = dcmread(rel / "img.dcm")
+        ds.ImageComments = f"see {token} here"
+        ds.save_as(rel / "img.dcm")
+        result = phi.run(rel, source_dir=src, policy=POLICY, ocr=False)
+        if not any("ImageComments" in f.evidence for f in result.findings):
+            missed.append(token)
+    assert not missed, f"{len(missed)} of {len(tokens)} cleaner tokens pass the audit"
+
+
+def test_deidentified_samples_pass_without_ocr_and_report_what_was_examined(sample_corpus, key,  # type: ignore[no-untyped-def]
+                                                                             tmp_path: Path) -> None:
+    """No false positive from the wider vocabulary on a de-identified generated corpus (headers and bytes)."""
+    from guards.deid import deidentify_tree
+
+    deidentify_tree(sample_corpus.root, tmp_path / "deid", policy=POLICY, key=key)
+    result = phi.run(tmp_path / "deid", source_dir=sample_corpus.root, policy=POLICY, ocr=False)
+    assert result.status == "pass", [f.evidence for f in result.findings[:10]]
+    ex = result.examined
+    assert ex["files"] > 0 and ex["dicom_files"] > 0 and ex["elements"] > 10 * ex["dicom_files"]
+    assert ex["bytes"] > 0 and ex["tokens"] > 0 and ex["source_files"] > 0
+    assert result.details["tokens_by_category"]["date"] > 0 and result.details["tokens_by_category"]["identifier"]

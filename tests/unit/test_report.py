@@ -1,4 +1,5 @@
-"""guards.report: index.html (valid, self-contained, names the failing check, subgroup, figures) and gate.json."""
+"""guards.report: index.html (valid, self-contained, names the failing check, subgroup, figures; shows inconclusive
+checks with what would make them conclusive, and waivers with the steward's reason) and gate.json."""
 
 from __future__ import annotations
 
@@ -119,11 +120,11 @@ def test_gate_json_matches_documented_shape(tmp_path: Path) -> None:
     assert doc["passed"] is False
     assert len(doc["checks"]) == 5  # one per finding
     for c in doc["checks"]:
-        assert set(c) == {"id", "status", "metric", "value", "threshold", "subgroup", "evidence"}
+        assert set(c) == {"id", "status", "metric", "value", "threshold", "subgroup", "evidence", "needs"}
     failing = [c for c in doc["checks"] if c["status"] == "fail"]
     assert failing == [{"id": "membership", "status": "fail", "metric": "tpr_at_1pct_fpr", "value": 0.31,
                         "threshold": 0.10, "subgroup": "ethnic_group=minority",
-                        "evidence": "duplicated studies <script>alert(1)</script>"}]
+                        "evidence": "duplicated studies <script>alert(1)</script>", "needs": ""}]
 
 
 def test_waived_report_passes_and_records_the_reason(tmp_path: Path) -> None:
@@ -166,3 +167,51 @@ def test_report_shows_what_remediation_cost_and_who_paid(tmp_path: Path) -> None
     assert "3 studies suppressed, 40 released files rewritten" in text
     assert "age bands 0-17" in text
     assert "ethnic_group=C&lt;minority&gt;" in text  # escaped, as every text in the report
+
+
+NEEDS = "about 37 more patients in subgroup sex=F (now 20)"
+
+
+def _inconclusive() -> CheckResult:
+    return CheckResult(
+        id="unlearnability",
+        findings=(
+            Finding(metric="balanced_accuracy_protected", value=0.55, threshold=0.60, status="inconclusive",
+                    subgroup="sex=F", evidence="95% CI 0.41-0.71", needs=NEEDS),
+            Finding(metric="balanced_accuracy_clean", value=0.52, threshold=0.60, status="inconclusive",
+                    needs="a clean victim that learns: more labelled studies or more epochs"),
+        ),
+        examined={"images": 40},
+        summary="Unlearnability not shown.",
+    )
+
+
+def test_report_shows_an_inconclusive_check_and_what_would_make_it_conclusive(tmp_path: Path) -> None:
+    results = [_results()[0], _inconclusive()]
+    policy = ReleasePolicy(gate=GateSection(blocking=("phi", "unlearnability"), advisory=()))
+    index = write_report(decide(results, policy=policy), results, tmp_path, policy=policy, context={})
+    html = index.read_text(encoding="utf-8")
+    checker = _Checker()
+    checker.feed(html)
+    checker.close()
+    assert checker.errors == [] and checker.stack == []
+    text = " ".join(checker.text)
+    assert "FAILED" in text
+    assert "inconclusive: not shown safe" in text  # its own label, not "fail" or "warn"
+    assert 'class="inconclusive"' in html and ".inconclusive{" in html  # and its own colour
+    assert NEEDS in text and "a clean victim that learns" in text
+    assert "What would make it conclusive" in text
+    doc = json.loads((tmp_path / "gate.json").read_text(encoding="utf-8"))
+    assert [c["needs"] for c in doc["checks"] if c["id"] == "unlearnability"][0] == NEEDS
+
+
+def test_waived_inconclusive_check_shows_the_stewards_reason(tmp_path: Path) -> None:
+    results = [_results()[0], _inconclusive()]
+    w = Waiver(check="unlearnability", reason="pilot cohort: too small to train a victim, shared under a DUA")
+    policy = ReleasePolicy(gate=GateSection(blocking=("phi", "unlearnability"), advisory=(), waivers=(w,)))
+    index = write_report(decide(results, policy=policy), results, tmp_path, policy=policy, context={})
+    text = index.read_text(encoding="utf-8")
+    assert "PASSED" in text
+    assert "waived (was inconclusive: not shown safe)" in text
+    assert text.count(w.reason) >= 2  # the waivers table, the outcome table and the check's own section
+    assert NEEDS in text

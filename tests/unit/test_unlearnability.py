@@ -1,9 +1,12 @@
 """guards.checks.unlearnability: a release whose noise was left out fails; shortcut noise that defeats the
-victim passes; the split is patient-level and seeded."""
+victim passes where the whole interval is within the band and is inconclusive where it straddles it; a clean
+victim that never learns, or too few patients, is inconclusive (fail closed); the split is patient-level and
+seeded."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +72,58 @@ def test_release_without_noise_fails(no_noise_result: CheckResult) -> None:
 
 def test_effective_noise_passes_overall(protected_result: CheckResult, no_noise_result: CheckResult) -> None:
     protected = _finding(protected_result, "balanced_accuracy_protected")
-    assert protected.status == "pass"
+    assert protected.status == "pass"  # the whole 95% interval is within chance + margin ...
     assert abs(float(protected.value) - 0.5) <= 0.1
-    assert _finding(protected_result, "balanced_accuracy_clean").status == "pass"
+    assert "95% CI" in protected.evidence and protected.needs == ""
+    assert _finding(protected_result, "balanced_accuracy_clean").status == "pass"  # ... and the clean victim learns
     # no subgroup with enough held-out images fails
     assert not [f for f in protected_result.findings if f.status == "fail"]
-    assert protected_result.status in {"pass", "warn"}
+    assert "warn" not in {f.status for f in protected_result.findings}
+
+
+def test_interval_straddling_the_band_is_inconclusive_with_a_count(protected_result: CheckResult) -> None:
+    # sex=F: protected victim 0.54 with a 95% CI reaching above 0.60 on 30 held-out images (measured)
+    f = _finding(protected_result, "balanced_accuracy_protected", "sex=F")
+    assert f.status == "inconclusive"
+    assert float(f.value) <= 0.6  # the estimate is within the band, the interval is not
+    assert re.search(r"about \d+ more patients in subgroup sex=F \(now \d+", f.needs), f.needs
+    assert protected_result.status == "inconclusive"  # not pass, not warn
+    assert any("sex=F" in line for line in protected_result.conclusive_when)
+    assert "inconclusive" in protected_result.summary and "needs" in protected_result.advice
+
+
+@pytest.fixture(scope="module")
+def unlearnable_task(policy: ReleasePolicy, tmp_path_factory: pytest.TempPathFactory) -> CheckResult:
+    """Images that carry no label signal (signal 0): even the clean victim stays at chance. 2 minority patients."""
+    src = corpus_module().make_corpus(tmp_path_factory.mktemp("unl0") / "src", patients=40, size=16, seed=2,
+                                      signal=0.0, minority_share=0.05)
+    small = policy_from_dict({"unlearnability": {"image_size": 16, "epochs": 2}, "release": {"seed": 7}})
+    return unlearnability.run(src.root, source_dir=src.root, cohort=src.cohort, policy=small)
+
+
+def test_clean_victim_that_never_learns_is_inconclusive(unlearnable_task: CheckResult) -> None:
+    r = unlearnable_task
+    clean = _finding(r, "balanced_accuracy_clean")
+    assert clean.status == "inconclusive" and "clean victim that learns" in clean.needs
+    protected = _finding(r, "balanced_accuracy_protected")
+    assert protected.status == "inconclusive"  # not pass: a victim that learns nothing shows no protection
+    assert "clean victim that learns" in protected.needs
+    assert r.status == "inconclusive"
+    assert not [f for f in r.findings if f.status in {"pass", "warn"} and f.metric == "balanced_accuracy_protected"]
+
+
+def test_too_few_patients_in_a_subgroup_is_inconclusive_with_a_count(unlearnable_task: CheckResult) -> None:
+    f = _finding(unlearnable_task, "balanced_accuracy_protected", "ethnic_group=minority")
+    assert f.status == "inconclusive" and f.value is None and "too few to measure" in f.evidence
+    m = re.search(r"at least (\d+) more patients in subgroup ethnic_group=minority \(now 2\)", f.needs)
+    assert m and int(m.group(1)) > 0, f.needs
+
+
+def test_needs_round_trip_through_the_check_json(unlearnable_task: CheckResult, tmp_path: Path) -> None:
+    unlearnable_task.write(tmp_path / "unlearnability.json")
+    back = CheckResult.read(tmp_path / "unlearnability.json")
+    assert back.findings == unlearnable_task.findings and back.status == "inconclusive"
+    assert json.loads((tmp_path / "unlearnability.json").read_text())["findings"][1]["needs"]
 
 
 def test_per_subgroup_findings_and_curves(protected_result: CheckResult) -> None:
@@ -100,13 +149,14 @@ def test_split_is_patient_level_and_seeded() -> None:
     assert len(held) == 6  # 30% of 20 patients
 
 
-def test_unknown_labels_fail_with_reason(source, policy: ReleasePolicy) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_labels_are_inconclusive_with_reason(source, policy: ReleasePolicy) -> None:  # type: ignore[no-untyped-def]
     rows = source.cohort.to_pylist()
     for row in rows:
         row["label"] = -1
     r = unlearnability.run(source.root, source_dir=source.root, cohort=pa.Table.from_pylist(rows), policy=policy)
-    assert r.status == "fail"
+    assert r.status == "inconclusive"  # could not measure: never a pass, and the gate blocks it unless waived
     assert r.findings[0].metric == "labelled_data" and "0 label classes" in r.findings[0].evidence
+    assert "at least 2 classes" in r.findings[0].needs
 
 
 def test_missing_source_is_an_input_error(source, policy: ReleasePolicy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -127,3 +177,19 @@ def test_missing_source_is_an_input_error(source, policy: ReleasePolicy, tmp_pat
 )
 def test_pass_band(value: float, passes: bool) -> None:
     assert unlearnability._within(value, 0.5, 0.1) is passes
+
+
+@pytest.mark.parametrize(
+    "low, high, learnable, expected",
+    [
+        (0.40, 0.58, True, "pass"),  # the whole interval within chance + margin, the clean victim learns
+        (0.40, 0.60, True, "pass"),  # upper end exactly at chance + margin
+        (0.45, 0.70, True, "inconclusive"),  # straddles the band: not shown unlearnable
+        (0.40, 0.58, False, "inconclusive"),  # within the band, but the clean victim never learned
+        (0.65, 0.90, True, "fail"),  # the whole interval above the band: the victim learned from the release
+        (0.65, 0.90, False, "fail"),  # learned from the release, whatever the clean victim did
+        (float("nan"), float("nan"), True, "inconclusive"),
+    ],
+)
+def test_verdict_rule(low: float, high: float, learnable: bool, expected: str) -> None:
+    assert unlearnability._verdict(low, high, 0.5, 0.1, learnable=learnable) == expected
