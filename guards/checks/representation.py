@@ -126,7 +126,10 @@ def _plan(df: pd.DataFrame, policy: ReleasePolicy, reference: dict[str, dict[str
 
 
 def _validate(df: pd.DataFrame, plans: list[_Planned], docs_dir: Path) -> list[Any]:
-    """Run the suite in an ephemeral context and build Data Docs into ``docs_dir``; results in plan order."""
+    """Run the suite in an ephemeral context and build Data Docs into ``docs_dir``; results in plan order.
+
+    GX's filesystem store wants an absolute ``base_directory``: ``guard run src out`` with a relative OUT is
+    a user's first command, so the folder is resolved here."""
     import great_expectations as gx
     from great_expectations.checkpoint.actions import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -135,7 +138,7 @@ def _validate(df: pd.DataFrame, plans: list[_Planned], docs_dir: Path) -> list[A
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     context.add_data_docs_site(site_name="release", site_config={
         "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder", "show_cta_footer": False},
         "show_how_to_buttons": False,
     })  # type: ignore[typeddict-unknown-key]

@@ -110,3 +110,12 @@ def test_bad_policy_inputs_are_refused(tmp_path: Path) -> None:
                            policy=ReleasePolicy().with_overrides({"representation.required": ["nocolumn"]}))
     with pytest.raises(InputError, match="does not exist"):
         representation.load_reference(str(tmp_path / "missing.csv"), subgroups=("sex",))
+
+
+def test_relative_report_folder_builds_data_docs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`guard run src out` with a relative OUT: GX's store wants an absolute folder, the check resolves it."""
+    monkeypatch.chdir(tmp_path)
+    result = representation.run(make_cohort(balanced_rows()), source_index=None, policy=ReleasePolicy(),
+                                report_dir=Path("out") / "report")
+    assert result.examined["expectations"] > 0
+    assert (tmp_path / "out" / "report" / "datadocs" / "index.html").is_file()
