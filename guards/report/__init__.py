@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from guards.atomic import write_text
 from guards.checks.base import CheckResult
 from guards.gate import GateDecision
 from guards.policy import ReleasePolicy
@@ -23,25 +22,17 @@ log = logging.getLogger(__name__)
 __all__ = ["write_report", "render_html"]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(decision: GateDecision, results: list[CheckResult], out_dir: Path, *, policy: ReleasePolicy,
                  context: dict[str, Any]) -> Path:
-    """Write ``out_dir/gate.json`` and ``out_dir/index.html``; return the path of index.html."""
+    """Write ``out_dir/gate.json`` and ``out_dir/index.html``; return the path of index.html.
+
+    gate.json names the run and attempt it decided (``context['run_id']``, ``context['attempt']``) first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gate = json.dumps(decision.to_json(), indent=2, allow_nan=False, default=str)
-    _atomic_write(out_dir / "gate.json", gate + "\n")
+    which = {k: context[k] for k in ("run_id", "attempt") if k in context}
+    gate = json.dumps({**which, **decision.to_json()}, indent=2, allow_nan=False, default=str)
+    write_text(out_dir / "gate.json", gate + "\n")
     index = out_dir / "index.html"
-    _atomic_write(index, render_html(decision, results, policy=policy, context=context))
+    write_text(index, render_html(decision, results, policy=policy, context=context))
     log.info("report: %s (%s)", index, "passed" if decision.passed else "failed")
     return index
