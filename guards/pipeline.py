@@ -215,8 +215,7 @@ def step_ingest(run: Run, source: str | Path) -> IngestOutcome:
     run = run.with_snapshot(snapshot)
     outcome = IngestOutcome(counts=dict(snapshot.counts), index=str(snapshot.index),
                             fingerprint=snapshot.fingerprint)
-    runs._write_record(run, runs.StepRecord(step="ingest", attempt=run.attempt, fingerprint=run.input_fingerprint(),
-                                            outcome=dict(outcome), finished_at=runs._now()))
+    runs.record(run, "ingest", outcome)
     return outcome
 
 
@@ -455,20 +454,15 @@ def run_check(run: Run, check_id: str) -> CheckRan:
     in an earlier attempt on the same inputs is carried (re-stamped with ``carried_from``), not run again.
     """
     check = registry.get(check_id)
-    name = f"check:{check_id}"
-    previous = runs.carried(run, name)
-    if previous is not None and runs.result_path(run, check_id).is_file():
-        result, stamp = runs.read_stamped(runs.result_path(run, check_id))
-        if stamp is not None and stamp.fingerprint == run.input_fingerprint():
-            origin = stamp.carried_from or stamp.attempt
-            runs.write_result(run, result, carried_from=origin)
-            runs.error_path(run, check_id).unlink(missing_ok=True)
-            runs.step(run, name, lambda: CheckRan(id=check_id, status=result.status, carried_from=origin))
-            logger.info("check %s: measured in attempt %d on the same inputs; carried", check_id, origin)
-            return CheckRan(id=check_id, status=result.status, carried_from=origin)
+    name, path = f"check:{check_id}", runs.result_path(run, check_id)
+
+    def intact(_: runs.StepRecord) -> bool:
+        """Carry only a result file stamped with these inputs (not one removed or edited since)."""
+        stamp = runs.read_stamped(path)[1] if path.is_file() else None
+        return stamp is not None and stamp.fingerprint == run.input_fingerprint()
 
     def work() -> CheckRan:
-        runs.result_path(run, check_id).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         runs.error_path(run, check_id).unlink(missing_ok=True)
         try:
             result = check.execute(run)
@@ -478,8 +472,15 @@ def run_check(run: Run, check_id: str) -> CheckRan:
         runs.write_result(run, result)
         return CheckRan(id=check_id, status=result.status, carried_from=None)
 
-    (run.paths.steps / f"check-{check_id}.json").unlink(missing_ok=True)  # never carried past this point
-    return runs.step(run, name, work)
+    ran = runs.step(run, name, work, carry=intact)
+    done = runs.read_record(run, name)
+    if done is None or done.carried_from is None:
+        return ran
+    result = runs.read_stamped(path)[0]  # carried: the result is re-stamped with this attempt
+    runs.write_result(run, result, carried_from=done.carried_from)
+    runs.error_path(run, check_id).unlink(missing_ok=True)
+    logger.info("check %s: measured in attempt %d on the same inputs; carried", check_id, done.carried_from)
+    return CheckRan(id=check_id, status=result.status, carried_from=done.carried_from)
 
 
 def step_gate(run: Run) -> GateOutcome:
@@ -498,8 +499,7 @@ def step_gate(run: Run) -> GateOutcome:
     write_report(decision, results, paths.report, policy=policy, context=context)
     outcome = GateOutcome(passed=decision.passed, report=str(paths.report / "index.html"),
                           reasons=list(decision.reasons))
-    runs._write_record(run, runs.StepRecord(step="gate", attempt=run.attempt, fingerprint=run.input_fingerprint(),
-                                            outcome=dict(outcome), finished_at=runs._now()))
+    runs.record(run, "gate", outcome)
     return outcome
 
 

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 import pyarrow as pa
 
 from guards.atomic import write_text
-from guards.checks.base import CheckResult, Finding
+from guards.checks.base import CheckResult
 from guards.errors import InputError
 from guards.manifest import read_table
 from guards.policy import ReleasePolicy, policy_from_dict
@@ -275,6 +275,12 @@ def _write_record(run: Run, record: StepRecord) -> None:
     write_text(path, json.dumps(record.__dict__, indent=2, default=str))
 
 
+def record(run: Run, name: str, outcome: Mapping[str, Any]) -> None:
+    """Record that step ``name`` ran in this attempt on the run's current inputs (for steps that always run)."""
+    _write_record(run, StepRecord(step=name, attempt=run.attempt, fingerprint=run.input_fingerprint(),
+                                  outcome=dict(outcome), finished_at=_now()))
+
+
 def _clear_after(run: Run, step: str) -> None:
     level = _level(step)
     if not run.paths.steps.is_dir():
@@ -311,8 +317,7 @@ def step(
     (run.paths.steps / f"{name.replace(':', '-')}.json").unlink(missing_ok=True)
     _clear_after(run, name)
     outcome = work()
-    _write_record(run, StepRecord(step=name, attempt=run.attempt, fingerprint=run.input_fingerprint(),
-                                  outcome=dict(outcome), finished_at=_now()))
+    record(run, name, outcome)
     return outcome
 
 
@@ -351,10 +356,8 @@ def write_error(run: Run, check_id: str, error: BaseException) -> None:
 
 def read_stamped(path: Path) -> tuple[CheckResult, Stamp | None]:
     data = json.loads(path.read_text(encoding="utf-8"))
-    stamp = data.pop("stamp", None)
-    data.pop("status", None)
-    data["findings"] = tuple(Finding(**f) for f in data["findings"])
-    return CheckResult(**data), Stamp(**stamp) if stamp else None
+    stamp = data.get("stamp")
+    return CheckResult.from_dict(data), Stamp(**stamp) if stamp else None
 
 
 def current_results(run: Run, check_ids: tuple[str, ...]) -> tuple[list[CheckResult], dict[str, str]]:

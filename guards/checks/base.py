@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,8 +80,13 @@ class CheckResult:
 
     @classmethod
     def read(cls, path: Path) -> CheckResult:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        d.pop("status", None)
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        """The inverse of :meth:`to_dict`: ``status`` is derived, so it is dropped; other keys (a stamp) too."""
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in data.items() if k in names}
         d["findings"] = tuple(Finding(**f) for f in d["findings"])  # ``needs`` absent in older files: ""
         return cls(**d)
 

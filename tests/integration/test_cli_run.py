@@ -65,8 +65,8 @@ def attempts(tmp_path_factory: pytest.TempPathFactory, key_hex: str) -> dict[str
             logging.getLogger().removeHandler(handler)
     finally:
         mp.undo()
-    return {"root": root, "first_rc": first_rc, "first": first, "first_releases": first_releases, "not_passed": not_passed,
-            "second_rc": second_rc, "second": second, "stamps": stamps, "third_rc": third_rc,
+    return {"root": root, "first_rc": first_rc, "first": first, "first_releases": first_releases,
+            "not_passed": not_passed, "second_rc": second_rc, "second": second, "stamps": stamps, "third_rc": third_rc,
             "third_log": log.getvalue()}
 
 
