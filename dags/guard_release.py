@@ -48,6 +48,10 @@ PARAMS = {
     "dry_run": Param(False, type="boolean", title="Dry run", description="run every check but never publish"),
     "shards": Param(2, type="integer", minimum=1, maximum=64, title="Shards",
                     description="groups of patients de-identified in parallel"),
+    "resume": Param("", type="string", title="Resume run",
+                    description="id of an earlier run (its folder under runs/) to continue as its next attempt:"
+                                " steps done on unchanged inputs are carried, e.g. after a steward adds a waiver;"
+                                " empty for a new run"),
     "waivers": Param([], type="array", title="Waivers",
                      description="checks a steward waives, each with a written reason",
                      items={"type": "object", "required": ["check", "reason"],
@@ -67,9 +71,11 @@ def _key() -> Any:
 
 
 def _run_id() -> str:
+    """The Run every task of this DAG run loads: the form's ``resume`` run, else one named after the DAG run."""
     from guards.run import safe_run_id
 
-    return safe_run_id(get_current_context()["run_id"])
+    ctx = get_current_context()
+    return safe_run_id(ctx["params"].get("resume") or ctx["run_id"])
 
 
 def _load() -> Any:
@@ -110,6 +116,8 @@ def guard_release() -> None:
         def work() -> dict[str, Any]:
             params = dict(get_current_context()["params"])
             policy = pipeline.policy_for_run(params.get("policy") or None, params)
+            if params.get("resume"):
+                pipeline.Run.load(Path(GUARD_OUT), _run_id())  # resuming a run that does not exist: bad input
             run = pipeline.start_run(Path(GUARD_OUT), _run_id(), source=params["source"], policy=policy,
                                      key=_key(), device="cuda" if GUARD_QUEUE_GPU else "cpu")
             return dict(pipeline.step_ingest(run, params["source"]))

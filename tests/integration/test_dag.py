@@ -47,7 +47,7 @@ EXPECTED_EDGES = {
     ("remediate", "check_gpu"), ("check_gpu", "gate"), ("gate", "publish"),
 }
 # Light but complete: real de-identification (no OCR of every image), a short SALM noise run, phi + reid
-# blocking. FAILING asks for k far above the corpus size, so reid fails the gate.
+# blocking. FAILING asks for k far above the corpus size without remediation, so reid measures a failure.
 PASSING = """
 [release]
 name = "dag-test"
@@ -80,6 +80,7 @@ advisory = []
 off = ["representation", "phi", "membership", "unlearnability", "attribute"]
 [reid]
 k = 1000
+remediate = false
 """
 
 
@@ -183,12 +184,17 @@ def airflow_run(tmp_path_factory: pytest.TempPathFactory, key_hex: str):  # type
     env["PYTHONPATH"] = str(_extra_check(tmp_path_factory.mktemp("extra-check")))
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
 
-    def run(name: str, policy_text: str) -> DagRun:
+    done: dict[str, DagRun] = {}
+
+    def run(name: str, policy_text: str, *, out_name: str = "", **form: Any) -> DagRun:
+        """``airflow dags test`` once per ``name`` (memoised); ``form`` adds the parameter form's fields."""
+        if name in done:
+            return done[name]
         policy = home / f"{name}.toml"
         policy.write_text(policy_text, encoding="utf-8")
-        out = home / f"out-{name}"
+        out = home / f"out-{out_name or name}"
         run_env = {**env, "GUARD_OUT": str(out)}
-        conf = json.dumps({"source": str(source), "policy": str(policy)})
+        conf = json.dumps({"source": str(source), "policy": str(policy), **form})
         log_file = home / "logs" / f"dags-test-{name}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("w", encoding="utf-8") as f:
@@ -197,7 +203,8 @@ def airflow_run(tmp_path_factory: pytest.TempPathFactory, key_hex: str):  # type
         with sqlite3.connect(home / "airflow.db") as db:  # the run's state, as the scheduler recorded it
             [(state,)] = db.execute("SELECT state FROM dag_run WHERE dag_id = 'guard_release' "
                                     "ORDER BY id DESC LIMIT 1").fetchall()
-        return DagRun(state=state, out=out, log=log_file.read_text(encoding="utf-8"))
+        done[name] = DagRun(state=state, out=out, log=log_file.read_text(encoding="utf-8"))
+        return done[name]
 
     run.home = home  # type: ignore[attr-defined]
     return run
@@ -233,6 +240,25 @@ def test_failing_gate_fails_the_run_and_publishes_nothing(airflow_run: Any, key_
     [report] = list((result.out / "runs").glob("*/report/gate.json"))
     assert json.loads(report.read_text(encoding="utf-8"))["passed"] is False
     _assert_no_key_in_logs(airflow_run.home / "logs", key_hex)
+
+
+@pytest.mark.slow
+def test_steward_resumes_the_failed_run_with_a_waiver_and_it_publishes(airflow_run: Any) -> None:
+    """The form's ``resume`` continues the failed run as its next attempt: measured steps are carried (the
+    waiver is not an input of a check), the gate records the waiver, and the release is published once."""
+    failed = airflow_run("failing", FAILING)
+    [run_dir] = list((failed.out / "runs").iterdir())
+    waiver = {"check": "reid", "reason": "test steward: k = 1000 is far above this 24-study corpus"}
+    result = airflow_run("resumed", FAILING, out_name="failing", resume=run_dir.name, waivers=[waiver])
+    assert result.state == "success", result.log[-3000:]
+    gate = json.loads((run_dir / "report" / "gate.json").read_text(encoding="utf-8"))
+    assert gate["passed"] is True and gate["run_id"] == run_dir.name and gate["attempt"] == 2
+    [reid] = [o for o in gate["outcomes"] if o["id"] == "reid"]
+    assert reid["outcome"] == "waived" and reid["was"] == "fail"
+    stamp = json.loads((run_dir / "checks" / "reid.json").read_text(encoding="utf-8"))["stamp"]
+    assert stamp["attempt"] == 2 and stamp["carried_from"] == 1
+    [release] = (failed.out / "releases" / "dag-test").iterdir()
+    assert "`reid` (was fail)" in (release / "datasheet.md").read_text(encoding="utf-8")
 
 
 def _assert_no_key_in_logs(logs: Path, key_hex: str) -> None:
