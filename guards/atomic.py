@@ -16,15 +16,27 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+PRIVATE_DIR_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
+
+
+def private_folder(path: Path) -> Path:
+    """A folder only its owner can enter (0700), created when missing: the run's PHI side (the ingest
+    snapshot, the crosswalk, the caches) lives under such folders, whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(PRIVATE_DIR_MODE)
+    return path
+
 
 @contextmanager
-def replacing(path: Path) -> Iterator[Path]:
+def replacing(path: Path, *, mode: int | None = None) -> Iterator[Path]:
     """The temporary path to write ``path``'s new content to: renamed over ``path`` when the block ends, removed
-    when it raises (the folder is created first)."""
+    when it raises (the folder is created first). ``mode``: set on the file before it appears."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         yield tmp
+        if mode is not None:
+            tmp.chmod(mode)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -99,9 +99,9 @@ def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema = MANIFEST_SCH
     return pa.Table.from_pylist([{n: row.get(n) for n in schema.names} for row in rows], schema=schema)
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write Parquet atomically (temporary name, then rename)."""
-    with replacing(path) as tmp:
+def write_table(table: pa.Table, path: Path, *, mode: int | None = None) -> None:
+    """Write Parquet atomically (temporary name, then rename); ``mode`` e.g. 0600 for the private crosswalk."""
+    with replacing(path, mode=mode) as tmp:
         pq.write_table(table, tmp)
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypedDict
 import pyarrow as pa
 
 from guards import run as runs
-from guards.atomic import save_dataset, write_text
+from guards.atomic import PRIVATE_FILE_MODE, save_dataset, write_text
 from guards.checks import registry
 from guards.errors import GuardError, InputError, PolicyError
 from guards.keys import PseudonymKey
@@ -321,7 +321,8 @@ def merge_deid(run: Run) -> DeidOutcome:
             merged = pa.concat_tables([read_table(c) for c in crosswalks]).to_pylist()
             unique = sorted({(r["kind"], r["original"], r["pseudonym"]) for r in merged})
             write_table(to_table([{"kind": k, "original": o, "pseudonym": p} for k, o, p in unique],
-                                 CROSSWALK_SCHEMA), paths.private / f"crosswalk-{paths.run_id}.parquet")
+                                 CROSSWALK_SCHEMA), paths.private / f"crosswalk-{paths.run_id}.parquet",
+                        mode=PRIVATE_FILE_MODE)
             shutil.rmtree(paths.private / paths.run_id)
         counts = status_counts(table)
         counts["seen"] = table.num_rows
@@ -538,6 +539,13 @@ def datasheet(run: Run, *, key: PseudonymKey) -> str:
         "|---|---|---|---|",
         f"| {counts['seen']} | {counts['published']} | {counts['quarantined']} | {counts['excluded']} |",
         "",
+        "## Files",
+        "",
+        "- `data/`: the protected, de-identified DICOM files; `manifest.parquet`: one row per published instance",
+        f"- `labels.csv`: `StudyInstanceUID,label` for every released study ({_labelled(run)}), keyed by the"
+        " pseudonymous StudyInstanceUID of the files and the manifest; the label values are the source's",
+        "- `gate.json`, `report/`: the gate's decision and its report; `provenance.json`: the run and attempt",
+        "",
         "## Waivers",
         "",
     ]
@@ -552,6 +560,13 @@ def datasheet(run: Run, *, key: PseudonymKey) -> str:
         lines += [f"- `{column}`: {level}" for column, level in r["generalisations"].items()]
     lines += ["", "## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+def _labelled(run: Run) -> str:
+    cohort = run.cohort()
+    included = [lab for lab, inc in zip(cohort.column("label").to_pylist(), cohort.column("included").to_pylist(),
+                                        strict=True) if inc]
+    return f"{sum(1 for lab in included if lab >= 0)} of {len(included)} labelled; empty when unknown"
 
 
 PROVENANCE = "provenance.json"
@@ -590,8 +605,11 @@ def step_publish(run: Run, *, key: PseudonymKey) -> PublishOutcome:
         return PublishOutcome(published=False, release=None, already=False, report=report)
     _same_key(run, key)
     tree = run.release_tree
+    cohort = run.cohort()
+    labels = dict(zip(cohort.column("StudyInstanceUID").to_pylist(), cohort.column("label").to_pylist(),
+                      strict=True))
     stage_release(tree=tree, manifest=tree / "manifest.parquet", report_dir=paths.report, staging=paths.staging,
-                  datasheet=datasheet(run, key=key))
+                  datasheet=datasheet(run, key=key), labels=labels)
     write_text(paths.staging / PROVENANCE, json.dumps({"run_id": run.run_id, "attempt": run.attempt,
                                                        "inputs": run.input_fingerprint()}, indent=2))
     target = publish(paths.staging, paths.releases, name=policy.release.name)

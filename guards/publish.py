@@ -8,6 +8,8 @@ never touched. A crashed run leaves only its staging folder, which the next run 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -27,7 +29,11 @@ from guards.manifest import read_table, status_counts, write_table
 logger = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"^v(\d{4})$")
-REQUIRED = ("manifest.parquet", "datasheet.md", "gate.json")
+REQUIRED = ("manifest.parquet", "datasheet.md", "gate.json", "labels.csv")
+LABELS = "labels.csv"
+# A release is for publication: folders 0755, files 0644, whatever the umask of the run (the private side,
+# OUT/runs and OUT/private, is 0700; see guards.run).
+RELEASE_DIR_MODE, RELEASE_FILE_MODE = 0o755, 0o644
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,13 @@ def stage_release(
     report_dir: Path,
     staging: Path,
     datasheet: str,
+    labels: dict[str, int],
 ) -> StagedRelease:
-    """Copy the published files, the release manifest, the report and the datasheet into ``staging``.
+    """Copy the published files, the release manifest, the labels, the report and the datasheet into ``staging``.
 
-    ``staging`` is emptied first, so re-running this step gives the same result.
+    ``labels`` maps the pseudonymous StudyInstanceUID (as in the release) to its label (-1: unknown); the
+    release's ``labels.csv`` has one row per released study, the label empty when unknown. ``staging`` is
+    emptied first, so re-running this step gives the same result.
     """
     if staging.exists():
         shutil.rmtree(staging)
@@ -73,10 +82,32 @@ def stage_release(
         dst = staging / "data" / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
+    (staging / LABELS).write_text(labels_csv(table, labels), encoding="utf-8")
     shutil.copytree(report_dir, staging / "report")
     shutil.copy2(report_dir / "gate.json", staging / "gate.json")
     (staging / "datasheet.md").write_text(datasheet, encoding="utf-8")
     return StagedRelease(path=staging, counts=counts)
+
+
+def labels_csv(manifest: pa.Table, labels: dict[str, int]) -> str:
+    """``StudyInstanceUID,label``: one row per study of ``manifest``, sorted; a study with no label row at all
+    is a broken cohort, not an unlabelled study, and stops the publish."""
+    studies = sorted(set(manifest.column("StudyInstanceUID").to_pylist()))
+    missing = [uid for uid in studies if uid not in labels]
+    if missing:
+        raise PublishError(f"{len(missing)} released studies are not in the cohort (e.g. {missing[0]}); "
+                           "rebuild the cohort step")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["StudyInstanceUID", "label"])
+    writer.writerows([uid, "" if labels[uid] < 0 else labels[uid]] for uid in studies)
+    return out.getvalue()
+
+
+def _readable(staging: Path) -> None:
+    staging.chmod(RELEASE_DIR_MODE)
+    for path in staging.rglob("*"):
+        path.chmod(RELEASE_DIR_MODE if path.is_dir() else RELEASE_FILE_MODE)
 
 
 def next_version(release_root: Path) -> str:
@@ -101,6 +132,8 @@ def publish(staging: Path, releases_root: Path, *, name: str, version: str | Non
         raise PublishError(f"release name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
     root = releases_root / name
     root.mkdir(parents=True, exist_ok=True)
+    for folder in (releases_root, root):
+        folder.chmod(RELEASE_DIR_MODE)
     version = version or next_version(root)
     if not _VERSION.match(version):
         raise PublishError(f"release version {version!r} must look like v0001")
@@ -109,6 +142,7 @@ def publish(staging: Path, releases_root: Path, *, name: str, version: str | Non
         raise PublishError(f"release {name}/{version} already exists; releases are never overwritten")
     marker = staging / "PUBLISHED_AT"
     marker.write_text(datetime.now(UTC).isoformat(timespec="seconds") + "\n", encoding="utf-8")
+    _readable(staging)
     os.rename(staging, target)  # atomic on one file system; fails rather than merging into an existing folder
     _fsync_dir(root)
     logger.info("published release %s/%s", name, version)

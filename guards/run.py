@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 
-from guards.atomic import write_text
+from guards.atomic import private_folder, write_text
 from guards.checks.base import CheckResult
 from guards.errors import InputError
 from guards.manifest import read_table
@@ -180,6 +180,8 @@ class Run:
         if device not in ("cpu", "cuda"):
             raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
         out = Path(out)
+        for private in ("runs", "private"):  # the PHI side of OUT: owner only (releases/ is for publication)
+            private_folder(out / private)
         attempt = 1
         if (out / "runs" / run_id / RUN_FILE).is_file():
             attempt = cls.load(out, run_id).attempt + 1

@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from guards.atomic import save_dataset
+from guards.atomic import PRIVATE_FILE_MODE, save_dataset
 from guards.deid.engine import InstanceQuarantined, _deidentify
 from guards.deid.ocr_cache import OcrCache
 from guards.deid.writer import encode_part10
@@ -197,7 +197,7 @@ def deidentify_index(
         cw = to_table(
             [{"kind": k, "original": o, "pseudonym": p} for (k, o), p in sorted(pairs.items())], CROSSWALK_SCHEMA
         )
-        write_table(cw, crosswalk)
+        write_table(cw, crosswalk, mode=PRIVATE_FILE_MODE)  # original -> pseudonym: owner only
     counts = {s: 0 for s in STATUSES if s != "indexed"}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

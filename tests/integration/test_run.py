@@ -132,3 +132,39 @@ def test_a_policy_naming_an_unregistered_check_is_refused(tmp_path: Path, key: P
     with pytest.raises(Exception, match="unknown check"):
         pipeline.start_run(tmp_path, "r", source=tmp_path, policy=LIGHT.with_overrides({"gate.off": ["nope"]}),
                            key=key)
+
+
+def test_private_side_is_owner_only_and_the_release_is_readable_with_its_labels(
+    source: Path, tmp_path: Path, key: PseudonymKey
+) -> None:
+    """Under a permissive umask too: OUT/runs and OUT/private 0700, the crosswalk 0600; every file of the release
+    0644 in 0755 folders; the release's labels.csv has one row per released study, under the release's UIDs."""
+    import csv
+    import os
+    import stat
+
+    from guards.manifest import read_table
+
+    old = os.umask(0o002)
+    try:
+        result = pipeline.run_pipeline(source, tmp_path, policy=LIGHT, key=key, run_id="modes")
+    finally:
+        os.umask(old)
+    assert result.release is not None
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(tmp_path / "runs") == 0o700 and mode(tmp_path / "private") == 0o700
+    [crosswalk] = list((tmp_path / "private").glob("crosswalk-*.parquet"))
+    assert mode(crosswalk) == 0o600
+    files = [p for p in result.release.rglob("*") if p.is_file()]
+    assert len(files) > 5 and {mode(p) for p in files} == {0o644}
+    assert {mode(p) for p in [result.release, *(p for p in result.release.rglob("*") if p.is_dir())]} == {0o755}
+    with (result.release / "labels.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    released = set(read_table(result.release / "manifest.parquet").column("StudyInstanceUID").to_pylist())
+    assert [r["StudyInstanceUID"] for r in rows] == sorted(released) and len(rows) == 4
+    labels = {int(line.split(",")[1]) for line in (source / "labels.csv").read_text().splitlines()[1:]}
+    assert {int(r["label"]) for r in rows} <= labels
+    assert "`labels.csv`" in (result.release / "datasheet.md").read_text(encoding="utf-8")

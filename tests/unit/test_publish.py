@@ -19,19 +19,20 @@ def _tree(tmp: Path) -> tuple[Path, Path]:
     rows = []
     for path, status, reason in [("a/1.dcm", "published", ""), ("b/2.dcm", "quarantined", "zero bytes")]:
         row = empty_row(path)
-        row.update(status=status, reason=reason, source_path=f"private/{path}")
+        row.update(status=status, reason=reason, source_path=f"private/{path}", StudyInstanceUID=f"2.25.{path[0]}")
         rows.append(row)
     write_table(to_table(rows), tree / "manifest.parquet")
     return tree, tree / "manifest.parquet"
 
 
-def _staged(tmp: Path, *, passed: bool) -> Path:
+def _staged(tmp: Path, *, passed: bool, labels: dict[str, int] | None = None) -> Path:
     tree, manifest = _tree(tmp)
     report = tmp / "report"
     report.mkdir()
     (report / "index.html").write_text("<html></html>")
     (report / "gate.json").write_text(json.dumps({"passed": passed, "checks": [], "waivers": []}))
-    staged = stage_release(tree=tree, manifest=manifest, report_dir=report, staging=tmp / "staging", datasheet="# ds")
+    staged = stage_release(tree=tree, manifest=manifest, report_dir=report, staging=tmp / "staging", datasheet="# ds",
+                           labels={"2.25.a": 1, "2.25.b": 0} if labels is None else labels)
     return staged.path
 
 
@@ -79,3 +80,30 @@ def test_existing_version_is_never_overwritten(tmp_path: Path) -> None:
 def test_release_names_are_validated(tmp_path: Path, name: str) -> None:
     with pytest.raises(PublishError, match="release name"):
         publish(_staged(tmp_path, passed=True), tmp_path / "releases", name=name)
+
+
+def test_the_release_ships_one_label_row_per_released_study(tmp_path: Path) -> None:
+    target = publish(_staged(tmp_path, passed=True), tmp_path / "releases", name="demo")
+    assert (target / "labels.csv").read_text() == "StudyInstanceUID,label\n2.25.a,1\n"  # the quarantined b: absent
+    unknown = publish(_staged(tmp_path / "u", passed=True, labels={"2.25.a": -1}), tmp_path / "releases", name="u")
+    assert (unknown / "labels.csv").read_text() == "StudyInstanceUID,label\n2.25.a,\n"
+
+
+def test_a_released_study_missing_from_the_cohort_stops_the_publish(tmp_path: Path) -> None:
+    with pytest.raises(PublishError, match="1 released studies are not in the cohort"):
+        _staged(tmp_path, passed=True, labels={"2.25.b": 0})
+
+
+def test_released_files_are_readable_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        target = publish(_staged(tmp_path, passed=True), tmp_path / "releases", name="demo")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(target).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in target.rglob("*")}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert {"data/a/1.dcm", "labels.csv", "gate.json", "report/index.html", "manifest.parquet"} <= set(modes)
+    assert all(m == (0o755 if (target / p).is_dir() else 0o644) for p, m in modes.items()), modes
