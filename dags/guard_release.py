@@ -29,7 +29,10 @@ GUARD_QUEUE_GPU = os.environ.get("GUARD_GPU_QUEUE", "")  # e.g. "gpu": protect a
 # A scheduled run needs a source: without GUARD_SOURCE the DAG is manual-only (the form asks for one), since
 # Airflow refuses a schedule on a DAG whose required params have no valid default.
 SCHEDULE = os.environ.get("GUARD_SCHEDULE", "0 2 * * *") if GUARD_SOURCE else None
-RELEASES = Asset(name="guard_releases", uri=f"file://{os.path.abspath(GUARD_OUT)}/releases")
+# The releases folder as an Asset, named by its URI: Airflow keeps one active asset per name, so a fixed name
+# with a GUARD_OUT that changed (a second deployment on one metadata DB, a moved OUT) made publish fail as
+# "inactive asset".
+RELEASES = Asset(uri=f"file://{os.path.abspath(GUARD_OUT)}/releases")
 CHECKS = registered()
 CPU_CHECKS = [c.id for c in CHECKS if "gpu" not in c.needs]
 GPU_CHECKS = [c.id for c in CHECKS if "gpu" in c.needs]
