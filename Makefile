@@ -31,7 +31,7 @@ system-deps:
 setup: $(STAMP) system-deps
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not system" tests

@@ -62,6 +62,7 @@ class GateDecision:
     results: tuple[CheckResult, ...]
     outcomes: tuple[CheckOutcome, ...]
     advisories: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # warn findings of blocking checks: they do not block, but they are not advisory
 
     def to_json(self) -> dict[str, Any]:
         """gate.json as in ARCHITECTURE.md: ``passed``, ``checks`` (one entry per finding) and ``waivers``.
@@ -99,6 +100,7 @@ class GateDecision:
             "waivers": [{"check": w.check, "reason": w.reason} for w in self.waivers],
             "reasons": list(self.reasons),
             "advisories": list(self.advisories),
+            "warnings": list(self.warnings),
             "outcomes": [
                 {"id": o.id, "role": o.role, "outcome": o.outcome, "examined": dict(o.examined), "note": o.note,
                  "was": o.was}
@@ -144,7 +146,10 @@ def _by_how_much(finding: Finding) -> str:
     if isinstance(v, int | float) and isinstance(t, int | float) and not isinstance(v, bool):
         if math.isfinite(float(v)) and math.isfinite(float(t)):
             return f"{v:.4g} against a threshold of {t:.4g} (off by {abs(float(v) - float(t)):.4g})"
-    return f"{v!s} against a threshold of {t!s}"
+    value = "not measured" if v is None else str(v)
+    if t is None:
+        return f"{value} (no threshold)"
+    return f"{value} against a threshold of {t!s}"
 
 
 def _explain(result: CheckResult, *, role: Role) -> list[str]:
@@ -215,6 +220,7 @@ def decide(results: list[CheckResult], *, policy: ReleasePolicy,
     waivers = {w.check: w for w in policy.gate.waivers}
     reasons: list[str] = []
     advisories: list[str] = []
+    warnings: list[str] = []
     applied: list[Waiver] = []
     outcomes: list[CheckOutcome] = []
     passed = True
@@ -264,7 +270,7 @@ def decide(results: list[CheckResult], *, policy: ReleasePolicy,
         else:
             outcome = result.status
         if outcome != "no data":
-            advisories.extend(
+            (warnings if role == "blocking" else advisories).extend(
                 f"Check '{result.id}' warns for {f.subgroup}: {f.metric} is {_by_how_much(f)}."
                 for f in result.findings if f.status == "warn"
             )
@@ -290,4 +296,4 @@ def decide(results: list[CheckResult], *, policy: ReleasePolicy,
     log.info("gate: %s (%d checks, %d reasons, %d waivers)", "PASSED" if passed else "FAILED",
              len(outcomes), len(reasons), len(applied))
     return GateDecision(passed=passed, reasons=tuple(reasons), waivers=tuple(applied), results=tuple(results),
-                        outcomes=tuple(outcomes), advisories=tuple(advisories))
+                        outcomes=tuple(outcomes), advisories=tuple(advisories), warnings=tuple(warnings))

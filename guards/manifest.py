@@ -115,3 +115,23 @@ def status_counts(table: pa.Table) -> dict[str, int]:
     for s in table.column("status").to_pylist():
         counts[s] += 1
     return counts
+
+
+def cause(reason: str | None) -> str:
+    """The cause a reason names, without its per-file detail: the text before the first ': '.
+
+    ``"truncated or corrupt DICOM header: ..."`` -> ``"truncated or corrupt DICOM header"``;
+    ``"re-identification risk: suppressed by remediation"`` -> ``"re-identification risk"``.
+    """
+    text = (reason or "").strip()
+    return text.split(": ", 1)[0].strip() or "no reason recorded"
+
+
+def cause_counts(table: pa.Table) -> list[tuple[str, str, int]]:
+    """``(status, cause, files)`` for every quarantined or excluded cause, most files first."""
+    counts: dict[tuple[str, str], int] = {}
+    for status, reason in zip(table.column("status").to_pylist(), table.column("reason").to_pylist(), strict=True):
+        if status in ("quarantined", "excluded"):
+            key = (status, cause(reason))
+            counts[key] = counts.get(key, 0) + 1
+    return [(s, c, n) for (s, c), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]

@@ -27,7 +27,7 @@ from guards.atomic import PRIVATE_FILE_MODE, save_dataset, write_text
 from guards.checks import registry
 from guards.errors import GuardError, InputError, PolicyError
 from guards.keys import PseudonymKey
-from guards.manifest import CROSSWALK_SCHEMA, read_table, status_counts, to_table, write_table
+from guards.manifest import CROSSWALK_SCHEMA, cause_counts, read_table, status_counts, to_table, write_table
 from guards.policy import ReleasePolicy, load_policy
 from guards.run import Device, Run, RunPaths, safe_run_id
 
@@ -493,7 +493,7 @@ def step_gate(run: Run) -> GateOutcome:
     results, not_run = runs.current_results(run, enabled_checks(policy))
     decision = decide(results, policy=policy, not_run=not_run)
     context: dict[str, Any] = {"run_id": run.run_id, "attempt": run.attempt, "counts": input_counts(run),
-                               "off": list(policy.gate.off)}
+                               "causes": input_causes(run), "off": list(policy.gate.off)}
     remediation = paths.cohort / "remediation.json"
     if remediation.is_file():
         context["remediation"] = json.loads(remediation.read_text(encoding="utf-8"))
@@ -504,14 +504,25 @@ def step_gate(run: Run) -> GateOutcome:
     return outcome
 
 
-def input_counts(run: Run) -> dict[str, int]:
-    """Every input file's fate, from the last manifest of the run: seen = published + quarantined + excluded."""
+def _last_manifest(run: Run) -> Path:
     manifest = run.release_tree / "manifest.parquet"
-    if not manifest.is_file():
-        manifest = run.paths.deid / "manifest.parquet"
-    counts = status_counts(read_table(manifest))
+    return manifest if manifest.is_file() else run.paths.deid / "manifest.parquet"
+
+
+def input_counts(run: Run) -> dict[str, int]:
+    """Every input file's fate, from the last manifest of the run: seen = published + quarantined + excluded.
+
+    ``indexed`` (read but not yet de-identified) is listed only when a file was left there, which is a bug."""
+    counts = status_counts(read_table(_last_manifest(run)))
     counts["seen"] = sum(counts[s] for s in ("indexed", "published", "quarantined", "excluded"))
+    if not counts["indexed"]:
+        del counts["indexed"]
     return counts
+
+
+def input_causes(run: Run) -> list[tuple[str, str, int]]:
+    """``(status, cause, files)`` of every quarantined or excluded file of the run, one row per cause."""
+    return cause_counts(read_table(_last_manifest(run)))
 
 
 def datasheet(run: Run, *, key: PseudonymKey) -> str:
@@ -539,6 +550,7 @@ def datasheet(run: Run, *, key: PseudonymKey) -> str:
         "|---|---|---|---|",
         f"| {counts['seen']} | {counts['published']} | {counts['quarantined']} | {counts['excluded']} |",
         "",
+        *_cause_lines(run),
         "## Files",
         "",
         "- `data/`: the protected, de-identified DICOM files; `manifest.parquet`: one row per published instance",
@@ -560,6 +572,16 @@ def datasheet(run: Run, *, key: PseudonymKey) -> str:
         lines += [f"- `{column}`: {level}" for column, level in r["generalisations"].items()]
     lines += ["", "## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+def _cause_lines(run: Run) -> list[str]:
+    """One row per cause of quarantine or exclusion (a sidecar is not a suppressed study)."""
+    causes = input_causes(run)
+    if not causes:
+        return ["No file was quarantined or excluded.", ""]
+    return ["| status | cause | files |", "|---|---|---|",
+            *(f"| {status} | {cause} | {n} |" for status, cause, n in causes), "",
+            "Each file's own reason is in `manifest.parquet` (excluded and quarantined rows keep their reason).", ""]
 
 
 def _labelled(run: Run) -> str:

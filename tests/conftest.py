@@ -40,7 +40,13 @@ def _no_network_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under system/ are system tests; every slow test says why it is slow (``slow(reason=...)``)."""
     here = Path(__file__).parent
+    unjustified = [item.nodeid for item in items
+                   if any(not m.kwargs.get("reason") for m in item.iter_markers("slow"))]
+    if unjustified:
+        raise pytest.UsageError("slow tests must say why they are slow, pytest.mark.slow(reason=...): "
+                                + ", ".join(unjustified[:5]))
     for item in items:
         rel = Path(str(item.fspath)).relative_to(here)
         if rel.parts and rel.parts[0] == "system":

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from guards.checks.base import CheckResult, Finding, Status
-from guards.checks.models import cpu_threads
 from guards.images import label_images, load_images
 from guards.policy import ReleasePolicy
+from guards.threads import cpu_threads
 
 if TYPE_CHECKING:
     from guards.run import Run

@@ -25,7 +25,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from guards.logs import quiet_third_party
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no telemetry from a release gate
+quiet_third_party()  # before GX's import logs its registrations
 
 import pandas as pd  # noqa: E402
 from great_expectations.core.metric_domain_types import MetricDomainTypes  # noqa: E402

@@ -293,7 +293,7 @@ def run(
         return eval_members(model)
 
     proxy = train(x_rel[is_member_img], y[is_member_img], n_classes=n_classes, epochs=sec.epochs,
-                  seed=seed + 101, device=device, evaluate=evaluate_both)
+                  seed=seed + 101, device=device, evaluate=evaluate_both, what="membership: proxy")
     logger.info("membership: proxy trained on %d member images, balanced accuracy members %.3f non-members %.3f",
                 int(is_member_img.sum()), proxy.curve[-1], curve_non[-1])
     score_fn = true_label_prob if sec.attack == "rmia" else true_label_margin
@@ -306,7 +306,7 @@ def run(
         in_img = np.array([p in ref_in for p in pids])
         out_mask[r] = ~in_img
         model = train(x_rel[in_img], y[in_img], n_classes=n_classes, epochs=sec.epochs, seed=seed + 1000 + r,
-                      device=device).model
+                      device=device, what=f"membership: reference model {r + 1}/{sec.reference_models}").model
         for v, x in views.items():
             refs[v][r] = score_fn(logits(model, x, device=device), y)
         logger.info("membership: reference model %d/%d trained", r + 1, sec.reference_models)

@@ -10,8 +10,7 @@ CPU by default; ``device`` may be ``"cuda"``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,8 @@ import torch
 from torch import nn
 
 from guards.errors import InputError
+from guards.progress import Steps
+from guards.threads import CPU_THREADS, cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -74,22 +75,6 @@ class Trained:
     curve: list[float] = field(default_factory=list)
 
 
-CPU_THREADS = 1  # measured on the shared 2-core machine: 1.7 s/epoch on 1 thread, 9.9 s/epoch on 2 (1000 x 64x64)
-
-
-@contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Temporarily run torch's CPU ops on ``n`` threads (None: unchanged), restoring the previous setting."""
-    before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 def train(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -103,11 +88,13 @@ def train(
     weight_decay: float = 0.0,
     evaluate: Callable[[SmallCNN], float] | None = None,
     min_steps: int = 0,
+    what: str = "train",
 ) -> Trained:
     """Train a fresh :class:`SmallCNN` on ``x`` (N x 1 x H x W in [0, 1]) and labels ``y`` with Adam.
 
     ``evaluate`` (if given) is called after every epoch with the model in eval mode; its values form the
-    learning curve of the report. The returned model is on ``device`` and in eval mode. On the CPU, training
+    learning curve of the report. Progress is logged as ``what`` (e.g. "membership: reference model 3/8").
+    The returned model is on ``device`` and in eval mode. On the CPU, training
     runs on ``CPU_THREADS`` thread(s): for a model this small a second thread costs more in synchronisation than
     it gives, and several times more on a shared, busy machine (see benchmarks/checks_suite/RESULTS.md).
     """
@@ -123,7 +110,8 @@ def train(
     epochs = max(epochs, -(-min_steps // batches))
     with cpu_threads(CPU_THREADS if device == "cpu" else None):
         return _train(x, y, n_classes=n_classes, epochs=epochs, seed=seed, device=device, batch_size=batch_size,
-                      lr=lr, weight_decay=weight_decay, evaluate=evaluate)
+                      lr=lr, weight_decay=weight_decay, evaluate=evaluate,
+                      steps=Steps(epochs, what=what, unit="epochs", logger=logger))
 
 
 def _train(
@@ -138,6 +126,7 @@ def _train(
     lr: float,
     weight_decay: float,
     evaluate: Callable[[SmallCNN], float] | None,
+    steps: Steps,
 ) -> Trained:
     gen = torch.Generator().manual_seed(seed)
     model = build_model(n_classes=n_classes, seed=seed).to(device)
@@ -157,6 +146,8 @@ def _train(
         model.eval()
         if evaluate is not None:
             curve.append(float(evaluate(model)))
+        steps.advance()
+    steps.done()
     return Trained(model=model, curve=curve)
 
 

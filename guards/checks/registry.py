@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -57,7 +58,10 @@ class Check:
         if isinstance(fn, str):
             module, _, name = fn.partition(":")
             fn = getattr(importlib.import_module(module), name)
+        logger.info("check %s: started", self.id)
+        start = time.monotonic()
         result = fn(run)
+        logger.info("check %s: %s in %.1fs", self.id, result.status, time.monotonic() - start)
         if result.id != self.id:
             raise ValueError(f"check {self.id!r} returned a result for {result.id!r}")
         return result

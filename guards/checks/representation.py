@@ -35,6 +35,7 @@ from guards.atomic import write_text
 from guards.checks.base import CheckResult, Finding, Status
 from guards.cohort import UNKNOWN
 from guards.errors import InputError
+from guards.logs import quiet_third_party
 from guards.policy import ReleasePolicy
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ def load_reference(path: str, *, subgroups: tuple[str, ...]) -> dict[str, dict[s
 
 
 def _plan(df: pd.DataFrame, policy: ReleasePolicy, reference: dict[str, dict[str, float]]) -> list[_Planned]:
+    quiet_third_party()
     from great_expectations.expectations.core.expect_column_distinct_values_to_contain_set import (
         ExpectColumnDistinctValuesToContainSet,
     )
@@ -130,6 +132,7 @@ def _validate(df: pd.DataFrame, plans: list[_Planned], docs_dir: Path) -> list[A
 
     GX's filesystem store wants an absolute ``base_directory``: ``guard run src out`` with a relative OUT is
     a user's first command, so the folder is resolved here."""
+    quiet_third_party()
     import great_expectations as gx
     from great_expectations.checkpoint.actions import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig

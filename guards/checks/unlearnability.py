@@ -174,7 +174,7 @@ def run(
     for name, x_train in train_sets.items():
         trained = train(
             x_train, y_all[tr], n_classes=n_classes, epochs=sec.epochs, seed=seed + 11, device=device,
-            evaluate=evaluate, min_steps=VICTIM_MIN_STEPS,
+            evaluate=evaluate, min_steps=VICTIM_MIN_STEPS, what=f"unlearnability: {name} victim",
         )
         curves[name] = trained.curve
         preds[name] = predictions(trained.model)

@@ -55,8 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from guards.errors import GuardError
+from guards.progress import Steps, duration
 from guards.protect.mask import batch_masks, flatness, local_contrast, smooth
 from guards.protect.surrogate import build_surrogate
+from guards.threads import available_cores, cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +171,7 @@ def _train(
     batch_size: int,
     gen: torch.Generator,
     augment: bool,
+    steps: Steps | None = None,
 ) -> None:
     model.train()
     n = x.shape[0]
@@ -186,6 +189,8 @@ def _train(
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
+        if steps is not None:
+            steps.advance()
 
 
 @torch.no_grad()
@@ -232,6 +237,22 @@ def error_minimizing_noise(
     noise steps skip them, so the cost of the rounds follows the new images only.
     Same ``seed``, inputs and device give the same noise. The result lives on the CPU.
     """
+    dev = device or torch.device("cpu")
+    with cpu_threads(available_cores() if dev.type == "cpu" else None):
+        return _error_minimizing_noise(images, labels, config=config, seed=seed, dev=dev, num_classes=num_classes,
+                                       frozen=frozen)
+
+
+def _error_minimizing_noise(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    config: NoiseConfig,
+    seed: int,
+    dev: torch.device,
+    num_classes: int | None,
+    frozen: torch.Tensor | None,
+) -> NoiseResult:
     if images.ndim != 4:
         raise GuardError(f"images must be N x C x H x W, got shape {tuple(images.shape)}")
     if labels.shape[0] != images.shape[0]:
@@ -240,7 +261,6 @@ def error_minimizing_noise(
         raise GuardError("no images to protect")
     if frozen is not None and frozen.shape != (images.shape[0],):
         raise GuardError(f"frozen must be one flag per image ({images.shape[0]}), got shape {tuple(frozen.shape)}")
-    dev = device or torch.device("cpu")
     start = time.monotonic()
     gen = torch.Generator().manual_seed(seed)
     x = images.to(dev, torch.float32)
@@ -255,7 +275,9 @@ def error_minimizing_noise(
     n = x.shape[0]
     tb = min(config.train_batch, bs)
     warmup = max(config.warmup_epochs * max(1, -(-n // tb)), config.warmup_min_steps)
-    _train(model, opt, x, y, batches=warmup, batch_size=tb, gen=gen, augment=config.augment)
+    steps = Steps(warmup, what="protect: surrogate warm-up", unit="batches", logger=logger)
+    _train(model, opt, x, y, batches=warmup, batch_size=tb, gen=gen, augment=config.augment, steps=steps)
+    steps.done()
 
     saliency = _saliency(model, x, y, batch_size=bs, mode=config.saliency)
     gray = x.mean(1, keepdim=True)
@@ -279,9 +301,13 @@ def error_minimizing_noise(
 
     acc = 0.0
     rounds = 0
+    noise_batches = -(-len(active) // bs)
     for rounds in range(1, config.max_rounds + 1):
+        steps = Steps(config.train_steps + noise_batches * config.steps, unit="steps", logger=logger,
+                      what=f"protect: noise round {rounds} (at most {config.max_rounds})")
         xn = (x + delta).clamp(0, 1)
-        _train(model, opt, xn, y, batches=config.train_steps, batch_size=tb, gen=gen, augment=config.augment)
+        _train(model, opt, xn, y, batches=config.train_steps, batch_size=tb, gen=gen, augment=config.augment,
+               steps=steps)
         model.eval()
         for i in range(0, len(active), bs):
             rows = active[i : i + bs]
@@ -297,9 +323,16 @@ def error_minimizing_noise(
                 with torch.no_grad():
                     d = (d - config.step_size * g.sign()).clamp(-eps, eps) * mb
                     d = (xb + d).clamp(0, 1) - xb
+                steps.advance()
             delta[rows] = d.detach()
         acc = accuracy(model, (x + delta).clamp(0, 1), y, batch_size=bs)
-        logger.info("error-minimizing noise: round %d, surrogate accuracy on noised data %.3f", rounds, acc)
+        took = steps.done()
+        logger.info(
+            "protect: noise round %d, surrogate accuracy on noised data %.3f (stops at %.2f after %d rounds); "
+            "%s elapsed, at most %d more rounds of about %s",
+            rounds, acc, config.stop_accuracy, config.min_rounds, duration(time.monotonic() - start),
+            config.max_rounds - rounds, duration(took),
+        )
         if acc >= config.stop_accuracy and rounds >= config.min_rounds:
             break
     if config.saturate:

@@ -207,7 +207,7 @@ def protect_tree(
         try:
             ds = pydicom.dcmread(src / rel)
         except (InvalidDicomError, OSError) as e:
-            quarantined[rel] = f"protect: cannot read the file ({type(e).__name__}: {e})"
+            quarantined[rel] = f"protect cannot read the file: {type(e).__name__}: {e}"
             continue
         if "PixelData" not in ds:
             not_applicable[rel] = "no Pixel Data (7FE0,0010): nothing to protect"
@@ -215,7 +215,7 @@ def protect_tree(
         try:
             block = decode(ds)
         except UnsupportedPixelsError as e:
-            quarantined[rel] = f"protect: {e}"
+            quarantined[rel] = f"protect cannot decode the pixels: {e}"
             continue
         unit = _resize(to_unit(block), section.image_size)
         cached = cache.lookup(rel, parent_sha[i]) if cache is not None else None

@@ -185,7 +185,11 @@ def _counts(context: Mapping[str, Any]) -> str:
         return "<p>No input counts were given.</p>"
     order = ["seen", "published", "quarantined", "excluded"]
     keys = [k for k in order if k in flat] + sorted(k for k in flat if k not in order)
-    return _table(["input files", "count"], [(k, flat[k]) for k in keys])
+    out = _table(["input files", "count"], [(k, flat[k]) for k in keys])
+    causes = [c for c in context.get("causes") or [] if isinstance(c, Sequence) and len(c) == 3]
+    if causes:
+        out += "<p>Quarantined and excluded files, by cause:</p>" + _table(["status", "cause", "files"], causes)
+    return out
 
 
 def _remediation(context: Mapping[str, Any]) -> str:
@@ -231,6 +235,9 @@ def render_html(decision: GateDecision, results: Sequence[CheckResult], *, polic
                      + "".join(f"<li><code>{_e(o.id)}</code> ({_e(o.role)}, {_e(_label(o.outcome, o.was))}):"
                                f" conclusive with: {_e(o.note or 'more data')}</li>" for o in unsure)
                      + "</ul></div>")
+    if decision.warnings:
+        parts.append("<p>Warnings of blocking checks (each check passed; these findings are close to or past a"
+                     " warning level):</p><ul>" + "".join(f"<li>{_e(w)}</li>" for w in decision.warnings) + "</ul>")
     if decision.advisories:
         parts.append("<p>Advisory (does not block):</p><ul>"
                      + "".join(f"<li>{_e(a)}</li>" for a in decision.advisories) + "</ul>")

@@ -22,7 +22,7 @@ import pytest
 from guards.cli import EXIT_GATE_FAILED, EXIT_OK, main
 from guards.samples import generate_corpus
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(reason="`guard run` three times on 20 studies: protect and six checks measured once")
 
 STUDIES = 20
 SEED = 3

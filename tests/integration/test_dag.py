@@ -211,7 +211,7 @@ def airflow_run(tmp_path_factory: pytest.TempPathFactory, key_hex: str):  # type
     return run
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="`airflow dags test` of the whole DAG: protect and every check as mapped tasks")
 def test_dag_run_publishes_a_release_and_logs_no_key(airflow_run: Any, key_hex: str) -> None:
     result = airflow_run("passing", PASSING)
     assert result.state == "success", result.log[-3000:]
@@ -232,7 +232,7 @@ def test_dag_run_publishes_a_release_and_logs_no_key(airflow_run: Any, key_hex: 
     _assert_no_key_in_logs(airflow_run.home / "logs", key_hex)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="`airflow dags test` of the whole DAG up to a failing gate")
 def test_failing_gate_fails_the_run_and_publishes_nothing(airflow_run: Any, key_hex: str) -> None:
     result = airflow_run("failing", FAILING)
     assert result.state == "failed"
@@ -243,7 +243,7 @@ def test_failing_gate_fails_the_run_and_publishes_nothing(airflow_run: Any, key_
     _assert_no_key_in_logs(airflow_run.home / "logs", key_hex)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="two `airflow dags test` runs: the failing one and its resumed attempt")
 def test_steward_resumes_the_failed_run_with_a_waiver_and_it_publishes(airflow_run: Any) -> None:
     """The form's ``resume`` continues the failed run as its next attempt: measured steps are carried (the
     waiver is not an input of a check), the gate records the waiver, and the release is published once."""

@@ -25,7 +25,8 @@ from guards.pipeline import run_pipeline
 from guards.policy import ReleasePolicy
 from guards.samples import generate_corpus
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(reason="the one full-size release: 150 studies as `make demo`, every check with its "
+                                     "models, then the waived second attempt")
 
 STUDIES = 150  # as `make demo`
 SEED = 7  # as `make demo`

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(reason="the README's quick start end to end: 20 studies de-identified, protected, "
+                                     "checked (6 checks, model training) and resumed with waivers")
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 RC = "__readme_rc__"

@@ -167,4 +167,8 @@ def test_private_side_is_owner_only_and_the_release_is_readable_with_its_labels(
     assert [r["StudyInstanceUID"] for r in rows] == sorted(released) and len(rows) == 4
     labels = {int(line.split(",")[1]) for line in (source / "labels.csv").read_text().splitlines()[1:]}
     assert {int(r["label"]) for r in rows} <= labels
-    assert "`labels.csv`" in (result.release / "datasheet.md").read_text(encoding="utf-8")
+    sheet = (result.release / "datasheet.md").read_text(encoding="utf-8")
+    assert "`labels.csv`" in sheet
+    # each exclusion's cause in its own row (the source's labels.csv is a sidecar, not a study); no "indexed 0"
+    assert "| excluded | sidecar table (ingest.sidecars), not an instance | 1 |" in sheet
+    assert "indexed" not in sheet and "None" not in sheet.split("## Policy")[0]

@@ -48,7 +48,9 @@ k = 1
 max_risk = 1.0
 """
 
-pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.system, pytest.mark.timeout(600),
+              pytest.mark.slow(reason="a CeleryExecutor deployment (scheduler, two workers) runs the DAG on "
+                                      "PostgreSQL and Redis")]
 
 
 def _reachable(port: int) -> bool:

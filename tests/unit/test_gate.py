@@ -238,3 +238,22 @@ def test_needs_round_trip_and_old_json_without_needs_still_reads(tmp_path: Path)
     (tmp_path / "old.json").write_text(json.dumps(old))
     legacy = CheckResult.read(tmp_path / "old.json")
     assert legacy.findings[0].needs == "" and legacy.status == "warn"
+
+
+def test_warnings_of_blocking_checks_are_not_listed_as_advisory() -> None:
+    d = decide([_result("phi"), _result("reid", "warn", subgroup="sex=F"), _result("attribute", "warn")],
+               policy=_policy())
+    assert d.passed
+    assert [w for w in d.warnings if "'reid'" in w and "sex=F" in w]
+    assert not [a for a in d.advisories if "'reid'" in a]
+    assert [a for a in d.advisories if "'attribute'" in a] and not [w for w in d.warnings if "'attribute'" in w]
+    assert d.to_json()["warnings"] == list(d.warnings)
+
+
+def test_a_value_that_was_not_measured_never_reads_as_none() -> None:
+    unmeasured = CheckResult(id="reid", findings=(Finding(metric="tpr_at_1pct_fpr", value=None, threshold=0.1,
+                                                          status="fail", subgroup="all", evidence="no scores"),),
+                             examined={"rows": 3})
+    d = decide([_result("phi"), unmeasured], policy=_policy())
+    text = " ".join(d.reasons)
+    assert "tpr_at_1pct_fpr is not measured against a threshold of 0.1" in text and "None" not in text

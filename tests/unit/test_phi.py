@@ -265,7 +265,7 @@ def test_every_generated_file_with_phi_is_flagged_when_nothing_was_removed(sampl
     assert result.status == "fail"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="tesseract OCR of every generated image")
 def test_deidentified_samples_pass_with_ocr(sample_corpus, key, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """guards.deid on the generated samples leaves no source PHI that phi can find (headers, bytes, OCR)."""
     from guards.deid import deidentify_tree

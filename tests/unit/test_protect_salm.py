@@ -120,3 +120,34 @@ def test_frozen_images_get_no_noise_and_the_others_do(data) -> None:  # type: ig
     assert r.examined == len(x) - 10
     with pytest.raises(GuardError, match="one flag per image"):
         error_minimizing_noise(x, y, config=CFG, seed=9, frozen=frozen[:5])
+
+
+def test_warm_up_and_every_round_log_progress_and_protect_sets_its_thread_count(data, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import guards.progress as progress_mod
+    import guards.protect.salm as salm
+
+    threads: list[int] = []
+    real_train = salm._train
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(salm, "_train", spy)
+    monkeypatch.setattr(progress_mod, "EVERY_SECONDS", 0.0)  # a line at every step
+    before = torch.get_num_threads()
+    chosen = 1 if before != 1 else 2  # a count other than the current one, so setting it is visible
+    monkeypatch.setattr(salm, "available_cores", lambda: chosen)
+    cfg = NoiseConfig(**{**CFG.__dict__, "warmup_min_steps": 4, "min_rounds": 2, "stop_accuracy": 1.01})
+    with caplog.at_level("INFO", logger="guards.protect.salm"):
+        r = error_minimizing_noise(*data, config=cfg, seed=9)
+    assert threads and set(threads) == {chosen}
+    assert torch.get_num_threads() == before  # restored
+    text = caplog.text
+    assert "protect: surrogate warm-up: 1/4 batches (25%)" in text and "ETA" in text
+    assert "protect: surrogate warm-up: done, 4 batches" in text
+    per_round = CFG.train_steps + 2 * CFG.steps  # 24 images in batches of 16: 2 noise batches
+    for k in range(1, r.rounds + 1):
+        assert f"protect: noise round {k} (at most 2): 1/{per_round} steps" in text
+        assert f"protect: noise round {k} (at most 2): done, {per_round} steps" in text
+    assert r.rounds == 2 and "at most 0 more rounds" in text

@@ -215,3 +215,15 @@ def test_waived_inconclusive_check_shows_the_stewards_reason(tmp_path: Path) -> 
     assert "waived (was inconclusive: not shown safe)" in text
     assert text.count(w.reason) >= 2  # the waivers table, the outcome table and the check's own section
     assert NEEDS in text
+
+
+def test_report_counts_each_cause_in_its_own_row_and_no_indexed_row(tmp_path: Path) -> None:
+    results, policy = _results(), _policy()
+    context = {"counts": {"seen": 12, "published": 2, "quarantined": 1, "excluded": 9},
+               "causes": [("excluded", "re-identification risk", 8), ("excluded", "sidecar table (ingest.sidecars)", 1),
+                          ("quarantined", "zero bytes", 1)]}
+    text = write_report(decide(results, policy=policy), results, tmp_path, policy=policy, context=context).read_text()
+    assert "<td>excluded</td><td>re-identification risk</td><td>8</td>" in text
+    assert "<td>excluded</td><td>sidecar table (ingest.sidecars)</td><td>1</td>" in text
+    assert "<td>quarantined</td><td>zero bytes</td><td>1</td>" in text
+    assert "indexed" not in text and ">None<" not in text
