@@ -8,9 +8,12 @@ A FastAPI app mounted by the API server under ``/release-gates`` with a nav entr
   Expectations Data Docs under ``report/datadocs/``), with path-traversal protection;
 - an operator extra link "Gate report" on the ``gate`` task of ``guard_release``, pointing at the run's page.
 
-Every route depends on the API server's user dependency (``airflow.api_fastapi.core_api.security.GetUserDep``
-through ``requires_authenticated()``): a request without a valid Airflow JWT (bearer header or the UI's session
-cookie) gets 401. The report is of a release candidate, so it is as private as the run itself.
+Every route depends on the API server's DAG authorisation (``requires_access_dag("GET", RUN)`` for
+``guard_release``): a request without a valid Airflow JWT (bearer header or the UI's session cookie) gets 401, a
+user who may not read that DAG's runs gets 403. The report is of a release candidate, so it is as private as the
+run itself. The app has no docs routes (``/docs``, ``/redoc``, ``/openapi.json``). Every response carries a strict
+Content-Security-Policy (no script at all, nothing from another origin), ``Cache-Control: no-store`` and
+``X-Content-Type-Options: nosniff``: the pages hold values from DICOM headers, and Data Docs are GX's HTML.
 
 Nothing here reads the pseudonym key or the private crosswalk: only ``report/`` folders are served.
 """
@@ -25,10 +28,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from airflow.api_fastapi.core_api.security import requires_authenticated
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,16 @@ URL_PREFIX = "/release-gates"
 GATE_TASK_ID = "gate"
 DAG_ID = "guard_release"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")  # guards.pipeline.safe_run_id's alphabet
+# No script of any origin (the report and the review page need none; GX's inline scripts are refused), styles and
+# images from this origin or inline (the report's <style> and SVG charts), never framed by another site.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'none'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
+                                "img-src 'self' data:; font-src 'self'; base-uri 'none'; form-action 'none'; "
+                                "frame-ancestors 'self'"),
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def guard_out() -> Path:
@@ -82,10 +96,15 @@ def list_runs(out: Path) -> list[dict[str, Any]]:
 
 def report_file(out: Path, run_id: str, rel: str) -> Path:
     """The file ``rel`` of a run's report folder, or 404: no run id outside the safe alphabet, no path that
-    resolves (through ``..`` or a symlink) outside ``runs/<run_id>/report``, no hidden files."""
+    resolves (through ``..`` or a symlink) outside ``runs/<run_id>/report``, no hidden files. The run's folder
+    and its ``report`` folder must themselves be real folders under ``runs/``: a symlinked ``report`` would make
+    every file of its target look contained."""
     if not _RUN_ID.match(run_id):
         raise HTTPException(status_code=404, detail="no such run")
     root = (out / "runs" / run_id / "report").resolve()
+    if root != (out / "runs").resolve() / run_id / "report":
+        logger.warning("refused run %s: its report folder is a link out of the runs folder", run_id)
+        raise HTTPException(status_code=404, detail="no such run")
     rel = rel or "index.html"
     if "\x00" in rel or any(part.startswith(".") for part in Path(rel).parts):
         raise HTTPException(status_code=404, detail="no such file")
@@ -135,8 +154,16 @@ def runs_page(runs: list[dict[str, Any]]) -> str:
 
 
 def create_app() -> FastAPI:
-    """The plugin's FastAPI app; every route requires an authenticated Airflow user (401 otherwise)."""
-    app = FastAPI(title="Release gates", dependencies=[Depends(requires_authenticated())])
+    """The plugin's FastAPI app: every route requires a user who may read ``guard_release``'s runs (401 without
+    credentials, 403 without that permission); no docs routes; security headers on every response."""
+    app = FastAPI(title="Release gates", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))])
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -153,7 +180,7 @@ def create_app() -> FastAPI:
 
     @app.get("/runs/{run_id}/{rel:path}")
     def run_report(run_id: str, rel: str) -> FileResponse:
-        return FileResponse(report_file(guard_out(), run_id, rel), headers={"X-Content-Type-Options": "nosniff"})
+        return FileResponse(report_file(guard_out(), run_id, rel))
 
     return app
 

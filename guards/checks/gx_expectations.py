@@ -36,6 +36,8 @@ from great_expectations.execution_engine.pandas_execution_engine import PandasEx
 from great_expectations.expectations.expectation import BatchExpectation  # noqa: E402
 from great_expectations.expectations.metrics.metric_provider import metric_value  # noqa: E402
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider  # noqa: E402
+from great_expectations.render.components import LegacyRendererType, RenderedStringTemplateContent  # noqa: E402
+from great_expectations.render.renderer.renderer import renderer  # noqa: E402
 
 METRIC = "table.subgroup_stats"
 SMOOTHING = 1e-6
@@ -97,9 +99,35 @@ class _SubgroupExpectation(BatchExpectation):
     metric_dependencies: ClassVar[tuple[str, ...]] = (METRIC,)
     domain_keys: ClassVar[tuple[str, ...]] = ("batch_id",)
 
+    # Data Docs text of the expectation; ``$name`` is a kwarg. Without a renderer GX prints the raw kwargs into the
+    # page (``expect_...(**{'value': '<img src=x onerror=...>'})``): subgroup values come from DICOM headers and a
+    # reference table, so they are untrusted. Every param is passed as a string, which GX HTML-escapes.
+    _template: ClassVar[str] = ""
+
     def _stats(self, metrics: dict[str, Any]) -> Stats:
         stats: Stats = metrics[METRIC]
         return stats
+
+    @classmethod
+    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
+    def _prescriptive_renderer(cls, configuration: Any = None, result: Any = None,
+                               runtime_configuration: dict[str, Any] | None = None,
+                               **kwargs: Any) -> list[RenderedStringTemplateContent]:
+        config = configuration if configuration is not None else getattr(result, "expectation_config", None)
+        raw = dict(getattr(config, "kwargs", None) or {})
+        params = {k: _param_text(v) for k, v in raw.items()}
+        styling = (runtime_configuration or {}).get("styling", {})
+        return [RenderedStringTemplateContent(content_block_type="string_template", string_template={
+            "template": cls._template, "params": params, "styling": styling})]
+
+
+def _param_text(value: Any) -> str:
+    """A kwarg as plain text for a Data Docs template (GX escapes string params, not dicts or lists)."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {v}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 class ExpectSubgroupShareAtLeast(_SubgroupExpectation):
@@ -109,6 +137,10 @@ class ExpectSubgroupShareAtLeast(_SubgroupExpectation):
     value: str
     min_count: int = 1
     min_share: float = 0.0
+    _template: ClassVar[str] = (
+        "Included rows of $subgroup_column = $value must number at least $min_count and be at "
+        "least $min_share of all included rows."
+    )
     success_keys: ClassVar[tuple[str, ...]] = (
         "subgroup_column", "included_column", "label_column", "value", "min_count", "min_share")
 
@@ -130,6 +162,10 @@ class ExpectSubgroupKlDivergenceToBeLessThan(_SubgroupExpectation):
     reference: dict[str, float]
     threshold: float
     ignore_values: list[str] = ["unknown"]  # noqa: RUF012 - pydantic field default
+    _template: ClassVar[str] = (
+        "KL divergence of $subgroup_column (included rows) from the reference ($reference) must be "
+        "less than $threshold, ignoring $ignore_values."
+    )
     success_keys: ClassVar[tuple[str, ...]] = (
         "subgroup_column", "included_column", "label_column", "reference", "threshold", "ignore_values")
 
@@ -149,6 +185,10 @@ class ExpectSubgroupLabelPrevalenceToBeBetween(_SubgroupExpectation):
     value: str
     min_value: float = 0.0
     max_value: float = 1.0
+    _template: ClassVar[str] = (
+        "The share of positive labels among labelled included rows of $subgroup_column = $value "
+        "must be between $min_value and $max_value."
+    )
     success_keys: ClassVar[tuple[str, ...]] = (
         "subgroup_column", "included_column", "label_column", "value", "min_value", "max_value")
 
@@ -168,6 +208,10 @@ class ExpectSubgroupExclusionRateRatioAtMost(_SubgroupExpectation):
 
     value: str
     max_ratio: float
+    _template: ClassVar[str] = (
+        "The exclusion rate of $subgroup_column = $value over the overall exclusion rate must be "
+        "at most $max_ratio."
+    )
     success_keys: ClassVar[tuple[str, ...]] = (
         "subgroup_column", "included_column", "label_column", "value", "max_ratio")
 

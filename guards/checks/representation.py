@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,9 +156,31 @@ def _validate(df: pd.DataFrame, plans: list[_Planned], docs_dir: Path) -> list[A
         name=SUITE_NAME, validation_definitions=[vd], result_format={"result_format": "SUMMARY"},
         actions=[UpdateDataDocsAction(name="datadocs", site_names=["release"])]))
     run = checkpoint.run(batch_parameters={"dataframe": df})
+    removed = offline_data_docs(docs_dir)
+    logger.info("representation: Data Docs built offline (%d references to public CDNs removed)", removed)
     results = next(iter(run.run_results.values())).results
     by_id = {r.expectation_config.id if r.expectation_config else None: r for r in results}
     return [by_id[p.expectation.id] for p in plans]
+
+
+_REMOTE = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>|<link\b[^>]*\bhref="https?://[^"]*"[^>]*/?>',
+                     re.IGNORECASE)
+
+
+def offline_data_docs(docs_dir: Path) -> int:
+    """Remove every script and style sheet GX's pages load from public CDNs (unpinned, without integrity).
+
+    The pages are static HTML rendered by GX; the CDN scripts only add charts and navigation. A release must read
+    offline, and the review plugin's Content-Security-Policy refuses third-party scripts anyway. Returns how
+    many references were removed."""
+    removed = 0
+    for page in docs_dir.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        clean, n = _REMOTE.subn("", text)
+        if n:
+            write_text(page, clean)
+            removed += n
+    return removed
 
 
 def _findings(plan: _Planned, res: Any) -> list[Finding]:

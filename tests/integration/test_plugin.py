@@ -154,3 +154,57 @@ def test_gate_report_link_points_at_the_run_page() -> None:
     assert link.get_link(SimpleNamespace(task_id="gate"), ti_key=key) == (
         "/release-gates/runs/manual__2026-11-23T02_00_00_00_00/")
     assert link.get_link(SimpleNamespace(task_id="cohort"), ti_key=key) == ""
+
+
+def test_every_response_carries_a_strict_csp_and_no_store(client: TestClient, token: str, guard_out: Path) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    client.cookies.clear()
+    for response in (client.get("/release-gates/", headers=auth),
+                     client.get("/release-gates/runs/manual__2026-11-23_failing/", headers=auth),
+                     client.get("/release-gates/runs/manual__2026-11-23_failing/gate.json", headers=auth),
+                     client.get("/release-gates/"),  # 401
+                     client.get("/release-gates/runs/manual__2026-11-23_failing/nothing.html", headers=auth)):  # 404
+        csp = response.headers.get("content-security-policy", "")
+        assert "default-src 'none'" in csp and "script-src 'none'" in csp, (response.status_code, csp)
+        assert response.headers.get("cache-control") == "no-store"
+        assert response.headers.get("x-content-type-options") == "nosniff"
+
+
+@pytest.mark.parametrize("path", ["/release-gates/docs", "/release-gates/redoc", "/release-gates/openapi.json"])
+def test_no_docs_routes(client: TestClient, token: str, path: str) -> None:
+    client.cookies.clear()
+    for headers in ({}, {"Authorization": f"Bearer {token}"}):
+        response = client.get(path, headers=headers)
+        assert response.status_code in (401, 404) and "openapi" not in response.text.lower()
+
+
+def test_a_symlinked_report_folder_is_not_served(client: TestClient, token: str, guard_out: Path) -> None:
+    run = guard_out / "runs" / "linked"
+    run.mkdir()
+    (run / "report").symlink_to(guard_out, target_is_directory=True)  # would make secret.txt look contained
+    try:
+        response = client.get("/release-gates/runs/linked/secret.txt", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 404 and b"outside every report folder" not in response.content
+    finally:
+        (run / "report").unlink()
+        run.rmdir()
+
+
+def test_a_user_who_may_not_read_the_dag_gets_403(client: TestClient, token: str, guard_out: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The auth manager is asked about guard_release's runs; when it says no, no report is served."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+    asked: list[tuple[str, str | None]] = []
+
+    def deny(self, *, method, details=None, user, access_entity=None):  # type: ignore[no-untyped-def]
+        asked.append((method, getattr(details, "id", None)))
+        return False
+
+    monkeypatch.setattr(SimpleAuthManager, "is_authorized_dag", deny)
+    client.cookies.clear()
+    for path in ("/release-gates/", "/release-gates/runs/manual__2026-11-23_failing/gate.json"):
+        response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 403, (path, response.status_code)
+        assert b"reid" not in response.content
+    assert asked and set(asked) == {("GET", "guard_release")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,8 @@ def test_datadocs_name_the_failing_expectation(failing: tuple[CheckResult, Path]
     assert "FAILED" in index and "expect_subgroup_share_at_least</code> ethnic_group=C" in index
     assert "expect_column_distinct_values_to_contain_set" in index
     page = (report / result.artefacts["datadocs_validation"]).read_text(encoding="utf-8")
-    assert "expect_subgroup_share_at_least" in page and "&#39;value&#39;: &#39;C&#39;" in page.replace("'", "&#39;")
+    words = " ".join(re.sub(r"<[^>]+>", " ", page).split())  # the rendered text, without its tags
+    assert "Included rows of ethnic_group = C must number at least 5" in words
     assert not list(report.glob("*.tmp"))
 
 
@@ -119,3 +121,29 @@ def test_relative_report_folder_builds_data_docs(tmp_path: Path, monkeypatch: py
                                 report_dir=Path("out") / "report")
     assert result.examined["expectations"] > 0
     assert (tmp_path / "out" / "report" / "datadocs" / "index.html").is_file()
+
+
+PAYLOAD = '"><img src=x onerror=alert(1)>'
+
+
+def test_data_docs_escape_header_values_and_load_nothing_from_the_network(tmp_path: Path) -> None:
+    """An EthnicGroup value carrying markup reaches every custom expectation's page escaped (GX's fallback for an
+    expectation without a renderer printed the raw kwargs), and no page loads a script or style sheet from a CDN."""
+    import re
+
+    rows = balanced_rows() + [{"sex": "F", "ethnic_group": PAYLOAD, "label": 1}] * 2
+    ref = tmp_path / "population.csv"
+    ref.write_text(f"column,value,share\nethnic_group,A,0.5\nethnic_group,B,0.4\nethnic_group,{PAYLOAD[1:]},0.1\n")
+    policy = ReleasePolicy().with_overrides({"representation.reference": str(ref),
+                                             "representation.required": [f"ethnic_group={PAYLOAD}"]})
+    representation.run(make_cohort(rows), source_index=None, policy=policy, report_dir=tmp_path / "report")
+    pages = list((tmp_path / "report" / "datadocs").rglob("*.html"))
+    assert len(pages) >= 3  # index, suite, validation
+    text = {p.name: p.read_text(encoding="utf-8") for p in pages}
+    assert not [n for n, t in text.items() if "<img src=x" in t]
+    suite = next(t for n, t in text.items() if n == "release_representation.html")
+    assert suite.count("&lt;img src=x onerror=alert(1)&gt;") >= 3  # share floor, prevalence, exclusion ratio
+    assert "Included rows of" in suite and "expect_subgroup_share_at_least</span>(**{" not in suite
+    remote = [m for t in text.values()
+              for m in re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="https?://[^"]*"', t)]
+    assert remote == []
