@@ -41,9 +41,9 @@ T = TypeVar("T")
 PARAMS = {
     "source": Param(GUARD_SOURCE, type="string", minLength=1, title="Source",
                     description="DICOM tree (local path or fsspec URL) with labels.csv at its root"),
-    "policy": Param(GUARD_POLICY, type="string", title="Policy file",
+    "policy": Param(GUARD_POLICY, type=["null", "string"], title="Policy file",
                     description="guard.toml path; empty for the defaults"),
-    "epsilon": Param(None, type=["null", "number"], minimum=0, maximum=0.25, title="Noise budget epsilon",
+    "epsilon": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=0.25, title="Noise budget epsilon",
                      description="override protect.epsilon (fraction of the displayed range)"),
     "reid_max_risk": Param(None, type=["null", "number"], minimum=0, maximum=1, title="Max re-identification risk",
                            description="override reid.max_risk"),
@@ -167,16 +167,17 @@ def guard_release() -> None:
     def _check(check_id: str) -> dict[str, Any]:
         from guards import pipeline
 
+        get_current_context()["check_id"] = check_id  # type: ignore[typeddict-unknown-key]  # map_index_template
         run = _load()
         if check_id not in pipeline.enabled_checks(run.policy):
             return {"id": check_id, "status": "off by policy"}
         return _guarded(lambda: dict(pipeline.run_check(run, check_id)))
 
-    @task(retries=0)
+    @task(retries=0, map_index_template="{{ check_id }}")  # the UI lists "check phi", not "check 2"
     def check(check_id: str, built: dict[str, Any]) -> dict[str, Any]:
         return _check(check_id)
 
-    @task(retries=0, queue=GUARD_QUEUE_GPU or None)
+    @task(retries=0, queue=GUARD_QUEUE_GPU or None, map_index_template="{{ check_id }}")
     def check_gpu(check_id: str, built: dict[str, Any]) -> dict[str, Any]:
         """The checks whose registry entry needs a GPU; they run on the Run's device."""
         return _check(check_id)

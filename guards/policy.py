@@ -239,6 +239,11 @@ class ProtectSection(_Section):
     saliency: Saliency = "gradient"  # mask rule: "gradient" (surrogate input gradient) or "flat"
     reuse: bool = True  # nightly runs: keep images protected before (OUT/private/protect-cache), noise only new ones
 
+    def _check(self) -> None:
+        if self.enabled and self.epsilon <= 0:
+            raise PolicyError(f"protect.epsilon: {self.epsilon!r} gives no noise; it must be above 0 (e.g. 8/255 ="
+                              " 0.0314), or set protect.enabled = false")
+
 
 @dataclass(frozen=True)
 class CohortSection(_Section):

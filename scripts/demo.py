@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,18 +142,68 @@ def run_demo(studies: int) -> int:
     return 0 if first is not None else (returncode or 1)
 
 
+def run_group(cmd: list[str], env: dict[str, str], *, grace_seconds: float = 30.0) -> int:
+    """Run ``cmd`` in its own session and wait; on Ctrl-C, SIGTERM or SIGHUP stop its whole process group.
+
+    ``airflow standalone`` starts the scheduler, the API server, the DAG processor and the triggerer as children
+    that outlive it when it alone is killed (13 processes were left after a SIGTERM to ``make ui``). The group is
+    sent SIGTERM, given ``grace_seconds`` to exit, then SIGKILL; this returns only when no process of it is left.
+    """
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    print(f"started {cmd[0]} as process group {proc.pid}", flush=True)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        _stop_group(proc, grace_seconds)
+        return 0
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of the group exists under another user
+        return True
+    return True
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
+    """SIGTERM to the group, SIGKILL after ``grace_seconds``; returns when the group is gone (the leader reaped,
+    since a zombie still counts as a member)."""
+    pgid = proc.pid
+    print(f"stopping process group {pgid}", flush=True)
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        proc.wait()
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not _alive(pgid):
+            return
+        time.sleep(0.2)
+    os.killpg(pgid, signal.SIGKILL)
+    while True:
+        proc.poll()
+        if not _alive(pgid):
+            return
+        time.sleep(0.1)
+
+
 def run_ui() -> int:
     env = airflow_env()
     env["AIRFLOW__API__HOST"] = "127.0.0.1"
     env["AIRFLOW__API__PORT"] = "8080"
     exe = Path(sys.executable).with_name("airflow")
-    # airflow standalone leaves children running when killed: start it in its own session, stop the group.
-    proc = subprocess.Popen([str(exe), "standalone"], env=env, start_new_session=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        return 0
+    return run_group([str(exe), "standalone"], env)
 
 
 def main() -> int:

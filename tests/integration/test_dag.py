@@ -131,6 +131,9 @@ def test_form_refuses_bad_params(monkeypatch: pytest.MonkeyPatch) -> None:
         params["waivers"] = [{"check": "phi", "reason": "short"}]
     with pytest.raises(ParamValidationError, match="epsilon"):
         params["epsilon"] = 0.9
+    with pytest.raises(ParamValidationError, match="epsilon"):
+        params["epsilon"] = 0  # no noise: refused by the form as by the policy
+    params["policy"] = None  # optional: empty means the defaults
     with pytest.raises(ParamValidationError, match="shards"):
         params["shards"] = 0
 
@@ -229,6 +232,10 @@ def test_dag_run_publishes_a_release_and_logs_no_key(airflow_run: Any, key_hex: 
     # the logs searched are the task logs: every step left its lines there
     for task_id in ("ingest", "deid", "protect", "cohort", "gate", "publish"):
         assert f"task_id='{task_id}'" in result.log
+    with sqlite3.connect(airflow_run.home / "airflow.db") as db:  # mapped checks are named by their check id
+        named = {row[0] for row in db.execute("SELECT rendered_map_index FROM task_instance WHERE task_id IN "
+                                              "('check', 'check_gpu') AND dag_id = 'guard_release'")}
+    assert {"phi", "study_count", "membership"} <= named, named
     _assert_no_key_in_logs(airflow_run.home / "logs", key_hex)
 
 

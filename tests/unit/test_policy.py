@@ -125,6 +125,7 @@ def test_missing_or_broken_policy_file_is_a_clear_error(tmp_path: Path) -> None:
     ("make", "message"),
     [
         (lambda: ProtectSection(epsilon=5.0), "protect.epsilon: 5.0 is out of range; allowed 0.0 to 1.0"),
+        (lambda: ProtectSection(epsilon=0.0), "protect.epsilon: 0.0 gives no noise; it must be above 0"),
         (lambda: PixelsSection(padding=-50), "pixels.padding: -50 is out of range; allowed 0 to"),
         (lambda: ProtectSection(surrogate="vgg"),  # type: ignore[arg-type]
          "protect.surrogate: 'vgg' is not allowed; use one of ['cnn', 'resnet18']"),
@@ -182,8 +183,9 @@ def test_sections_refuse_bad_values_at_construction(make: Any, message: str) -> 
 
 def test_constructed_values_are_normalised() -> None:
     """Ints given for float keys become floats and lists become tuples, as the TOML loader gives them."""
-    p = ProtectSection(epsilon=0, rho=1)
-    assert (p.epsilon, p.rho) == (0.0, 1.0) and isinstance(p.epsilon, float)
+    p = ProtectSection(epsilon=1, rho=1)
+    assert (p.epsilon, p.rho) == (1.0, 1.0) and isinstance(p.epsilon, float)
+    assert ProtectSection(enabled=False, epsilon=0).epsilon == 0.0  # no budget is fine when nothing is noised
     g = GateSection(blocking=["phi"], advisory=[], waivers=[{"check": "phi", "reason": "reviewed by the steward"}])  # type: ignore[arg-type]
     assert g.blocking == ("phi",) and g.waivers == (Waiver("phi", "reviewed by the steward"),)
     assert hash(ReleasePolicy()) == hash(ReleasePolicy())  # still frozen and hashable
