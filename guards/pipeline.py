@@ -11,6 +11,7 @@ that fit in XCom.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -413,6 +414,7 @@ def step_remediate(run: Run) -> RemediateOutcome:
         from guards.remediate import SUPPRESSION_REASON, remediate, rewrite_dataset
 
         cohort = read_table(paths.cohort / "cohort.parquet")
+        before = sum(1 for inc in cohort.column("included").to_pylist() if inc)
         result = remediate(cohort, policy=policy)
         tree = run.release_tree
         manifest = read_table(tree / "manifest.parquet").to_pylist()
@@ -435,6 +437,7 @@ def step_remediate(run: Run) -> RemediateOutcome:
         summary = {
             "generalisations": result.generalisations,
             "suppressed_studies": len(suppressed),
+            "studies_before": before,
             "rewritten_files": rewritten,
             "losses": result.losses,
             "subgroup_losses": result.subgroup_losses,
@@ -492,11 +495,15 @@ def step_gate(run: Run) -> GateOutcome:
     paths, policy = run.paths, run.policy
     results, not_run = runs.current_results(run, enabled_checks(policy))
     decision = decide(results, policy=policy, not_run=not_run)
-    context: dict[str, Any] = {"run_id": run.run_id, "attempt": run.attempt, "counts": input_counts(run),
-                               "causes": input_causes(run), "off": list(policy.gate.off)}
+    counts, causes = input_counts(run), input_causes(run)
+    context: dict[str, Any] = {"run_id": run.run_id, "attempt": run.attempt, "counts": counts,
+                               "causes": causes, "off": list(policy.gate.off)}
     remediation = paths.cohort / "remediation.json"
     if remediation.is_file():
         context["remediation"] = json.loads(remediation.read_text(encoding="utf-8"))
+    first = upstream_causes(counts, causes, context.get("remediation"), policy)
+    if first and not decision.passed:  # what emptied the release comes before what the checks then could not do
+        decision = dataclasses.replace(decision, reasons=(*first, *decision.reasons))
     write_report(decision, results, paths.report, policy=policy, context=context)
     outcome = GateOutcome(passed=decision.passed, report=str(paths.report / "index.html"),
                           reasons=list(decision.reasons))
@@ -507,6 +514,23 @@ def step_gate(run: Run) -> GateOutcome:
 def _last_manifest(run: Run) -> Path:
     manifest = run.release_tree / "manifest.parquet"
     return manifest if manifest.is_file() else run.paths.deid / "manifest.parquet"
+
+
+def upstream_causes(counts: dict[str, int], causes: list[tuple[str, str, int]], remediation: dict[str, Any] | None,
+                    policy: ReleasePolicy) -> list[str]:
+    """Sentences naming an earlier step that left the checks nothing to examine (the first cause of a failure)."""
+    out: list[str] = []
+    if remediation and remediation.get("studies_before") and (
+            remediation.get("suppressed_studies", 0) >= remediation["studies_before"]):
+        out.append(f"Re-identification remediation suppressed {remediation['suppressed_studies']} of"
+                   f" {remediation['studies_before']} studies (reid.k = {policy.reid.k}), so nothing is left to"
+                   " release and the checks had no data. Lower reid.k, generalise fewer quasi-identifiers"
+                   " (reid.quasi_identifiers), or release more studies per equivalence class.")
+    elif counts.get("seen", 0) and not counts.get("published", 0):
+        top = "; ".join(f"{n} {status}: {cause}" for status, cause, n in causes[:3]) or "no cause recorded"
+        out.append(f"None of the {counts['seen']} input files was published ({top}), so the checks had no data."
+                   " Each file's reason is in the run's manifest.")
+    return out
 
 
 def input_counts(run: Run) -> dict[str, int]:

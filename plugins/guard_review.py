@@ -123,32 +123,44 @@ def _cell(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
+def _failing_item(c: dict[str, Any]) -> str:
+    """One failing check as the steward reads it: ``reid k_anonymity = 2 (threshold 5) in sex=F``, or
+    ``membership not run (crashed: ...)``; nothing printed for what is not there."""
+    head = f"<b>{_cell(c.get('id'))}</b>"
+    if c.get("metric") == "not run":
+        return f"{head} not run ({_cell(c.get('evidence') or 'no result')})"
+    text = f"{head} {_cell(c.get('metric'))} = {_cell('not measured' if c.get('value') is None else c['value'])}"
+    if c.get("threshold") is not None:
+        text += f" (threshold {_cell(c['threshold'])})"
+    if c.get("subgroup") and c["subgroup"] != "all":
+        text += f" in {_cell(c['subgroup'])}"
+    return text
+
+
 def runs_page(runs: list[dict[str, Any]]) -> str:
     """The "Release gates" page: one row per run, failing checks and their subgroups spelled out."""
     rows = []
     for r in runs:
         verdict = {True: "PASSED", False: "FAILED", None: "UNREADABLE"}[r["passed"]]
-        failing = "".join(
-            f"<li><b>{_cell(c['id'])}</b> {_cell(c['metric'])} = {_cell(c['value'])} "
-            f"(threshold {_cell(c['threshold'])}){' in ' + _cell(c['subgroup']) if c.get('subgroup') else ''}</li>"
-            for c in r["failing"]
-        )
+        failing = "".join(f"<li>{_failing_item(c)}</li>" for c in r["failing"])
+        cause = _cell(r["reasons"][0]) if r.get("reasons") else ""
         waived = ", ".join(_cell(w.get("check")) for w in r["waivers"]) or "none"
         run = html.escape(r["run_id"], quote=True)
         docs = f' · <a href="runs/{run}/datadocs/index.html">Data Docs</a>' if r.get("has_datadocs") else ""
         rows.append(
             f'<tr class="{verdict.lower()}"><td><a href="runs/{run}/">{run}</a>{docs}</td><td>{verdict}</td>'
-            f"<td><ul>{failing or '<li>none</li>'}</ul></td><td>{_cell(', '.join(r.get('subgroups', [])))}</td>"
+            f"<td>{cause}</td><td><ul>{failing or '<li>none</li>'}</ul></td>"
+            f"<td>{_cell(', '.join(r.get('subgroups', [])))}</td>"
             f"<td>{waived}</td></tr>"
         )
-    body = "".join(rows) or '<tr><td colspan="5">No run has produced a gate report yet.</td></tr>'
+    body = "".join(rows) or '<tr><td colspan="6">No run has produced a gate report yet.</td></tr>'
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Release gates</title><style>"
         "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
         "padding:.3em .6em;vertical-align:top}tr.failed td:nth-child(2){color:#b00020;font-weight:bold}"
         "tr.passed td:nth-child(2){color:#0a7d32;font-weight:bold}ul{margin:0;padding-left:1.1em}</style></head>"
         f"<body><h1>Release gates</h1><p>{len(runs)} run(s) with a gate report.</p>"
-        "<table><thead><tr><th>Run</th><th>Verdict</th><th>Failing checks</th><th>Subgroups</th>"
+        "<table><thead><tr><th>Run</th><th>Verdict</th><th>First cause</th><th>Failing checks</th><th>Subgroups</th>"
         f"<th>Waivers</th></tr></thead><tbody>{body}</tbody></table></body></html>"
     )
 

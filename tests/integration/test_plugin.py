@@ -100,6 +100,20 @@ def test_failing_run_listed_with_its_failing_check(client: TestClient, token: st
     page = client.get("/release-gates/", headers=auth)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "FAILED" in page.text and "manual__2026-11-23_failing" in page.text and "<b>reid</b>" in page.text
+    assert "None" not in page.text and "(threshold )" not in page.text
+
+
+def test_the_first_cause_is_the_step_that_emptied_the_release(client: TestClient, token: str,
+                                                               guard_out: Path) -> None:
+    """reid.k = 1000 on 12 studies: remediation suppresses every study; that is the first reason in gate.json,
+    the report and the Release gates page, before what the checks then could not examine."""
+    gate = json.loads((guard_out / "runs" / "manual__2026-11-23_failing" / "report" / "gate.json").read_text())
+    first = gate["reasons"][0]
+    assert first.startswith("Re-identification remediation suppressed 12 of 12 studies (reid.k = 1000)"), first
+    page = client.get("/release-gates/", headers={"Authorization": f"Bearer {token}"}).text
+    assert "Re-identification remediation suppressed 12 of 12 studies" in page
+    report = (guard_out / "runs" / "manual__2026-11-23_failing" / "report" / "index.html").read_text()
+    assert report.index("suppressed 12 of 12 studies") < report.index("examined nothing")
 
 
 def test_failing_run_report_served(client: TestClient, token: str, guard_out: Path) -> None:
