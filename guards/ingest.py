@@ -5,7 +5,8 @@ Each file of the source ends as exactly one row of the index (guards.manifest.MA
 - ``indexed``: a usable DICOM instance (a file without the 128-byte preamble and ``DICM`` prefix is indexed when
   it parses, with the reason "no preamble" recorded, as PS3.10 7.1 readers commonly tolerate);
 - ``quarantined``, with a specific reason, the file copied byte for byte under ``out_dir/quarantine/``: zero
-  bytes, not DICOM, truncated (the file ends inside an element), bad VR or unparseable header, unreadable
+  bytes, not DICOM, truncated (the file ends inside an element or an element's header, or an image's header
+  ends before its Pixel Data), bad VR or unparseable header, unreadable
   pixel data (native Pixel Data length other than Rows x Columns x SamplesPerPixel x BitsAllocated/8 x
   NumberOfFrames, checked from the element header without decoding), unsupported transfer syntax (no installed decoder),
   no SOPInstanceUID, larger than the policy allows;
@@ -38,10 +39,11 @@ from typing import Any, BinaryIO
 import fsspec
 import pyarrow as pa
 from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import UID
 
 from guards.atomic import replacing
 from guards.errors import InputError
@@ -227,6 +229,59 @@ def _meta_truncated(ds: Dataset, size: int) -> bool:
     return isinstance(length, int) and 132 + 12 + length > size
 
 
+def _is_deflated(ds: Dataset) -> bool:
+    """Deflated Explicit VR Little Endian (PS3.5 A.5): positions in the inflated stream are not file positions."""
+    meta = getattr(ds, "file_meta", None)
+    return meta is not None and str(meta.get("TransferSyntaxUID", "")) == DEFLATED
+
+
+def _ends_inside_element_header(fp: BinaryIO, ds: Dataset) -> str | None:
+    """Where the file ends inside an element's header, or None.
+
+    pydicom stops without a word when fewer bytes are left than an element header holds (PS3.5 7.1.2: 8 bytes,
+    12 for explicit VR OB, OW, SQ, UN ...): the data set read is then a prefix of the instance. Those bytes were
+    read past the end of the last whole element; ``stop_before_pixels`` leaves ``fp`` at the end of that element.
+    Judged from the top-level element that starts last: unknown (None) when it has undefined length or was
+    already decoded while reading (e.g. Specific Character Set: its length is not kept).
+    """
+    last: DataElement | RawDataElement | None = None
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        if last is None or _value_tell(elem) > _value_tell(last):
+            last = elem
+    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF:
+        return None
+    end = last.value_tell + last.length
+    left = fp.tell() - end
+    return f"file ends inside the header of the element after {last.tag} ({left} bytes at {end})" if left > 0 else None
+
+
+def _value_tell(elem: DataElement | RawDataElement) -> int:
+    """Where the element's value starts in the file (-1 when unknown)."""
+    tell = elem.value_tell if isinstance(elem, RawDataElement) else elem.file_tell
+    return -1 if tell is None else int(tell)
+
+
+# Image Pixel Module attributes (PS3.3 C.7.6.3) that say Pixel Data follows.
+_IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated")
+
+
+def _announced_pixels(ds: Dataset) -> str | None:
+    """What in the header announces Pixel Data, or None: Image Pixel Module attributes, or an image SOP Class.
+
+    Pixel Data (7FE0,0010) is Type 1 in the Image Pixel Module (PS3.3 C.7.6.3), which every image IOD includes
+    (PS3.3 Annex A; PS3.6 Annex A names their SOP Classes "... Image Storage"): such an instance without it is
+    incomplete, and one cut short by the end of the file looks exactly so.
+    """
+    present = [k for k in _IMAGE_PIXEL_KEYWORDS if k in ds]
+    if present:
+        return ", ".join(present)
+    sop_class = UID(str(ds.get("SOPClassUID", "")).strip(" \x00"))
+    if sop_class.type == "SOP Class" and "Image Storage" in sop_class.name:
+        return f"SOP Class {sop_class.name}"
+    return None
+
+
 def _header(ds: Dataset) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for keyword in HEADER_KEYWORDS:
@@ -268,6 +323,9 @@ def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: Inges
             notes.append("no preamble: read without the 128-byte preamble and DICM prefix")
         if has_prefix and _meta_truncated(ds, size):
             raise _TruncatedError("file ends inside the File Meta Information")
+        ends_early = None if _is_deflated(ds) else _ends_inside_element_header(fp, ds)
+        if ends_early:
+            raise _TruncatedError(ends_early)
         _convert_all(ds, size)  # convert every element (nested too) now, so a bad VR or value shows here
     except _TruncatedError as e:
         row.update(status="quarantined", reason=f"truncated: {e}"[:500])
@@ -302,6 +360,15 @@ def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: Inges
         problem = _pixel_problem(fp, ds, size)
         if problem:
             row.update(status="quarantined", reason=problem)
+            return row
+    elif row["TransferSyntaxUID"] != DEFLATED:  # a deflated file's pixels are checked with its Rows above
+        announced = _announced_pixels(ds)
+        if announced:
+            # A prefix of an image cut at an element boundary parses cleanly: never indexed (it would be
+            # published a second time, its SOPInstanceUID that of the whole file).
+            row.update(status="quarantined", reason=f"truncated or incomplete: the header announces an image "
+                       f"({announced}) but the file ends before Pixel Data (7FE0,0010), Type 1 in the Image "
+                       f"Pixel Module (PS3.3 C.7.6.3)"[:500])
             return row
     row.update(status="indexed", reason="; ".join(notes))
     return row

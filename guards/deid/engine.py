@@ -11,8 +11,8 @@ stay byte-exact. Actions (PS3.15 E.1.1):
   instance's identifiers (names, IDs, addresses, ...) replaced by ``***``; sequences are cleaned inside.
 
 After the pass, PatientIdentityRemoved, DeidentificationMethod, DeidentificationMethodCodeSequence (CID 7050)
-and LongitudinalTemporalInformationModified are set (PS3.15 E.1.1 and PS3.3 C.7.1.1), and the file meta's
-MediaStorageSOPInstanceUID follows the new SOPInstanceUID.
+and LongitudinalTemporalInformationModified are set (PS3.15 E.1.1 and PS3.3 C.7.1.1), the file meta's
+MediaStorageSOPInstanceUID follows the new SOPInstanceUID and the File Preamble becomes 128 zero bytes (PS3.10 7.1).
 """
 
 from __future__ import annotations
@@ -147,6 +147,10 @@ _META_REMOVE = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 
 
 def _clean_file_meta(ds: Dataset, ctx: Context) -> None:
+    # The File Preamble (PS3.10 7.1) is free for the application to fill (a TIFF header, or any text that can
+    # identify the patient): 128 zero bytes, as PS3.10 7.1 asks of a file that does not use it.
+    if getattr(ds, "preamble", None) is not None:
+        ds.preamble = b"\x00" * 128
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         return

@@ -217,7 +217,10 @@ def _one(
     written: dict[str, str],
     ocr_cache: OcrCache | None = None,
 ) -> dict[str, Any]:
-    """De-identify and write one instance; a manifest row whatever happens to it."""
+    """De-identify and write one instance; a manifest row whatever happens to it.
+
+    ``written``: (pseudonymous) SOPInstanceUID -> source path of the instances published so far.
+    """
     def failed(reason: str) -> dict[str, Any]:
         row: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
         first_line = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
@@ -240,15 +243,18 @@ def _one(
     except _FILE_ERRORS as e:
         return failed(f"cannot be de-identified: {type(e).__name__}: {e}")
     rel = _out_name(ds, source_path, key)
-    if rel in written:
-        row = failed(f"duplicate SOPInstanceUID: the same instance as {written[rel]!r}, which is published")
+    # One published file per SOPInstanceUID (PS3.3 C.12.1.1.1: it identifies the instance), whatever the study
+    # and series UIDs say: a copy that lost them (cut short) would otherwise get another path.
+    instance = _text(ds, 0x00080018) or rel
+    if instance in written:
+        row = failed(f"duplicate SOPInstanceUID: the same instance as {written[instance]!r}, which is published")
         row["status"] = "excluded"
         return row
     try:
         data = save_dataset(ds, dst / rel, encode=encode_part10)
     except _FILE_ERRORS as e:
         return failed(f"cannot be written as DICOM Part 10: {type(e).__name__}: {e}")
-    written[rel] = source_path
+    written[instance] = source_path
     return _row(rel, source_path, ds, data, "published", "")
 
 

@@ -39,10 +39,12 @@ _META_TEXT = {"UI": b"\x00", "SH": b" ", "AE": b" "}  # padding byte per VR (PS3
 _META_REQUIRED = (0x00020002, 0x00020003, 0x00020010)
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _EXPLICIT_LONG = struct.Struct("<HH2s2xL")
+ZERO_PREAMBLE = b"\x00" * 128  # the File Preamble of every file written (PS3.10 7.1)
 
 
 def encode_part10(ds: Dataset) -> bytes:
     """The Part 10 bytes of ``ds`` (preamble, DICM, file meta, data set), in its file meta's transfer syntax."""
+    _zero_preamble(ds)
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if meta is None or ts is None or not _fast_ok(ds, ts):
@@ -58,8 +60,7 @@ def encode_part10(ds: Dataset) -> bytes:
         ds[0x7FE00010].is_undefined_length = ts.is_compressed  # as pydicom's dcmwrite does
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = implicit, True
-    preamble = getattr(ds, "preamble", None) or b"\x00" * 128
-    fp.write(preamble)
+    fp.write(ZERO_PREAMBLE)  # never the source's preamble (see _zero_preamble)
     fp.write(b"DICM")
     fast_meta = _encode_file_meta(meta)
     if fast_meta is None:
@@ -68,6 +69,18 @@ def encode_part10(ds: Dataset) -> bytes:
         fp.write(fast_meta)
     _write_dataset(fp, ds, implicit)
     return fp.getvalue()
+
+
+def _zero_preamble(ds: Dataset) -> None:
+    """Set the File Preamble to 128 zero bytes (PS3.10 7.1), for both writers.
+
+    PS3.10 7.1 leaves the preamble's content to the application (a TIFF header of a dual-personality file, or any
+    text): what a source put there can identify the patient, and no de-identification rule (PS3.15 Annex E) reads
+    it. PS3.10 7.1: "If the File Preamble is not used by an Application Profile or a specific implementation, all
+    128 bytes shall be set to 00H"; a de-identified file uses none.
+    """
+    if getattr(ds, "preamble", None) is not None:
+        ds.preamble = ZERO_PREAMBLE
 
 
 def _encode_file_meta(meta: FileMetaDataset) -> bytes | None:

@@ -171,4 +171,5 @@ def test_private_side_is_owner_only_and_the_release_is_readable_with_its_labels(
     assert "`labels.csv`" in sheet
     # each exclusion's cause in its own row (the source's labels.csv is a sidecar, not a study); no "indexed 0"
     assert "| excluded | sidecar table (ingest.sidecars), not an instance | 1 |" in sheet
-    assert "indexed" not in sheet and "None" not in sheet.split("## Policy")[0]
+    counts = sheet.split("## Input files")[1].split("## Files")[0]
+    assert "indexed" not in counts and "None" not in counts, counts
