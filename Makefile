@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[airflow,dev]'
 	touch $(STAMP)
 
-# Debian packages: tesseract-ocr for burned-in text, mricron-data for the real-MRI benchmark.
+# Debian packages: tesseract-ocr for burned-in text, mricron-data for the real-MRI benchmark, chromium and its
+# driver for the browser tests of the review page.
 system-deps:
 	@missing=""; command -v tesseract >/dev/null || missing="$$missing tesseract-ocr tesseract-ocr-eng"; \
 	test -d /usr/share/mricron/templates || missing="$$missing mricron-data"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	  else echo "please install:$$missing (sudo apt-get install$$missing)"; exit 2; fi; fi
