@@ -84,18 +84,20 @@ def _number(v: object) -> float | None:
 def _subgroup_figures(result: CheckResult) -> list[str]:
     """A bar chart per metric measured for several subgroups (risk, share, AUC per subgroup)."""
     by_metric: dict[str, dict[str, float]] = defaultdict(dict)
+    statuses: dict[str, dict[str, str]] = defaultdict(dict)
     thresholds: dict[str, float | None] = {}
     for f in result.findings:
         v = _number(f.value)
         if v is None:
             continue
         by_metric[f.metric][f.subgroup] = v
+        statuses[f.metric][f.subgroup] = f.status
         thresholds.setdefault(f.metric, _number(f.threshold))
     figs = []
     for metric, values in by_metric.items():
         if len(values) >= 2 or any(k != "all" for k in values):
             figs.append(svg.bar_chart(values, title=f"{result.id}: {metric} per subgroup", ylabel=metric,
-                                      threshold=thresholds.get(metric)))
+                                      threshold=thresholds.get(metric), statuses=statuses[metric]))
     return figs
 
 

@@ -17,7 +17,7 @@ from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f")
 W, H = 520, 300
-LEFT, RIGHT, TOP, BOTTOM = 60, 150, 30, 50
+LEFT, RIGHT, TOP, BOTTOM = 60, 150, 30, 75  # room below for slanted subgroup labels
 
 
 def _finite(x: object) -> bool:
@@ -32,7 +32,7 @@ def _frame(title: str, body: list[str], *, xlabel: str, ylabel: str) -> str:
         f'<text x="{W / 2:.0f}" y="16" text-anchor="middle" font-size="13">{escape(title)}</text>',
         f'<line x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" y2="{H - BOTTOM}" stroke="#333"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{H - BOTTOM}" stroke="#333"/>',
-        f'<text x="{(LEFT + W - RIGHT) / 2:.0f}" y="{H - 8}" text-anchor="middle" font-size="11">'
+        f'<text x="{(LEFT + W - RIGHT) / 2:.0f}" y="{H - 4}" text-anchor="middle" font-size="11">'
         f"{escape(xlabel)}</text>",
         f'<text x="14" y="{(TOP + H - BOTTOM) / 2:.0f}" text-anchor="middle" font-size="11" '
         f'transform="rotate(-90 14 {(TOP + H - BOTTOM) / 2:.0f})">{escape(ylabel)}</text>',
@@ -41,9 +41,16 @@ def _frame(title: str, body: list[str], *, xlabel: str, ylabel: str) -> str:
     ])
 
 
+STATUS_COLOUR = {"pass": "#2ca02c", "warn": "#ff7f0e", "fail": "#d62728", "inconclusive": "#9467bd"}
+
+
 def bar_chart(values: Mapping[str, float], *, title: str, ylabel: str = "value",
-              threshold: float | None = None) -> str:
-    """Bars of ``values`` (label -> number), a dashed red line at ``threshold`` when given."""
+              threshold: float | None = None, statuses: Mapping[str, str] | None = None) -> str:
+    """Bars of ``values`` (label -> number), a dashed line at ``threshold`` when given.
+
+    A bar's colour is its finding's own status (``statuses``: label -> pass / warn / fail / inconclusive), never
+    "above the threshold": for a share floor above is the safe side, for a risk it is the unsafe one. Without a
+    status the bar is neutral. Labels are slanted so that many subgroups do not overlap."""
     items = [(k, float(v)) for k, v in values.items() if _finite(v)]
     top = max([v for _, v in items] + ([threshold] if threshold is not None and _finite(threshold) else []) + [0.0])
     top = top * 1.1 if top > 0 else 1.0
@@ -54,16 +61,17 @@ def bar_chart(values: Mapping[str, float], *, title: str, ylabel: str = "value",
     for i, (label, v) in enumerate(items):
         h = max(v, 0.0) / top * ph
         x = LEFT + i * bw + bw * 0.1
-        colour = PALETTE[0] if threshold is None or v <= threshold else PALETTE[1]
+        colour = STATUS_COLOUR.get((statuses or {}).get(label, ""), PALETTE[0])
         body.append(f'<rect x="{x:.1f}" y="{TOP + ph - h:.1f}" width="{bw * 0.8:.1f}" height="{h:.1f}" '
                     f'fill="{colour}"><title>{escape(label)}: {v:.4g}</title></rect>')
         body.append(f'<text x="{x + bw * 0.4:.1f}" y="{TOP + ph - h - 3:.1f}" text-anchor="middle" '
                     f'font-size="10">{v:.3g}</text>')
-        body.append(f'<text x="{x + bw * 0.4:.1f}" y="{H - BOTTOM + 14}" text-anchor="middle" '
-                    f'font-size="9">{escape(label[:18])}</text>')
+        lx, ly = x + bw * 0.4, H - BOTTOM + 10
+        body.append(f'<text x="{lx:.1f}" y="{ly}" text-anchor="end" font-size="9" '
+                    f'transform="rotate(-35 {lx:.1f} {ly})">{escape(label[:20])}</text>')
     if threshold is not None and _finite(threshold):
         y = TOP + ph - threshold / top * ph
-        body.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}" stroke="{PALETTE[1]}" '
+        body.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}" stroke="#555" '
                     f'stroke-dasharray="5,3"/>')
         body.append(f'<text x="{W - RIGHT + 4}" y="{y + 4:.1f}" font-size="10">threshold {threshold:.3g}</text>')
     body.append(f'<text x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end" font-size="9">{top:.3g}</text>')

@@ -257,3 +257,10 @@ def test_a_value_that_was_not_measured_never_reads_as_none() -> None:
     d = decide([_result("phi"), unmeasured], policy=_policy())
     text = " ".join(d.reasons)
     assert "tpr_at_1pct_fpr is not measured against a threshold of 0.1" in text and "None" not in text
+
+
+def test_advice_for_a_check_that_did_not_run_never_weakens_the_gate() -> None:
+    d = decide([_result("phi")], policy=_policy(), not_run={"reid": "crashed: ValueError: no usable image"})
+    [text] = [r for r in d.reasons if "'reid' was not run" in r]
+    assert "crashed: ValueError: no usable image" in text and "resume the run" in text
+    assert "gate.blocking" not in text and "remove" not in text

@@ -227,3 +227,15 @@ def test_report_counts_each_cause_in_its_own_row_and_no_indexed_row(tmp_path: Pa
     assert "<td>excluded</td><td>sidecar table (ingest.sidecars)</td><td>1</td>" in text
     assert "<td>quarantined</td><td>zero bytes</td><td>1</td>" in text
     assert "indexed" not in text and ">None<" not in text
+
+
+def test_bars_are_coloured_by_their_findings_status_not_by_the_side_of_the_threshold() -> None:
+    """A share floor: both subgroups above the threshold pass (green); a risk: above the threshold fails (red)."""
+    from guards.report.svg import STATUS_COLOUR
+
+    floor = bar_chart({"sex=F": 0.5, "sex=M": 0.5}, title="share", threshold=0.02,
+                      statuses={"sex=F": "pass", "sex=M": "pass"})
+    assert floor.count(f'fill="{STATUS_COLOUR["pass"]}"') == 2 and STATUS_COLOUR["fail"] not in floor
+    risk = bar_chart({"a": 0.3, "b": 0.01}, title="risk", threshold=0.09, statuses={"a": "fail", "b": "pass"})
+    assert risk.count(f'fill="{STATUS_COLOUR["fail"]}"') == 1 and risk.count(f'fill="{STATUS_COLOUR["pass"]}"') == 1
+    assert 'transform="rotate(-35' in risk  # slanted labels: many subgroups do not overlap
