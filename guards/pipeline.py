@@ -501,7 +501,9 @@ def step_gate(run: Run) -> GateOutcome:
     remediation = paths.cohort / "remediation.json"
     if remediation.is_file():
         context["remediation"] = json.loads(remediation.read_text(encoding="utf-8"))
-    first = upstream_causes(counts, causes, context.get("remediation"), policy)
+    first = [f"Step '{e['step']}' failed in this attempt ({e['error']}), so the steps after it did not run. Fix the"
+             " cause and resume the run; the steps done before it are carried." for e in runs.step_errors(run)]
+    first += upstream_causes(counts, causes, context.get("remediation"), policy)
     if first and not decision.passed:  # what emptied the release comes before what the checks then could not do
         decision = dataclasses.replace(decision, reasons=(*first, *decision.reasons))
     write_report(decision, results, paths.report, policy=policy, context=context)
@@ -512,8 +514,11 @@ def step_gate(run: Run) -> GateOutcome:
 
 
 def _last_manifest(run: Run) -> Path:
-    manifest = run.release_tree / "manifest.parquet"
-    return manifest if manifest.is_file() else run.paths.deid / "manifest.parquet"
+    """The latest manifest of the run: protect's, else deid's, else (deid failed) the source snapshot's index."""
+    for manifest in (run.release_tree / "manifest.parquet", run.paths.deid / "manifest.parquet"):
+        if manifest.is_file():
+            return manifest
+    return run.require_snapshot().index
 
 
 def upstream_causes(counts: dict[str, int], causes: list[tuple[str, str, int]], remediation: dict[str, Any] | None,

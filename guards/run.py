@@ -318,9 +318,33 @@ def step(
         return previous.outcome  # type: ignore[return-value]
     (run.paths.steps / f"{name.replace(':', '-')}.json").unlink(missing_ok=True)
     _clear_after(run, name)
-    outcome = work()
+    failure = _step_error_path(run, name)
+    failure.unlink(missing_ok=True)
+    try:
+        outcome = work()
+    except Exception as e:
+        if not name.startswith("check:"):  # a crashed check has its own error file (write_error)
+            write_text(failure, json.dumps({"step": name, "attempt": run.attempt,
+                                            "error": f"{type(e).__name__}: {e}"[:500]}))
+        raise
     record(run, name, outcome)
     return outcome
+
+
+def _step_error_path(run: Run, name: str) -> Path:
+    return run.paths.run / "step-errors" / f"{name.replace(':', '-')}.json"
+
+
+def step_errors(run: Run) -> list[dict[str, Any]]:
+    """The steps that failed in this attempt, in pipeline order: ``step``, ``attempt``, ``error`` (type: message).
+
+    So that a failure of an earlier step (a bad label, a refused parameter) reaches the gate report, not only a
+    task log."""
+    folder = run.paths.run / "step-errors"
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    found = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    mine = [e for e in found if e.get("attempt") == run.attempt]
+    return sorted(mine, key=lambda e: _level(str(e["step"])) if str(e["step"]).split(":")[0] in LEVELS else 99)
 
 
 # -- check results stamped with the attempt ------------------------------------------------------------------------

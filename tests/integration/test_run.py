@@ -7,6 +7,7 @@ A light policy: OCR of the risky modalities only, no noise, only the reid check 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import fsspec
@@ -173,3 +174,29 @@ def test_private_side_is_owner_only_and_the_release_is_readable_with_its_labels(
     assert "| excluded | sidecar table (ingest.sidecars), not an instance | 1 |" in sheet
     counts = sheet.split("## Input files")[1].split("## Files")[0]
     assert "indexed" not in counts and "None" not in counts, counts
+
+
+def test_a_bad_label_is_the_first_reason_of_the_report(source: Path, tmp_path: Path, key: PseudonymKey) -> None:
+    """A step that fails on bad input (here the cohort, on a label that is not an integer) is named, with the
+    offending line, as the first reason of gate.json and the report; the gate runs after it as the DAG's does
+    (trigger rule all_done)."""
+    from guards.errors import InputError
+
+    bad = tmp_path / "src"
+    shutil.copytree(source, bad)
+    lines = (bad / "labels.csv").read_text().splitlines()
+    uid = lines[1].split(",")[0]
+    lines[1] = f"{uid},not an integer"
+    (bad / "labels.csv").write_text("\n".join(lines) + "\n")
+    run = pipeline.begin(bad, tmp_path / "out", "bad-label", policy=LIGHT, key=key)
+    pipeline.step_deid(run, key=key)
+    with pytest.raises(InputError, match="line 2"):
+        pipeline.step_cohort(run, key=key)
+    gate = pipeline.step_gate(run)
+    assert not gate["passed"]
+    first = gate["reasons"][0]
+    assert first.startswith("Step 'cohort' failed in this attempt (InputError: labels table") and "line 2" in first
+    assert "'not an integer' is not an integer" in first
+    html = (run.paths.report / "index.html").read_text(encoding="utf-8")
+    assert "Step &#x27;cohort&#x27; failed" in html or "Step 'cohort' failed" in html
+    assert pipeline.step_publish(run, key=key)["published"] is False
