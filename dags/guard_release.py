@@ -185,14 +185,22 @@ def guard_release() -> None:
     @task(retries=0, trigger_rule="all_done")
     def gate(cpu: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> dict[str, Any]:
         """Fails (red in the UI) when a blocking check fails, is inconclusive or did not run in this attempt."""
+        import logging
+
         from airflow.sdk.exceptions import AirflowFailException
 
         from guards import pipeline
+        from guards.run import safe_run_id
 
         outcome = _guarded(lambda: pipeline.step_gate(_load()))
         if not outcome["passed"]:
-            reasons = "; ".join(outcome["reasons"])
-            raise AirflowFailException(f"release gate FAILED: {reasons}. Report: {outcome['report']}")
+            log = logging.getLogger("guard_release.gate")
+            for n, reason in enumerate(outcome["reasons"], start=1):  # one line per reason, not one long line
+                log.error("reason %d/%d: %s", n, len(outcome["reasons"]), reason)
+            link = f"/release-gates/runs/{safe_run_id(_run_id())}/"  # the Gate report link of this task
+            raise AirflowFailException(f"release gate FAILED ({len(outcome['reasons'])} reasons above; the first:"
+                                       f" {outcome['reasons'][0] if outcome['reasons'] else 'none given'})."
+                                       f" Report: {link} in Release gates")
         return dict(outcome)
 
     @task(outlets=[RELEASES], retries=0)

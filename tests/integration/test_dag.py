@@ -244,6 +244,7 @@ def test_failing_gate_fails_the_run_and_publishes_nothing(airflow_run: Any, key_
     result = airflow_run("failing", FAILING)
     assert result.state == "failed"
     assert "release gate FAILED" in result.log
+    assert "reason 1/" in result.log and "Report: /release-gates/runs/" in result.log  # a line per reason, a link
     assert not (result.out / "releases").exists() or not any((result.out / "releases").rglob("*"))
     [report] = list((result.out / "runs").glob("*/report/gate.json"))
     assert json.loads(report.read_text(encoding="utf-8"))["passed"] is False
