@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("src")
     s.add_argument("dst", type=Path)
     s.add_argument("--crosswalk", type=Path, help="private crosswalk Parquet path (outside DST)")
+    s.add_argument("--private", type=Path, metavar="DIR",
+                   help="private folder (outside DST, owner-only) for everything holding original values: the "
+                   "ingest index and raw copies of unusable files (ingest/), quarantined instances (quarantine/), "
+                   "the full manifest with source paths (manifest.parquet); default: DST.private beside DST. "
+                   "DST then holds de-identified values only")
     common(s)
 
     s = sub.add_parser("protect", help="add sparsity-aware unlearnable noise (SALM) to a de-identified tree")
@@ -86,8 +91,13 @@ def _cmd_deid(args: argparse.Namespace, policy: ReleasePolicy) -> int:
     from guards.deid import deidentify_tree
 
     key = _key(args)
-    result = deidentify_tree(args.src, args.dst, policy=policy, key=key, crosswalk=args.crosswalk)
+    result = deidentify_tree(args.src, args.dst, policy=policy, key=key, crosswalk=args.crosswalk,
+                             private=args.private)
     logger.info("de-identified: %s; manifest %s", result.counts, result.manifest_path)
+    logger.info("private folder (original values: the ingest index, quarantined files, the full manifest; "
+                "never share it): %s", result.private_root)
+    if result.crosswalk_path is not None:
+        logger.info("private crosswalk: %s", result.crosswalk_path)
     return EXIT_OK
 
 

@@ -1,15 +1,29 @@
 """De-identify a source tree: ingest, then every indexed instance through :func:`deidentify_dataset`.
 
-Outputs under ``dst`` (docs/CONTRACTS.md, docs/ARCHITECTURE.md):
+:func:`deidentify_tree` writes two folders, which must not overlap (docs/CONTRACTS.md, docs/ARCHITECTURE.md).
+
+``dst``, the de-identified tree, holds de-identified values only, so that it can be shared as it is:
 
 - ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with the pseudonymous UIDs as names: no
   original file name or folder (which can carry PHI) survives into the tree;
-- ``manifest.parquet`` (MANIFEST_SCHEMA), one row per input file: ``published`` for written files,
-  ``quarantined`` / ``excluded`` with a reason; ``source_path`` keeps the ingest path for lineage (the manifest is
-  a private run artefact; publish drops the column);
+- ``manifest.parquet`` (MANIFEST_SCHEMA), one row per input file: ``published`` rows as written (``source_path``
+  null); ``quarantined`` / ``excluded`` rows with only ``status``, the cause of ``reason`` (:func:`cause`) and a
+  stand-in ``path`` (``<status>/<keyed hash of the source path>``), every other column null.
+
+``private`` (default ``<dst>.private`` beside ``dst``; 0700, files holding original values 0600) holds everything
+that carries original values:
+
+- ``ingest/``: the ingest index (``index.parquet``, original header values) and ``ingest/quarantine/``, raw
+  copies of the files ingest could not use;
 - ``quarantine/``: instances that must not be published (e.g. pixel cleaning could not clean them), written
-  de-identified in their headers for a steward to review;
-- the private crosswalk (CROSSWALK_SCHEMA), only to ``crosswalk`` when given, which must lie outside ``dst``.
+  de-identified in their headers for a steward to review (their pixels may still show text);
+- ``manifest.parquet``: the full manifest, every row with its values, ``source_path`` and reason (paths of
+  ``quarantine/`` rows are relative to ``private``);
+- the private crosswalk (CROSSWALK_SCHEMA) is written only to ``crosswalk`` when given, which must lie outside
+  ``dst``.
+
+:func:`deidentify_index` (the pipeline's shards, into a private run folder) writes ``quarantine/`` and the full
+manifest where it is told, by default under its ``dst``.
 
 Every file is written to a temporary name and renamed; pixel data is copied byte for byte unless pixel
 cleaning changed it.
@@ -21,7 +35,7 @@ import hashlib
 import logging
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +47,30 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from guards.atomic import PRIVATE_FILE_MODE, save_dataset
+from guards.atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, private_folder, save_dataset
 from guards.deid.engine import InstanceQuarantined, _deidentify
 from guards.deid.ocr_cache import OcrCache
 from guards.deid.writer import encode_part10
 from guards.errors import InputError
 from guards.keys import PseudonymKey
-from guards.manifest import CROSSWALK_SCHEMA, HEADER_KEYWORDS, MANIFEST_SCHEMA, STATUSES, to_table, write_table
+from guards.manifest import (
+    CROSSWALK_SCHEMA,
+    HEADER_KEYWORDS,
+    MANIFEST_SCHEMA,
+    STATUSES,
+    cause,
+    to_table,
+    write_table,
+)
 from guards.policy import ReleasePolicy
 from guards.progress import progress
 
 log = logging.getLogger(__name__)
 
 QUARANTINE = "quarantine"
-INGEST_DIR = ".ingest"
+INGEST_DIR = "ingest"  # under the private folder
+PRIVATE_SUFFIX = ".private"  # the default private folder: <dst>.private beside dst
+_OLD_LAYOUT = (".ingest", QUARANTINE)  # what earlier versions wrote inside dst, with original values
 # Errors pydicom raises on a file it cannot decode or encode: the file is quarantined with the message.
 _FILE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError,
                 struct.error, OverflowError, EOFError)
@@ -54,13 +78,21 @@ _FILE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, AttributeErr
 
 @dataclass(frozen=True)
 class DeidResult:
-    """What :func:`deidentify_tree` wrote: the tree, its manifest, and rows per status."""
+    """What :func:`deidentify_tree` / :func:`deidentify_index` wrote: the tree, its manifest, and rows per status.
+
+    ``table`` is the full manifest (original values, ``source_path``): private, never to be written into a tree
+    that is shared. From :func:`deidentify_tree`, ``manifest_path`` is the tree's de-identified manifest and
+    ``private_manifest_path`` the full one under ``private_root``; from :func:`deidentify_index`,
+    ``manifest_path`` is the full manifest and the private fields are None.
+    """
 
     root: Path
     manifest_path: Path
     counts: dict[str, int]  # seen, published, quarantined, excluded
     table: pa.Table = field(repr=False)
     crosswalk_path: Path | None = None
+    private_root: Path | None = None
+    private_manifest_path: Path | None = None
 
 
 _HEADER_TAGS: tuple[tuple[str, int], ...] = tuple((k, int(tag_for_keyword(k) or 0)) for k in HEADER_KEYWORDS)
@@ -126,22 +158,81 @@ def _out_name(ds: Dataset, source_path: str, key: PseudonymKey) -> str:
     return f"{parts[0]}/{parts[1]}/{parts[2]}.dcm"
 
 
-def _index(src: str | Path, dst: Path, policy: ReleasePolicy) -> tuple[Path, list[dict[str, Any]]]:
-    """The ingest index of ``src`` (guards.ingest), as rows; its files go under ``dst/.ingest``."""
+def _index(src: str | Path, private: Path, policy: ReleasePolicy) -> tuple[Path, list[dict[str, Any]]]:
+    """The ingest index of ``src`` (guards.ingest), as rows; its files (original values, raw copies of quarantined
+    files) go under ``private/ingest``, never into the de-identified tree."""
     from guards.ingest import ingest
 
-    result = ingest(src, out_dir=dst / INGEST_DIR, policy=policy.ingest)
+    out_dir = private_folder(private / INGEST_DIR)
+    result = ingest(src, out_dir=out_dir, policy=policy.ingest)
+    _owner_only(out_dir)
     return Path(result.root), result.table.to_pylist()
 
 
+def default_private(dst: Path) -> Path:
+    """The private folder used when none is given: ``<dst>.private`` beside ``dst``."""
+    dst = Path(dst).resolve()
+    return dst.parent / f"{dst.name}{PRIVATE_SUFFIX}"
+
+
+def _owner_only(folder: Path) -> None:
+    """Folders 0700 and files 0600 under ``folder`` (written by this module or ingest, whatever the umask)."""
+    if not folder.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(folder):
+        os.chmod(dirpath, PRIVATE_DIR_MODE)
+        for name in filenames:
+            p = Path(dirpath, name)
+            if not p.is_symlink():
+                p.chmod(PRIVATE_FILE_MODE)
+        dirnames[:] = [d for d in dirnames if not Path(dirpath, d).is_symlink()]
+
+
+def _public_row(row: dict[str, Any], key: PseudonymKey) -> dict[str, Any]:
+    """A full manifest row as the de-identified tree's manifest keeps it: de-identified values only.
+
+    Published rows keep their (de-identified) values, without ``source_path``. Quarantined and excluded rows
+    keep their status and the cause of their reason (the detail can quote paths or values); ``path`` is a
+    stand-in keyed by the pseudonym key (an unkeyed hash of a guessable source path would confirm the guess), and
+    every other column is null: header values, sizes and the sha256 of files that are not in the tree (a hash
+    of an original file lets whoever holds the file confirm it was an input).
+    """
+    if row["status"] == "published":
+        return {**row, "source_path": None}
+    source = str(row.get("source_path") or row["path"])
+    public: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
+    public.update(path=f"{row['status']}/{key.hmac(source, purpose='manifest-path').hex()[:16]}",
+                  status=row["status"], reason=cause(row.get("reason")))
+    return public
+
+
 def deidentify_tree(
-    src: str | Path, dst: Path, *, policy: ReleasePolicy, key: PseudonymKey, crosswalk: Path | None = None
+    src: str | Path,
+    dst: Path,
+    *,
+    policy: ReleasePolicy,
+    key: PseudonymKey,
+    crosswalk: Path | None = None,
+    private: Path | None = None,
 ) -> DeidResult:
     """Ingest ``src`` and write every indexed instance de-identified under ``dst`` (PS3.15 Annex E).
 
-    Returns a :class:`DeidResult`; ``dst/manifest.parquet`` has one row per input file.
+    Everything holding original values goes under ``private`` (default :func:`default_private`), which must not
+    overlap ``dst`` (module docstring). Returns a :class:`DeidResult`; ``dst/manifest.parquet`` and
+    ``private/manifest.parquet`` have one row per input file.
     """
     dst = Path(dst).resolve()
+    private = Path(private).resolve() if private is not None else default_private(dst)
+    if private == dst or dst in private.parents:
+        raise InputError(
+            f"private folder {str(private)!r} lies inside the de-identified tree {str(dst)!r}; it holds original "
+            f"values: put it outside (e.g. {str(default_private(dst))!r}, the default)"
+        )
+    if private in dst.parents:
+        raise InputError(
+            f"the de-identified tree {str(dst)!r} lies inside the private folder {str(private)!r}; "
+            "use two separate folders (the tree is shared, the private folder never is)"
+        )
     if crosswalk is not None:
         crosswalk = Path(crosswalk).resolve()
         if crosswalk == dst or dst in crosswalk.parents:
@@ -150,9 +241,25 @@ def deidentify_tree(
                 "write it outside (e.g. OUT/private/crosswalk.parquet)"
             )
     dst.mkdir(parents=True, exist_ok=True)
+    private_folder(private)
     remove_partial(dst)
-    root, index_rows = _index(src, dst, policy)
-    return deidentify_index(root, index_rows, dst, policy=policy, key=key, crosswalk=crosswalk)
+    quarantine = private_folder(private / QUARANTINE)
+    remove_partial(quarantine)
+    for name in _OLD_LAYOUT:
+        if (dst / name).exists():
+            log.warning("deid: %s was written by an earlier version and holds original values; delete it before "
+                        "sharing %s (they now go under %s)", dst / name, dst, private)
+    root, index_rows = _index(src, private, policy)
+    result = deidentify_index(root, index_rows, dst, policy=policy, key=key, crosswalk=crosswalk,
+                              manifest_path=private / "manifest.parquet", quarantine=quarantine,
+                              manifest_mode=PRIVATE_FILE_MODE)
+    _owner_only(quarantine)
+    public = to_table(_public_row(r, key) for r in result.table.to_pylist())
+    manifest_path = dst / "manifest.parquet"
+    write_table(public, manifest_path)
+    log.info("deid: de-identified tree %s; original values (private, never to be shared) under %s", dst, private)
+    return replace(result, manifest_path=manifest_path, private_root=private,
+                   private_manifest_path=result.manifest_path)
 
 
 def deidentify_index(
@@ -165,11 +272,15 @@ def deidentify_index(
     crosswalk: Path | None = None,
     manifest_path: Path | None = None,
     ocr_cache: Path | None = None,
+    quarantine: Path | None = None,
+    manifest_mode: int | None = None,
 ) -> DeidResult:
     """De-identify the files of ingest index rows (read under ``root``) into ``dst``.
 
     ``ocr_cache``: a private folder of earlier runs' Clean Pixel Data decisions (``guards.deid.ocr_cache``);
-    frames read before are not read again.
+    frames read before are not read again. ``quarantine``: the folder for instances that must not be published
+    (default ``dst/quarantine``); their rows' ``path`` is ``quarantine/<name>``, relative to its parent.
+    ``manifest_path`` (default ``dst/manifest.parquet``) gets the full manifest, file mode ``manifest_mode``.
 
     Rows already quarantined or excluded by ingest are carried over with their reason. Used whole by
     :func:`deidentify_tree`, and one shard (a group of patients) at a time by the pipeline, where several
@@ -184,15 +295,16 @@ def deidentify_index(
         if r["status"] != "indexed":  # already quarantined / excluded by ingest: carried over with its reason
             rows.append({**r, "path": r.get("source_path") or r["path"]})
     cache = OcrCache(ocr_cache) if ocr_cache is not None else None
+    quarantine = Path(quarantine) if quarantine is not None else dst / QUARANTINE
     for r in progress(indexed, total=len(indexed), what="deid", logger=log):
         source_path = r.get("source_path") or r["path"]
         rows.append(_one(root / r["path"], source_path, dst, policy=policy, key=key, pairs=pairs, written=written,
-                         ocr_cache=cache))
+                         ocr_cache=cache, quarantine=quarantine))
     if cache is not None:
         log.info("deid: OCR decisions replayed from earlier runs: %d; read now: %d", cache.hits, cache.misses)
     table = to_table(rows)
     manifest_path = manifest_path or dst / "manifest.parquet"
-    write_table(table, manifest_path)
+    write_table(table, manifest_path, mode=manifest_mode)
     if crosswalk is not None and pairs is not None:
         cw = to_table(
             [{"kind": k, "original": o, "pseudonym": p} for (k, o), p in sorted(pairs.items())], CROSSWALK_SCHEMA
@@ -216,11 +328,14 @@ def _one(
     pairs: dict[tuple[str, str], str] | None,
     written: dict[str, str],
     ocr_cache: OcrCache | None = None,
+    quarantine: Path | None = None,
 ) -> dict[str, Any]:
     """De-identify and write one instance; a manifest row whatever happens to it.
 
     ``written``: (pseudonymous) SOPInstanceUID -> source path of the instances published so far.
+    ``quarantine``: where an instance that must not be published is written (default ``dst/quarantine``).
     """
+    quarantine = quarantine if quarantine is not None else dst / QUARANTINE
     def failed(reason: str) -> dict[str, Any]:
         row: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
         first_line = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
@@ -234,9 +349,10 @@ def _one(
     try:
         _deidentify(ds, policy=policy, key=key, crosswalk=pairs, ocr_cache=ocr_cache)
     except InstanceQuarantined as e:
-        rel = f"{QUARANTINE}/{_out_name(ds, source_path, key)}"
+        name = _out_name(ds, source_path, key)
+        rel = f"{quarantine.name}/{name}"
         try:
-            data = save_dataset(ds, dst / rel, encode=encode_part10)
+            data = save_dataset(ds, quarantine / name, encode=encode_part10)
         except _FILE_ERRORS as we:
             return failed(f"{e.reason}; and not writable: {type(we).__name__}: {we}")
         return _row(rel, source_path, ds, data, "quarantined", e.reason)
@@ -264,4 +380,4 @@ def remove_partial(dst: Path) -> None:
         os.unlink(p)
 
 
-__all__ = ["DeidResult", "deidentify_index", "deidentify_tree", "remove_partial"]
+__all__ = ["DeidResult", "default_private", "deidentify_index", "deidentify_tree", "remove_partial"]

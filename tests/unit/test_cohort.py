@@ -140,8 +140,8 @@ def test_joins_the_real_deid_manifest(tmp_path: Path, key: PseudonymKey) -> None
         shutil.copy(pydicom_test_dir() / name, src / name)
     policy = ReleasePolicy()
     deidentify_tree(src, tmp_path / "deid", policy=policy, key=key)
-    index = read_table(tmp_path / "deid" / ".ingest" / "index.parquet")
-    manifest = read_table(tmp_path / "deid" / "manifest.parquet")
+    index = read_table(tmp_path / "deid.private" / "ingest" / "index.parquet")  # private: original values
+    manifest = read_table(tmp_path / "deid.private" / "manifest.parquet")  # the full one, with source paths
     cohort = build_cohort(index, deid_manifest=manifest, labels={}, policy=policy, key=key)
     assert cohort.num_rows == 2 and all(cohort.column("included").to_pylist())
     released_studies = {r["StudyInstanceUID"] for r in manifest.to_pylist() if r["status"] == "published"}
@@ -257,8 +257,8 @@ def test_device_identity_from_the_real_deid_manifest(tmp_path: Path, key: Pseudo
     shutil.copy(pydicom_test_dir() / "MR_small.dcm", src / "MR_small.dcm")  # StationName 000000000, serial -0000200
     policy = _device_policy(retain)
     deidentify_tree(src, tmp_path / "deid", policy=policy, key=key)
-    index = read_table(tmp_path / "deid" / ".ingest" / "index.parquet")
-    manifest = read_table(tmp_path / "deid" / "manifest.parquet")
+    index = read_table(tmp_path / "deid.private" / "ingest" / "index.parquet")  # private: original values
+    manifest = read_table(tmp_path / "deid.private" / "manifest.parquet")  # the full one, with source paths
     cohort = build_cohort(index, deid_manifest=manifest, labels={}, policy=policy, key=key)
     row = cohort.to_pylist()[0]
     assert (row["StationName"], row["DeviceSerialNumber"]) == (

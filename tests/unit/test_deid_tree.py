@@ -45,7 +45,9 @@ def test_tree_outputs(source: Path, tmp_path: Path, key: PseudonymKey, key_hex: 
     caplog.set_level(logging.DEBUG)
     dst, crosswalk = tmp_path / "deid", tmp_path / "private" / "crosswalk.parquet"
     result = deidentify_tree(source, dst, policy=POLICY, key=key, crosswalk=crosswalk)
-    table = pq.read_table(result.manifest_path)
+    assert result.manifest_path == dst / "manifest.parquet"
+    assert result.private_manifest_path == tmp_path / "deid.private" / "manifest.parquet"
+    table = pq.read_table(result.private_manifest_path)
     assert table.schema.equals(MANIFEST_SCHEMA)
     rows = table.to_pylist()
     assert result.counts["seen"] == len(rows) == len(FILES) + 2  # one row per input file
@@ -72,7 +74,8 @@ def test_tree_outputs(source: Path, tmp_path: Path, key: PseudonymKey, key_hex: 
     assert {"uid", "PatientID", "PatientName"} <= kinds
     assert not list(dst.rglob("*.tmp"))
     # The key never appears: not in any file written, not in the logs.
-    everything = b"".join(p.read_bytes() for p in [*dst.rglob("*"), crosswalk] if p.is_file())
+    everything = b"".join(p.read_bytes() for p in [*dst.rglob("*"), *(tmp_path / "deid.private").rglob("*"),
+                                                   crosswalk] if p.is_file())
     for form in _key_forms(key_hex):
         assert form not in everything
     assert key_hex not in caplog.text and key_hex.upper() not in caplog.text
@@ -124,7 +127,8 @@ def test_pixel_quarantine_goes_to_quarantine(source: Path, tmp_path: Path, key: 
     assert [r["source_path"] for r in quarantined] == ["Smith_John_MRN123/SC_rgb_small_odd.dcm"]
     assert quarantined[0]["reason"] == "pixel data: text in pixels not removable"
     assert quarantined[0]["path"].startswith("quarantine/2.25.")
-    assert (tmp_path / "q" / quarantined[0]["path"]).is_file()
+    assert (tmp_path / "q.private" / quarantined[0]["path"]).is_file()  # private: never inside the tree
+    assert not (tmp_path / "q" / "quarantine").exists()
     assert result.counts["quarantined"] == 2  # the SC instance, and notes.txt (not DICOM) from ingest
     assert result.counts["published"] == len(FILES) - 1
 
