@@ -69,3 +69,38 @@ def save_dataset(ds: Dataset, path: Path, *, encode: Callable[[Dataset], bytes] 
     data = encode(ds)
     write_bytes(path, data)
     return data
+
+
+LOCK_NAME = ".guard.lock"
+
+
+@contextmanager
+def exclusive(folder: Path, *, what: str) -> Iterator[None]:
+    """Hold the lock of ``folder`` (``folder/.guard.lock``, an advisory ``flock``) for the block, or refuse.
+
+    Two ``guard run`` on one OUT would interleave steps of one run and publish from half-written trees: the second
+    is refused at once, naming what holds the lock. The lock is released when the block ends or the process dies.
+    """
+    import fcntl
+    import os
+
+    from guards.errors import InputError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise InputError(f"{folder} is in use by {holder}; wait for it to finish, or use another OUT") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{what} (pid {os.getpid()})\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)

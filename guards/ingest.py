@@ -30,6 +30,7 @@ import logging
 import posixpath
 import re
 import shutil
+import stat
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -409,6 +410,19 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
     return IngestResult(table=table, counts=counts, root=local_root, index_path=index_path)
 
 
+def _special_file(info: dict[str, Any]) -> str | None:
+    """What a walked entry is when it is not a regular file or a link (fsspec's type "other"), else None."""
+    if info.get("type") in ("file", "directory") or info.get("islink"):
+        return None
+    mode = info.get("mode")
+    if isinstance(mode, int):
+        for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                           (stat.S_ISBLK, "block device")):
+            if test(mode):
+                return name
+    return None if info.get("type") is None else f"type {info.get('type')!r}"
+
+
 def _scan(fs: fsspec.AbstractFileSystem, root: str, entries: list[tuple[str, dict[str, Any]]],
           policy: IngestSection, quarantine: Path, local_root: Path) -> list[dict[str, Any]]:
     """One row per entry; quarantine copies, and local copies of a remote source's indexed files."""
@@ -425,6 +439,13 @@ def _scan(fs: fsspec.AbstractFileSystem, root: str, entries: list[tuple[str, dic
         if link_reason:
             row = empty_row(rel)
             row.update(status="excluded", reason=link_reason)
+            rows.append(row)
+            continue
+        special = _special_file(info)
+        if special:
+            row = empty_row(rel)
+            row.update(status="excluded", reason=f"not a regular file ({special}): not read (a FIFO would block"
+                       " the run, a device has no end)")
             rows.append(row)
             continue
         size = int(info.get("size") or 0)

@@ -24,7 +24,7 @@ from typing import Any, TypedDict
 import pyarrow as pa
 
 from guards import run as runs
-from guards.atomic import PRIVATE_FILE_MODE, save_dataset, write_text
+from guards.atomic import PRIVATE_FILE_MODE, exclusive, save_dataset, write_text
 from guards.checks import registry
 from guards.errors import GuardError, InputError, PolicyError
 from guards.keys import PseudonymKey
@@ -697,8 +697,15 @@ def run_pipeline(
     """All steps in order, in-process. Publishes under ``out/releases`` only when the gate passes, once per run.
 
     With the ``run_id`` of an existing run this is its next attempt: steps done before on unchanged inputs are
-    skipped, and a run that is already published is not published again.
+    skipped, and a run that is already published is not published again. One run at a time per OUT: a second
+    ``guard run`` on the same OUT is refused while the first holds its lock (guards.atomic.exclusive).
     """
+    with exclusive(Path(out), what=f"guard run {run_id or '(new run)'}"):
+        return _run_pipeline(source, Path(out), policy=policy, key=key, device=device, run_id=run_id, shards=shards)
+
+
+def _run_pipeline(source: str | Path, out: Path, *, policy: ReleasePolicy, key: PseudonymKey, device: Device,
+                  run_id: str | None, shards: int) -> PipelineResult:
     checks = enabled_checks(policy)
     total = 7 + len(checks)
 

@@ -200,3 +200,28 @@ def test_a_bad_label_is_the_first_reason_of_the_report(source: Path, tmp_path: P
     html = (run.paths.report / "index.html").read_text(encoding="utf-8")
     assert "Step &#x27;cohort&#x27; failed" in html or "Step 'cohort' failed" in html
     assert pipeline.step_publish(run, key=key)["published"] is False
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(
+    source: Path, tmp_path: Path, key: PseudonymKey
+) -> None:
+    import subprocess
+    import sys
+
+    from guards.errors import InputError
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from guards.atomic import exclusive\n"
+        f"with exclusive(Path({str(out)!r}), what='guard run nightly'):\n"
+        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=r"in use by guard run nightly \(pid \d+\); wait for it"):
+            pipeline.run_pipeline(source, out, policy=LIGHT, key=key, run_id="second")
+        assert not (out / "runs" / "second").exists()  # refused before anything was written
+    finally:
+        holder.kill()
+        holder.wait()
+    result = pipeline.run_pipeline(source, out, policy=LIGHT, key=key, run_id="second")  # free again
+    assert result.release is not None

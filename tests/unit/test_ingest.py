@@ -286,3 +286,18 @@ def test_rerun_gives_the_same_index(tmp_path: Path) -> None:
     b = ingest(tmp_path / "src", out_dir=tmp_path / "out", policy=POLICY).table
     assert a.equals(b)
     assert a.num_rows == len(BAD_CASES)
+
+
+@pytest.mark.timeout(60)  # opening the FIFO would block forever
+def test_a_fifo_is_excluded_unread_and_the_run_goes_on(tmp_path: Path) -> None:
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(testdata.pydicom_test_files()[0], src / "a.dcm")
+    os.mkfifo(src / "pipe.dcm")
+    result = ingest(src, out_dir=tmp_path / "out", policy=POLICY)
+    rows = {r["path"]: r for r in result.table.to_pylist()}
+    assert set(rows) == {"a.dcm", "pipe.dcm"}
+    assert rows["pipe.dcm"]["status"] == "excluded" and "not a regular file (FIFO)" in rows["pipe.dcm"]["reason"]
+    assert rows["a.dcm"]["status"] in ("indexed", "quarantined")
