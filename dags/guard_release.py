@@ -7,7 +7,11 @@ environment and the check registry (``guards.checks.registry``, which imports ne
 Bad input (``GuardError``) fails a task at once, without retries; a crash is retried.
 
 ingest -> plan_shards -> deid.expand -> merge_deid -> protect -> cohort -> remediate
-       -> check.expand | check_gpu.expand (registered checks; those needing a GPU on the GPU queue) -> gate -> publish
+       -> check.expand | check_gpu.expand (registered checks; those needing a GPU on the GPU queue) -> gate
+       -> approve (a steward's named sign-off in Required actions; guards.approval_task) -> publish
+
+With ``GUARD_NOTIFY_EMAIL`` (comma-separated addresses) a failed gate and a pending approval send an email through
+the ``smtp_default`` connection (Airflow's SmtpNotifier).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
 
+from guards.approval_task import StewardApproval
 from guards.checks.registry import registered
 
 GUARD_OUT = os.environ.get("GUARD_OUT", os.path.join(os.environ.get("AIRFLOW_HOME", "."), "guard-out"))
@@ -28,7 +33,10 @@ GUARD_POLICY = os.environ.get("GUARD_POLICY", "")
 GUARD_QUEUE_GPU = os.environ.get("GUARD_GPU_QUEUE", "")  # e.g. "gpu": protect and the GPU checks run there
 # A scheduled run needs a source: without GUARD_SOURCE the DAG is manual-only (the form asks for one), since
 # Airflow refuses a schedule on a DAG whose required params have no valid default.
-SCHEDULE = os.environ.get("GUARD_SCHEDULE", "0 2 * * *") if GUARD_SOURCE else None
+CRON = os.environ.get("GUARD_SCHEDULE", "0 2 * * *") if GUARD_SOURCE else None
+# No start_date and run_immediately=False: unpausing the DAG (the trigger form does) waits for the next nightly
+# time instead of starting the missed one at once, which then ran beside the steward's run and published first.
+SCHEDULE = CronTriggerTimetable(CRON, timezone="UTC", run_immediately=False) if CRON else None
 # The releases folder as an Asset, named by its URI: Airflow keeps one active asset per name, so a fixed name
 # with a GUARD_OUT that changed (a second deployment on one metadata DB, a moved OUT) made publish fail as
 # "inactive asset".
@@ -36,6 +44,7 @@ RELEASES = Asset(uri=f"file://{os.path.abspath(GUARD_OUT)}/releases")
 CHECKS = registered()
 CPU_CHECKS = [c.id for c in CHECKS if "gpu" not in c.needs]
 GPU_CHECKS = [c.id for c in CHECKS if "gpu" in c.needs]
+NOTIFY = [a.strip() for a in os.environ.get("GUARD_NOTIFY_EMAIL", "").split(",") if a.strip()]
 T = TypeVar("T")
 
 PARAMS = {
@@ -87,6 +96,15 @@ def _load() -> Any:
     return Run.load(Path(GUARD_OUT), _run_id())
 
 
+def _notifier(subject: str, text: str) -> Any:
+    """An email to GUARD_NOTIFY_EMAIL through smtp_default (no values from the data: the link says where)."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    return SmtpNotifier(to=NOTIFY, subject=subject, html_content=(
+        f"<p>{text}</p><p>DAG run <code>{{{{ run_id }}}}</code>. Open the Release gates page of Airflow"
+        " (Browse, Release gates) for the report.</p>"))
+
+
 def _guarded(work: Callable[[], T]) -> T:
     """Bad input fails the task at once (no retries: the same input fails the same way); the message says why."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -102,7 +120,6 @@ def _guarded(work: Callable[[], T]) -> T:
 @dag(
     dag_id="guard_release",
     schedule=SCHEDULE,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
@@ -182,7 +199,9 @@ def guard_release() -> None:
         """The checks whose registry entry needs a GPU; they run on the Run's device."""
         return _check(check_id)
 
-    @task(retries=0, trigger_rule="all_done")
+    @task(retries=0, trigger_rule="all_done", on_failure_callback=[
+        _notifier("Release Guard: gate FAILED for {{ run_id }}", "The release gate failed: nothing is published.")
+    ] if NOTIFY else [])
     def gate(cpu: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> dict[str, Any]:
         """Fails (red in the UI) when a blocking check fails, is inconclusive or did not run in this attempt."""
         import logging
@@ -215,6 +234,8 @@ def guard_release() -> None:
         ctx["outlet_events"][RELEASES].extra = {
             "release": outcome["release"],
             "verdict": "passed" if decision["passed"] else "failed",
+            "version": outcome["version"],
+            "approval": outcome["approval"],
             "already_published": outcome["already"],
             "counts": pipeline.input_counts(run),
         }
@@ -226,7 +247,13 @@ def guard_release() -> None:
     built = remediate(cohort(protect(merged)))
     cpu = check.partial(built=built).expand(check_id=CPU_CHECKS)
     gpu = check_gpu.partial(built=built).expand(check_id=GPU_CHECKS)
-    publish(gate(cpu, gpu))
+    approve = StewardApproval(
+        task_id="approve", load_run=_load, retries=0,
+        notifiers=[_notifier("Release Guard: approval pending for {{ run_id }}",
+                             "The release gate passed; a steward's approval is needed before it is published"
+                             " (Required actions in Airflow).")] if NOTIFY else [])
+    decided = gate(cpu, gpu)
+    decided >> approve >> publish(decided)
 
 
 guard_release()

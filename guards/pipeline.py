@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import getpass
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from typing import Any, TypedDict
 
 import pyarrow as pa
 
+from guards import approval as approvals
 from guards import run as runs
 from guards.atomic import PRIVATE_FILE_MODE, exclusive, save_dataset, write_text
 from guards.checks import registry
@@ -89,6 +92,8 @@ class PublishOutcome(TypedDict):
     release: str | None
     already: bool
     report: str
+    version: str | None  # the release's version folder (v0001 ...), None when nothing was published
+    approval: str | None  # the sign-off as one sentence (guards.approval.Approval.sentence)
 
 
 def new_run_id() -> str:
@@ -599,7 +604,8 @@ def datasheet(run: Run, *, key: PseudonymKey) -> str:
         lines += ["", "## Re-identification remediation", "",
                   f"- Studies suppressed: {r['suppressed_studies']}; files rewritten: {r['rewritten_files']}"]
         lines += [f"- `{column}`: {level}" for column, level in r["generalisations"].items()]
-    lines += ["", "## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
+    lines += ["", *approvals.datasheet_lines(gate.get("approval"))]
+    lines += ["## Policy", "", "```json", json.dumps(policy.to_dict(), indent=2, default=str), "```", ""]
     return "\n".join(lines)
 
 
@@ -646,14 +652,24 @@ def step_publish(run: Run, *, key: PseudonymKey) -> PublishOutcome:
     if done is not None:
         logger.warning("run %s is already published as %s/%s; nothing is published again (start a new run to "
                        "publish changed inputs)", run.run_id, policy.release.name, done.name)
-        return PublishOutcome(published=False, release=str(done), already=True, report=report)
+        return PublishOutcome(published=False, release=str(done), already=True, report=report, version=done.name,
+                              approval=None)
     gate_record = runs.read_record(run, "gate")
     if gate_record is None or gate_record.attempt != run.attempt or gate_record.fingerprint != run.input_fingerprint():
         raise InputError(f"run {run.run_id!r}: the gate has not judged attempt {run.attempt}; run the gate step first")
     gate = json.loads((paths.report / "gate.json").read_text(encoding="utf-8"))
     if not gate["passed"] or not gate_record.outcome["passed"]:
         logger.error("gate failed: nothing is published; report: %s", report)
-        return PublishOutcome(published=False, release=None, already=False, report=report)
+        return PublishOutcome(published=False, release=None, already=False, report=report, version=None,
+                              approval=None)
+    signed = approvals.current(run)
+    if signed is None:
+        raise InputError(f"run {run.run_id!r} attempt {run.attempt}: the gate passed but nobody signed off; approve "
+                         "it in Airflow's Required actions (task 'approve'), or publish with guard run")
+    if not signed.publishes:
+        logger.error("release %s: %s; nothing is published", policy.release.name, signed.sentence())
+        return PublishOutcome(published=False, release=None, already=False, report=report, version=None,
+                              approval=signed.sentence())
     _same_key(run, key)
     tree = run.release_tree
     cohort = run.cohort()
@@ -664,7 +680,8 @@ def step_publish(run: Run, *, key: PseudonymKey) -> PublishOutcome:
     write_text(paths.staging / PROVENANCE, json.dumps({"run_id": run.run_id, "attempt": run.attempt,
                                                        "inputs": run.input_fingerprint()}, indent=2))
     target = publish(paths.staging, paths.releases, name=policy.release.name)
-    return PublishOutcome(published=True, release=str(target), already=False, report=report)
+    return PublishOutcome(published=True, release=str(target), already=False, report=report, version=target.name,
+                          approval=signed.sentence())
 
 
 @dataclass(frozen=True)
@@ -704,6 +721,13 @@ def run_pipeline(
         return _run_pipeline(source, Path(out), policy=policy, key=key, device=device, run_id=run_id, shards=shards)
 
 
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return f"uid {os.getuid()}"
+
+
 def _run_pipeline(source: str | Path, out: Path, *, policy: ReleasePolicy, key: PseudonymKey, device: Device,
                   run_id: str | None, shards: int) -> PipelineResult:
     checks = enabled_checks(policy)
@@ -727,6 +751,9 @@ def _run_pipeline(source: str | Path, out: Path, *, policy: ReleasePolicy, key: 
             logger.error("check %s crashed (%s: %s); the gate reads it as not run", check_id, type(e).__name__, e)
     gate = step_gate(run)
     say(total - 1, "gate", gate)
+    if gate["passed"]:  # on the command line, the user who runs guard run is the one who signs off
+        approvals.record(run, approvals.Approval(decision="approved", by=_os_user(), at=approvals.now(),
+                                                 comment="", via="guard run on the command line"))
     published = step_publish(run, key=key)
     say(total, "publish", published)
     release = Path(published["release"]) if published["release"] else None

@@ -410,6 +410,26 @@ class GateSection(_Section):
 
 
 @dataclass(frozen=True)
+class ApprovalSection(_Section):
+    """The named sign-off between a passed gate and publish (the DAG's ``approve`` task, guards.approval).
+
+    A steward approves or rejects in Airflow's Required actions page with a comment; who, when and the comment
+    go into the datasheet and gate.json. No answer within ``timeout_hours`` rejects. ``guard run`` on the command
+    line records the user who ran it as the one who signed off."""
+
+    KEY: ClassVar[str] = "approval"
+
+    required: bool = True  # a DAG run waits for a steward's approval before it publishes
+    scheduled: bool = True  # the nightly (scheduled) run waits too; false: it publishes on a passed gate, recorded
+    timeout_hours: float = _ranged(72.0, 0.0, 24 * 365)  # no answer in this time rejects (must be > 0)
+
+    def _check(self) -> None:
+        if self.timeout_hours <= 0:
+            raise PolicyError(f"approval.timeout_hours = {self.timeout_hours}: must be above 0 (no answer in that "
+                              "time rejects the release)")
+
+
+@dataclass(frozen=True)
 class ReleasePolicy:
     """Every option and threshold of a release."""
 
@@ -425,6 +445,7 @@ class ReleasePolicy:
     unlearnability: UnlearnabilitySection = field(default_factory=UnlearnabilitySection)
     attribute: AttributeSection = field(default_factory=AttributeSection)
     gate: GateSection = field(default_factory=GateSection)
+    approval: ApprovalSection = field(default_factory=ApprovalSection)
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))

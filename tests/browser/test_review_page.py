@@ -11,13 +11,6 @@ create exists, the payload's text is shown as text where it is shown, and the re
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +24,7 @@ import pytest
 HAS_AIRFLOW = importlib.util.find_spec("airflow") is not None
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra has it)")
 
+from airflow_ui import CHROMEDRIVER, CHROMIUM, Server, api_server, chromium  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 
@@ -39,9 +33,6 @@ from guards.keys import PseudonymKey  # noqa: E402
 from guards.policy import ReleasePolicy  # noqa: E402
 from guards.samples import generate_corpus  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMEDRIVER = shutil.which("chromedriver")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.airflow,
     pytest.mark.timeout(900),
@@ -72,12 +63,6 @@ POLICY = ReleasePolicy().with_overrides({
 })
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def guard_out(tmp_path_factory: pytest.TempPathFactory, key: PseudonymKey) -> Path:
     src = tmp_path_factory.mktemp("xss-src")
@@ -96,66 +81,15 @@ def guard_out(tmp_path_factory: pytest.TempPathFactory, key: PseudonymKey) -> Pa
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, guard_out: Path) -> Iterator[dict[str, Any]]:
-    home = tmp_path_factory.mktemp("airflow-home")
-    password = secrets.token_urlsafe(16)
-    (home / "passwords.json").write_text(json.dumps({"steward": password}), encoding="utf-8")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GUARD_"))}
-    env.update(
-        AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="steward:viewer",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
-        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32), GUARD_OUT=str(guard_out),
-    )
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    log = (home / "api-server.log").open("w", encoding="utf-8")
-    proc = subprocess.Popen([airflow, "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1", "--apps", "core"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the API server did not start: " + (home / "api-server.log").read_text()[-3000:])
-                time.sleep(1)
-        req = urllib.request.Request(f"{base}/auth/token", data=json.dumps(
-            {"username": "steward", "password": password}).encode(), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            token = json.loads(r.read())["access_token"]
-        yield {"base": base, "token": token}
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+def server(tmp_path_factory: pytest.TempPathFactory, guard_out: Path) -> Iterator[Server]:
+    with api_server(tmp_path_factory.mktemp("airflow-home"), guard_out=guard_out) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def browser(server: dict[str, Any]) -> Iterator[Any]:
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)  # no driver download
-    driver.set_page_load_timeout(60)
-    try:
-        driver.get(server["base"] + "/release-gates/does-not-exist")  # a page of the origin, to set its cookie
-        driver.add_cookie({"name": "_token", "value": server["token"], "path": "/"})
+def browser(server: Server) -> Iterator[Any]:
+    with chromium(server) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _pages(guard_out: Path) -> list[str]:
@@ -165,14 +99,14 @@ def _pages(guard_out: Path) -> list[str]:
     return ["/release-gates/", f"/release-gates/runs/{RUN_ID}/", *(f"/release-gates/runs/{RUN_ID}/{d}" for d in docs)]
 
 
-def test_payloads_in_headers_are_inert_on_every_page(browser: Any, server: dict[str, Any], guard_out: Path) -> None:
+def test_payloads_in_headers_are_inert_on_every_page(browser: Any, server: Server, guard_out: Path) -> None:
     shown: dict[str, int] = {}
     for path in _pages(guard_out):
         headers = urllib.request.urlopen(urllib.request.Request(
-            server["base"] + path, headers={"Authorization": f"Bearer {server['token']}"}), timeout=30).headers
+            server.base + path, headers={"Authorization": f"Bearer {server.token}"}), timeout=30).headers
         assert "script-src 'none'" in headers.get("Content-Security-Policy", ""), path
         assert headers.get("Cache-Control") == "no-store", path
-        browser.get(server["base"] + path)
+        browser.get(server.base + path)
         assert "401" not in browser.title and "Not authenticated" not in browser.page_source[:2000], path
         time.sleep(0.5)  # an onerror handler would have fired by now
         with pytest.raises(NoAlertPresentException):

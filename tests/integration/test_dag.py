@@ -39,15 +39,17 @@ pytestmark = [pytest.mark.airflow]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 EXPECTED_TASKS = {
     "ingest", "plan_shards", "deid", "merge_deid", "protect", "cohort", "remediate", "check", "check_gpu", "gate",
-    "publish",
+    "approve", "publish",
 }
 EXPECTED_EDGES = {
     ("ingest", "plan_shards"), ("plan_shards", "deid"), ("deid", "merge_deid"), ("merge_deid", "protect"),
     ("protect", "cohort"), ("cohort", "remediate"), ("remediate", "check"), ("check", "gate"),
-    ("remediate", "check_gpu"), ("check_gpu", "gate"), ("gate", "publish"),
+    ("remediate", "check_gpu"), ("check_gpu", "gate"), ("gate", "approve"),
+    ("gate", "publish"), ("approve", "publish"),
 }
 # Light but complete: real de-identification (no OCR of every image), a short SALM noise run, phi + reid
-# blocking. FAILING asks for k far above the corpus size without remediation, so reid measures a failure.
+# blocking; no sign-off asked (tests/browser/test_approval_ui.py answers the approve task). FAILING asks for k
+# far above the corpus size without remediation, so reid measures a failure.
 PASSING = """
 [release]
 name = "dag-test"
@@ -66,6 +68,8 @@ off = ["representation", "membership", "unlearnability", "attribute"]
 [reid]
 k = 1
 max_risk = 1.0
+[approval]
+required = false
 """
 FAILING = """
 [release]
@@ -81,6 +85,8 @@ off = ["representation", "phi", "membership", "unlearnability", "attribute"]
 [reid]
 k = 1000
 remediate = false
+[approval]
+required = false
 """
 
 
@@ -112,6 +118,24 @@ def test_task_graph_is_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {"source", "policy", "epsilon", "reid_max_risk", "reid_k", "dry_run", "shards", "waivers"} <= set(
         dag.params.keys())
     assert [o.name for o in dag.task_dict["publish"].outlets] == ["file:///data/guard-out/releases"]
+    assert type(dag.task_dict["approve"]).__name__ == "StewardApproval"
+    assert dag.task_dict["approve"].defaults == ["Reject"]  # what the timeout answers
+
+
+def test_unpausing_waits_for_the_next_nightly_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The form unpauses the DAG: the scheduler must not start the nightly run it missed beside the steward's."""
+    import pendulum
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    dag = _load_dag(monkeypatch, GUARD_SOURCE="/data/incoming", GUARD_SCHEDULE="0 2 * * *")
+    assert dag.start_date is None
+    timetable = decode_timetable(encode_timetable(dag.timetable))  # as the scheduler reads it
+    before = pendulum.now("UTC")
+    info = timetable.next_dagrun_info(last_automated_data_interval=None,
+                                      restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    assert info is not None and info.run_after > before and info.run_after.hour == 2
 
 
 def test_manual_only_without_a_source(monkeypatch: pytest.MonkeyPatch) -> None:
