@@ -306,3 +306,39 @@ def _assert_no_key_in_logs(logs: Path, key_hex: str) -> None:
         if leaked:  # not an assert: its rewriting would print the pieces
             pytest.fail(f"{path.name}: {leaked} piece(s) of the pseudonym key in the log", pytrace=False)
     assert examined > 10_000  # the logs are the task logs of a full run, not an empty file
+
+
+def test_a_failed_gate_and_a_pending_approval_send_email(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUARD_NOTIFY_EMAIL: the gate's failure callback and the approve task's notifier are Airflow SmtpNotifiers;
+    both reach a real SMTP server (aiosmtpd) through the smtp_default connection."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    received: list[Any] = []
+
+    class Keep(Message):  # type: ignore[misc]
+        def handle_message(self, message: Any) -> None:
+            received.append(message)
+
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
+            "conn_type": "smtp", "host": "127.0.0.1", "port": port,
+            "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "guard@example.org"}}))
+        dag = _load_dag(monkeypatch, GUARD_SOURCE="/data/incoming", GUARD_NOTIFY_EMAIL="steward@example.org")
+        [on_failure] = dag.task_dict["gate"].on_failure_callback
+        [pending] = dag.task_dict["approve"].notifiers
+        for notifier in (on_failure, pending):
+            notifier({"run_id": "manual__notify", "dag": dag})  # renders the templates, then notify()
+    finally:
+        controller.stop()
+    subjects = sorted(m["Subject"] for m in received)
+    assert subjects == ["Release Guard: approval pending for manual__notify",
+                        "Release Guard: gate FAILED for manual__notify"], subjects
+    assert all(m["To"] == "steward@example.org" for m in received)
