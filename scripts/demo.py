@@ -89,6 +89,21 @@ def demo_waivers(gate: dict[str, object]) -> list[dict[str, str]]:
     return waivers
 
 
+APPROVAL_REQUIRED = "# required: a DAG run waits for a steward's approval before it publishes\nrequired = true\n"
+
+
+def demo_policy() -> Path:
+    """guard.toml with one change: nobody is asked to sign off (the demo has no steward at a browser); the datasheet
+    records "not required: policy approval.required = false". A real run waits in Airflow's Required actions."""
+    text = (ROOT / "guard.toml").read_text(encoding="utf-8")
+    if APPROVAL_REQUIRED not in text:
+        raise SystemExit("guard.toml has no '[approval] required = true' line to turn off for the demo")
+    DEMO.mkdir(parents=True, exist_ok=True)
+    path = DEMO / "guard.toml"
+    path.write_text(text.replace(APPROVAL_REQUIRED, APPROVAL_REQUIRED.replace("= true", "= false")), encoding="utf-8")
+    return path
+
+
 def run_demo(studies: int) -> int:
     samples = DEMO / "samples"
     if not (samples / "labels.csv").exists():
@@ -101,7 +116,7 @@ def run_demo(studies: int) -> int:
     env = airflow_env()
     logger.info("airflow db migrate (SQLite under %s)", env["AIRFLOW_HOME"])
     airflow("db", "migrate", env=env)
-    conf: dict[str, object] = {"source": str(samples), "policy": str(ROOT / "guard.toml")}
+    conf: dict[str, object] = {"source": str(samples), "policy": str(demo_policy())}
     logger.info("running the guard_release DAG once (airflow dags test)")
     returncode = dags_test(conf, env)
     out = DEMO / "out"

@@ -46,6 +46,8 @@ off = ["representation", "membership", "unlearnability", "attribute"]
 [reid]
 k = 1
 max_risk = 1.0
+[approval]
+required = false  # no steward answers in a benchmark: the DAG's approve task records "not required"
 """
 
 

@@ -46,6 +46,8 @@ off = ["representation", "membership", "unlearnability", "attribute"]
 [reid]
 k = 1
 max_risk = 1.0
+[approval]
+required = false  # the sign-off is tested in tests/browser/test_approval_ui.py; this run is about a killed worker
 """
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600),
