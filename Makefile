@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Debian packages: tesseract-ocr for burned-in text, mricron-data for the real-MRI benchmark, chromium and its
-# driver for the browser tests of the review page.
+# driver for the browser tests of the review page, Orthanc and its DICOMweb plugin for the PACS source tests (the
+# tests start their own Orthanc; a system service that apt may start is not used).
 system-deps:
 	@missing=""; command -v tesseract >/dev/null || missing="$$missing tesseract-ocr tesseract-ocr-eng"; \
 	test -d /usr/share/mricron/templates || missing="$$missing mricron-data"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium chromium-driver"; \
+	{ test -x /usr/sbin/Orthanc && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } || missing="$$missing orthanc orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	  else echo "please install:$$missing (sudo apt-get install$$missing)"; exit 2; fi; fi

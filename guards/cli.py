@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from guards.errors import GuardError
+from guards.errors import GuardError, InputError
 from guards.keys import PseudonymKey, load_key
 from guards.policy import ReleasePolicy, load_policy
 
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run-id", help="name of the run folder (default: a UTC timestamp); an existing run's id "
                    "resumes it: steps done on unchanged inputs are skipped, a published run is not published again")
     s.add_argument("--shards", type=int, default=1, help="groups of patients de-identified one after another")
+    s.add_argument("--labels", type=Path, help="a local labels table (StudyInstanceUID or AccessionNumber, label) "
+                   "instead of ingest.labels inside SRC; a PACS source has no folder to hold one")
     common(s)
     return p
 
@@ -146,6 +148,10 @@ def _cmd_run(args: argparse.Namespace, policy: ReleasePolicy) -> int:
     from guards.pipeline import run_pipeline
 
     key = _key(args)
+    if args.labels is not None:
+        if not args.labels.is_file():
+            raise InputError(f"--labels {args.labels}: no such file")
+        policy = policy.with_overrides({"ingest.labels": str(args.labels.resolve())})
     result = run_pipeline(args.src, args.out, policy=policy, key=key, device=args.device, run_id=args.run_id,
                           shards=args.shards)
     logger.info("report: %s", result.report)

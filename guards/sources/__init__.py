@@ -1,12 +1,14 @@
 """Sources: where studies come from, resolved once per run into a local :class:`Snapshot`.
 
-Ingest resolves any source (a local folder, an fsspec URL; a PACS later) into one snapshot under the run's
+Ingest resolves any source (a local folder, an fsspec URL, a PACS over DICOMweb) into one snapshot under the run's
 ``ingest/`` folder: a local root that holds (or is) the DICOM files, the index (one row per source file, the
 manifest schema), and local copies of the labels and demographics tables. No later step looks at the original
 source again: they all read ``Run.snapshot``.
 
 A new kind of source is one module with ``snapshot(source, *, out_dir, policy) -> Snapshot`` and one line in
-:data:`SOURCE_KINDS`, keyed by URL scheme.
+:data:`SOURCE_KINDS`, keyed by URL scheme. ``dicomweb+http(s)://HOST:PORT/PATH`` is a PACS (guards.sources.dicomweb):
+its studies are fetched into ``ingest/pacs/`` and indexed like a folder; a ledger on the private side of OUT
+(guards.sources.ledger) lets the next run fetch only new or changed studies.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class SourceKind(Protocol):
 SOURCE_KINDS: dict[str, str] = {
     "": "guards.sources.tree:snapshot",
     "file": "guards.sources.tree:snapshot",
+    "dicomweb+http": "guards.sources.dicomweb:snapshot",  # a PACS over DICOMweb (QIDO-RS + WADO-RS)
+    "dicomweb+https": "guards.sources.dicomweb:snapshot",
 }
 FALLBACK = "guards.sources.tree:snapshot"  # any other fsspec protocol (memory://, s3://, ...)
 

@@ -22,11 +22,22 @@ if TYPE_CHECKING:
 
 
 def _copy_table(fs: fsspec.AbstractFileSystem, root: str, rel: str, out_dir: Path) -> Path | None:
-    """A local copy of the table ``rel`` (relative to the source root), or None when the source has none."""
+    """A local copy of the table ``rel`` (relative to the source root), or None when the source has none.
+
+    An absolute ``rel`` is a local file named outside the source (``guard run --labels FILE``): it must exist."""
     if not rel:
         return None
-    if Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise InputError(f"table {rel!r} must be a path inside the source (relative, no '..')")
+    if Path(rel).is_absolute():
+        if not Path(rel).is_file():
+            raise InputError(f"table {rel!r} does not exist")
+        target = out_dir / SIDECARS / Path(rel).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(target) as tmp:
+            shutil.copyfile(rel, tmp)
+        return target
+    if ".." in Path(rel).parts:
+        raise InputError(f"table {rel!r} must be a path inside the source (relative, no '..') or an absolute local "
+                         "path")
     remote = f"{root.rstrip('/')}/{rel}"
     if not fs.isfile(remote):
         return None
