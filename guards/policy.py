@@ -366,6 +366,32 @@ class AttributeSection(_Section):
 
 
 @dataclass(frozen=True)
+class InversionSection(_Section):
+    """Model inversion per label and subgroup cell (guards.checks.inversion; advisory by default)."""
+
+    KEY: ClassVar[str] = "inversion"
+
+    epochs: int = _ranged(15, 1, 10_000)  # training epochs of the attacker's proxies (protected and clean)
+    image_size: int = _ranged(64, 8, 1024)  # images are resized to image_size x image_size for the proxies
+    restarts: int = _ranged(8, 1, 256)  # seeded starts per label, each reconstructed by gradient ascent
+    steps: int = _ranged(200, 1, 100_000)  # gradient steps per reconstruction
+    step_size: float = _ranged(0.05, 0.0, 10.0)  # Adam learning rate on the pixels
+    tv_weight: float = _ranged(0.5, 0.0, 1000.0)  # weight of the total-variation prior
+    ssim_bounds: tuple[float, ...] = _ranged((0.3, 0.5, 0.7), 0.0, 1.0)  # ReRo: SSIM bounds reported
+    auc_max: float = _ranged(0.6, 0.5, 1.0)  # a cell fails above this AUC when also significant
+    alpha: float = _ranged(0.05, 0.0, 1.0)  # family-wise alpha of the permutation tests (Bonferroni over cells)
+    permutations: int = _ranged(1000, 1, 10_000_000)  # at least; raised to resolve alpha / cells
+    min_patients_per_cell: int = _ranged(10, 2, 1_000_000)  # fewer (or under half on a side): inconclusive
+
+    def _check(self) -> None:
+        if not self.ssim_bounds:
+            raise PolicyError("inversion.ssim_bounds: give at least one SSIM bound for ReRo, e.g. [0.5]")
+        if self.alpha <= 0 or self.step_size <= 0:
+            raise PolicyError(f"inversion: alpha ({self.alpha!r}) and step_size ({self.step_size!r}) must be"
+                              " above 0")
+
+
+@dataclass(frozen=True)
 class Waiver(_Section):
     """A steward's waiver: a check id and a written reason, recorded in gate.json and the datasheet."""
 
@@ -393,7 +419,7 @@ class GateSection(_Section):
     KEY: ClassVar[str] = "gate"
 
     blocking: tuple[str, ...] = ("phi", "representation", "reid", "membership", "unlearnability")
-    advisory: tuple[str, ...] = ("attribute",)
+    advisory: tuple[str, ...] = ("attribute", "inversion")
     off: tuple[str, ...] = ()  # registered checks this release does not run (shown in the report and datasheet)
     waivers: tuple[Waiver, ...] = ()
 
@@ -444,6 +470,7 @@ class ReleasePolicy:
     membership: MembershipSection = field(default_factory=MembershipSection)
     unlearnability: UnlearnabilitySection = field(default_factory=UnlearnabilitySection)
     attribute: AttributeSection = field(default_factory=AttributeSection)
+    inversion: InversionSection = field(default_factory=InversionSection)
     gate: GateSection = field(default_factory=GateSection)
     approval: ApprovalSection = field(default_factory=ApprovalSection)
 

@@ -76,6 +76,8 @@ BUILTIN: tuple[Check, ...] = (
     Check("unlearnability", "guards.checks.unlearnability:check", frozenset({"gpu", "images"}),
           title="unlearnability"),
     Check("attribute", "guards.checks.attribute:check", frozenset({"images"}), title="attribute inference"),
+    Check("inversion", "guards.checks.inversion:check", frozenset({"gpu", "images"}),
+          title="model inversion (reconstruction)"),
 )
 
 
