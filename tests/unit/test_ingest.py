@@ -17,7 +17,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import HTJ2KLossless
+from pydicom.uid import MPEG2MPML
 
 from guards import testdata
 from guards.ingest import ingest
@@ -98,9 +98,9 @@ def _write_bad_corpus(root: Path) -> None:
     short = dcmread(CT)
     short.Rows = int(short.Rows) + 10  # header promises more pixels than Pixel Data holds
     short.save_as(root / "pixel_length.dcm")
-    htj2k = dcmread(testdata.pydicom_test_dir() / "693_J2KI.dcm")
-    htj2k.file_meta.TransferSyntaxUID = HTJ2KLossless  # no HTJ2K decoder is installed here
-    htj2k.save_as(root / "htj2k.dcm")
+    video = dcmread(testdata.pydicom_test_dir() / "693_J2KI.dcm")
+    video.file_meta.TransferSyntaxUID = MPEG2MPML  # video: pydicom 3 has no decoder for it
+    video.save_as(root / "mpeg2.dcm")
     shutil.copyfile(testdata.pydicom_test_dir() / "test-SR.dcm", root / "report_sr.dcm")
     (root / "media").mkdir()
     shutil.copyfile(testdata.pydicom_test_dir() / "dicomdirtests" / "DICOMDIR", root / "media" / "DICOMDIR")
@@ -121,7 +121,7 @@ BAD_CASES = [
     pytest.param(".hidden.dcm", "indexed", "", id="hidden-file"),  # hidden files are not skipped
     pytest.param("link.dcm", "excluded", "symbolic link", id="symlink"),  # not followed by default
     pytest.param("pixel_length.dcm", "quarantined", "does not match", id="pixel-length"),  # checked, not decoded
-    pytest.param("htj2k.dcm", "quarantined", "unsupported transfer syntax", id="unsupported-ts"),
+    pytest.param("mpeg2.dcm", "quarantined", "unsupported transfer syntax", id="unsupported-ts"),
     pytest.param("report_sr.dcm", "indexed", "", id="structured-report"),  # no pixels, still an instance
     pytest.param("media/DICOMDIR", "excluded", "DICOMDIR media directory", id="dicomdir"),
     pytest.param("labels.csv", "excluded", "sidecar", id="sidecar"),
