@@ -49,7 +49,11 @@ T = TypeVar("T")
 
 PARAMS = {
     "source": Param(GUARD_SOURCE, type="string", minLength=1, title="Source",
-                    description="DICOM tree (local path or fsspec URL) with labels.csv at its root"),
+                    description="DICOM tree (local path or fsspec URL) with labels.csv at its root, or a PACS: "
+                                "dicomweb+http://HOST:PORT/PATH (credentials from the guard_pacs connection)"),
+    "labels": Param("", type="string", title="Labels table",
+                    description="absolute local path of a labels table (StudyInstanceUID or AccessionNumber, "
+                                "label), e.g. for a PACS source; empty: ingest.labels inside the source"),
     "policy": Param(GUARD_POLICY, type=["null", "string"], title="Policy file",
                     description="guard.toml path; empty for the defaults"),
     "epsilon": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=0.25, title="Noise budget epsilon",
@@ -80,6 +84,25 @@ def _key() -> Any:
     from guards.keys import key_from_text
 
     return key_from_text(Connection.get("guard_pseudonym_key").password or "")
+
+
+def _pacs_credentials() -> None:
+    """PACS credentials for the ingest task, from the connection ``guard_pacs`` when it exists: its login and
+    password (HTTP Basic) or ``{"token": ...}`` in its extra (Bearer), handed to guards.sources.dicomweb in its
+    environment variables. Airflow masks connection passwords in task logs; the source records neither."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from guards.sources import dicomweb
+
+    try:
+        conn = Connection.get("guard_pacs")
+    except AirflowNotFoundException:
+        return
+    for name, value in ((dicomweb.ENV_USER, conn.login), (dicomweb.ENV_PASSWORD, conn.password),
+                        (dicomweb.ENV_TOKEN, conn.extra_dejson.get("token"))):
+        if value:
+            os.environ[name] = str(value)
 
 
 def _run_id() -> str:
@@ -140,6 +163,7 @@ def guard_release() -> None:
                 pipeline.Run.load(Path(GUARD_OUT), _run_id())  # resuming a run that does not exist: bad input
             run = pipeline.start_run(Path(GUARD_OUT), _run_id(), source=params["source"], policy=policy,
                                      key=_key(), device="cuda" if GUARD_QUEUE_GPU else "cpu")
+            _pacs_credentials()
             return dict(pipeline.step_ingest(run, params["source"]))
 
         return _guarded(work)

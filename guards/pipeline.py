@@ -106,6 +106,11 @@ def policy_for_run(policy_file: str | Path | None, params: dict[str, Any]) -> Re
     for param, dotted in (("epsilon", "protect.epsilon"), ("reid_max_risk", "reid.max_risk"), ("reid_k", "reid.k")):
         if params.get(param) is not None:
             overrides[dotted] = params[param]
+    labels = str(params.get("labels") or "").strip()
+    if labels:  # a table outside the source (a PACS has no folder to hold one): an existing absolute local path
+        if not Path(labels).is_absolute() or not Path(labels).is_file():
+            raise InputError(f"labels table {labels!r}: give the absolute path of an existing local file")
+        overrides["ingest.labels"] = labels
     policy = load_policy(policy_file)
     waivers = [dict(w) for w in params.get("waivers") or []]
     if waivers:

@@ -64,7 +64,7 @@ warmup_min_steps = 0
 [gate]
 blocking = ["phi", "reid"]
 advisory = []
-off = ["representation", "membership", "unlearnability", "attribute"]
+off = ["representation", "membership", "unlearnability", "attribute", "inversion"]
 [reid]
 k = 1
 max_risk = 1.0
@@ -81,7 +81,7 @@ enabled = false
 [gate]
 blocking = ["reid"]
 advisory = []
-off = ["representation", "phi", "membership", "unlearnability", "attribute"]
+off = ["representation", "phi", "membership", "unlearnability", "attribute", "inversion"]
 [reid]
 k = 1000
 remediate = false
@@ -214,14 +214,16 @@ def airflow_run(tmp_path_factory: pytest.TempPathFactory, key_hex: str):  # type
 
     done: dict[str, DagRun] = {}
 
-    def run(name: str, policy_text: str, *, out_name: str = "", **form: Any) -> DagRun:
-        """``airflow dags test`` once per ``name`` (memoised); ``form`` adds the parameter form's fields."""
+    def run(name: str, policy_text: str, *, out_name: str = "", extra_env: dict[str, str] | None = None,
+            **form: Any) -> DagRun:
+        """``airflow dags test`` once per ``name`` (memoised); ``form`` adds (or replaces) the parameter form's
+        fields, ``extra_env`` the environment's variables (e.g. a connection)."""
         if name in done:
             return done[name]
         policy = home / f"{name}.toml"
         policy.write_text(policy_text, encoding="utf-8")
         out = home / f"out-{out_name or name}"
-        run_env = {**env, "GUARD_OUT": str(out)}
+        run_env = {**env, "GUARD_OUT": str(out), **(extra_env or {})}
         conf = json.dumps({"source": str(source), "policy": str(policy), **form})
         log_file = home / "logs" / f"dags-test-{name}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -292,6 +294,33 @@ def test_steward_resumes_the_failed_run_with_a_waiver_and_it_publishes(airflow_r
     assert stamp["attempt"] == 2 and stamp["carried_from"] == 1
     [release] = (failed.out / "releases" / "dag-test").iterdir()
     assert "`reid` (was fail)" in (release / "datasheet.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow(reason="`airflow dags test` of the whole DAG on a PACS source: a real Orthanc over DICOMweb")
+def test_dag_run_on_a_pacs_source_publishes_its_release(airflow_run: Any, tmp_path: Path, key_hex: str) -> None:
+    """Issue 17: the source is a form Param (``dicomweb+http://...``), the labels table another, the PACS
+    credentials the ``guard_pacs`` connection; the password is in no log and nowhere under OUT."""
+    import orthanc  # tests/integration/orthanc.py
+
+    corpus = generate_corpus(tmp_path / "pacs-src", studies=6, seed=5, image_size=64)
+    password = "pw-" + os.urandom(12).hex()
+    with orthanc.start(tmp_path / "orthanc", password=password) as pacs:
+        for f in corpus.files:
+            pacs.upload(f.read_bytes())
+        connection = json.dumps({"conn_type": "generic", "login": pacs.user, "password": password})
+        result = airflow_run("pacs", PASSING, extra_env={"AIRFLOW_CONN_GUARD_PACS": connection},
+                             source=pacs.source(), labels=str(corpus.labels_csv))
+        source = pacs.source()
+    assert result.state == "success", result.log[-3000:]
+    [release] = (result.out / "releases" / "dag-test").iterdir()
+    assert len(list((release / "data").rglob("*.dcm"))) == len(corpus.files)
+    [run_json] = list((result.out / "runs").glob("*/run.json"))
+    run = json.loads(run_json.read_text(encoding="utf-8"))
+    assert run["source"] == source and run["snapshot"]["kind"] == "dicomweb"
+    assert run["snapshot"]["counts"]["indexed"] == len(corpus.files)
+    examined = [p for p in [*result.out.rglob("*"), *(airflow_run.home / "logs").rglob("*")] if p.is_file()]
+    assert len(examined) > len(corpus.files)
+    assert [p.name for p in examined if password.encode() in p.read_bytes()] == []
 
 
 def _assert_no_key_in_logs(logs: Path, key_hex: str) -> None:
