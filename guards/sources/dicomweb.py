@@ -10,6 +10,9 @@
 3. the studies the ledger holds unchanged are linked from its store into ``ingest/pacs/``;
 4. :func:`guards.ingest.ingest` indexes ``ingest/pacs/`` like any local tree (same quarantine and exclusion rules).
 
+Steps 2-4, the retries and the accounting below are :func:`guards.sources.pacs.snapshot`, shared with the DIMSE
+source (guards.sources.dimse); this module lists and retrieves.
+
 A study whose received instance count differs from the QIDO-RS count, or whose retrieve fails, is retried
 ``retries`` times (waiting 0.5 s, 1 s, 2 s ... between attempts). If it still differs, its received files are
 ``excluded`` in the index with the reason ("incomplete study from the PACS: 2 of 3 instances received ..."), and
@@ -34,20 +37,14 @@ QIDO-RS listing) and demographics are local tables named by absolute paths (``la
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
-import re
-import shutil
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -55,29 +52,23 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.web import _Transaction
-from pydicom import dcmread
 
-from guards.atomic import replacing
 from guards.errors import InputError
-from guards.manifest import empty_row, to_table, write_table
-from guards.progress import Steps
-from guards.sources import SIDECARS, Snapshot, fingerprint
-from guards.sources.ledger import Entry, Ledger, files_digest, source_id
+from guards.sources import Snapshot, pacs
+from guards.sources.pacs import NOT_RECEIVED, RECEIVED, Common, Study, study_folder
+
+__all__ = ["NOT_RECEIVED", "RECEIVED", "Options", "Study", "list_studies", "parse", "snapshot"]
 
 if TYPE_CHECKING:
     from guards.policy import ReleasePolicy
 
 logger = logging.getLogger(__name__)
 
-RECEIVED = "pacs"  # ingest/pacs/: the local copy of the PACS studies (ingest.ingest clears ingest/fetched/ itself)
-NOT_RECEIVED = ".not-received"
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ENV_USER, ENV_PASSWORD, ENV_TOKEN = "GUARD_DICOMWEB_USER", "GUARD_DICOMWEB_PASSWORD", "GUARD_DICOMWEB_TOKEN"
 QIDO_FIELDS = ("StudyInstanceUID", "StudyDate", "AccessionNumber", "PatientID", "NumberOfStudyRelatedInstances",
                "NumberOfStudyRelatedSeries", "ModalitiesInStudy")
 RETRIEVE_URL_TAG = "00081190"  # Retrieve URL: names the server as reached, not the study's content
-_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
-_PARAMS = {"since", "lookback_days", "workers", "retries", "timeout", "labels", "ledger"}
 
 
 @dataclass(frozen=True)
@@ -103,18 +94,10 @@ class Options:
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.password, self.token) if s)
 
-
-def _int_param(params: dict[str, list[str]], name: str, default: int, lo: int, hi: int) -> int:
-    if name not in params:
-        return default
-    raw = params[name][-1]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InputError(f"DICOMweb source: {name}={raw!r} is not an integer ({lo}-{hi})") from None
-    if not lo <= value <= hi:
-        raise InputError(f"DICOMweb source: {name}={value} is out of range ({lo}-{hi})")
-    return value
+    @property
+    def common(self) -> Common:
+        return Common(since=self.since, workers=self.workers, retries=self.retries, timeout=self.timeout,
+                      labels=self.labels, ledger=self.ledger)
 
 
 def parse(source: str, *, today: date | None = None) -> Options:
@@ -132,32 +115,12 @@ def parse(source: str, *, today: date | None = None) -> Options:
         raise InputError("DICOMweb source: no host; write dicomweb+http://HOST:PORT/PATH")
     netloc = f"[{host}]" if ":" in host else host
     base_url = f"{parts.scheme}://{netloc}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
-    params = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(params) - _PARAMS)
-    if unknown:
-        raise InputError(f"DICOMweb source: unknown parameter(s) {unknown}; known: {sorted(_PARAMS)}")
-    today = today or datetime.now(UTC).date()
-    bounds: list[date] = []
-    if "since" in params:
-        raw = params["since"][-1]
-        try:
-            bounds.append(datetime.strptime(raw, "%Y%m%d").date())
-        except ValueError:
-            raise InputError(f"DICOMweb source: since={raw!r} is not a date YYYYMMDD") from None
-    if "lookback_days" in params:
-        bounds.append(today - timedelta(days=_int_param(params, "lookback_days", 0, 0, 365_000)))
-    labels = params.get("labels", [""])[-1]
-    if labels and not Path(labels).is_absolute():
-        raise InputError(f"DICOMweb source: labels={labels!r} must be an absolute local path")
-    ledger = params.get("ledger", ["on"])[-1].lower()
-    if ledger not in ("on", "off"):
-        raise InputError(f"DICOMweb source: ledger={ledger!r}; use on or off")
+    c = pacs.common(parse_qs(parts.query, keep_blank_values=True), what="DICOMweb", today=today)
     user = os.environ.get(ENV_USER, "") or (parts.username or "")
     password = os.environ.get(ENV_PASSWORD, "") or (parts.password or "")
-    return Options(base_url=base_url, since=max(bounds) if bounds else None,
-                   workers=_int_param(params, "workers", 3, 1, 16), retries=_int_param(params, "retries", 2, 0, 10),
-                   timeout=float(_int_param(params, "timeout", 60, 1, 3600)), labels=labels, ledger=ledger == "on",
-                   user=user, password=password, token=os.environ.get(ENV_TOKEN, ""))
+    return Options(base_url=base_url, since=c.since, workers=c.workers, retries=c.retries, timeout=c.timeout,
+                   labels=c.labels, ledger=c.ledger, user=user, password=password,
+                   token=os.environ.get(ENV_TOKEN, ""))
 
 
 def _scrub(text: str, options: Options) -> str:
@@ -182,22 +145,6 @@ def _value(record: dict[str, Any], tag: str) -> Any:
     return values[0]
 
 
-@dataclass(frozen=True)
-class Study:
-    """One study as QIDO-RS listed it."""
-
-    uid: str
-    folder: str
-    expected: int | None
-    accession: str | None
-    study_date: str | None
-    qido_sha256: str
-
-
-def _folder(uid: str) -> str:
-    return uid if _UID.match(uid) else "study-" + hashlib.sha256(uid.encode()).hexdigest()[:24]
-
-
 def _study(record: dict[str, Any]) -> Study | None:
     uid = str(_value(record, "0020000D") or "").strip()
     if not uid:
@@ -211,8 +158,9 @@ def _study(record: dict[str, Any]) -> Study | None:
     digest = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
     accession = _value(record, "00080050")
     study_date = _value(record, "00080020")
-    return Study(uid=uid, folder=_folder(uid), expected=expected, accession=str(accession) if accession else None,
-                 study_date=str(study_date) if study_date else None, qido_sha256=digest)
+    return Study(uid=uid, folder=study_folder(uid), expected=expected,
+                 accession=str(accession) if accession else None, study_date=str(study_date) if study_date else None,
+                 record_sha256=digest)
 
 
 def _http_reason(e: Exception, options: Options) -> str:
@@ -262,36 +210,18 @@ def _fetch_study(client: DICOMwebClient, uid: str) -> Iterator[bytes]:
     yield from client._decode_multipart_message(response, stream=True)
 
 
-def _instance_name(data: bytes, n: int) -> str:
-    try:
-        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True)
-        uid = str(ds.get("SOPInstanceUID", "")).strip(" \x00")
-    except Exception:  # a part that is not DICOM keeps a neutral name; ingest quarantines it
-        uid = ""
-    return f"{uid}.dcm" if _UID.match(uid) else f"part-{n:05d}.dcm"
+class _DicomWeb:
+    """The DICOMweb PACS of ``options`` as a :class:`guards.sources.pacs.Pacs`: one HTTP session per thread."""
 
+    kind = "dicomweb"
+    count_origin = "QIDO-RS NumberOfStudyRelatedInstances"
+    errors: tuple[type[Exception], ...] = (requests.RequestException,)
 
-@dataclass
-class Fetched:
-    """What one study's retrieve gave, after its attempts."""
-
-    study: Study
-    received: int = 0
-    attempts: int = 0
-    files: list[tuple[str, str]] = field(default_factory=list)  # (name, sha256)
-    problem: str = ""  # why incomplete; empty when complete
-
-    @property
-    def complete(self) -> bool:
-        return not self.problem
-
-
-class _Retriever:
-    """Retrieves studies into ``root`` with a pool of threads, one HTTP session per thread."""
-
-    def __init__(self, options: Options, root: Path) -> None:
+    def __init__(self, options: Options) -> None:
         self.options = options
-        self.root = root
+        self.common = options.common
+        self.display = options.display
+        self.ledger_key = options.base_url
         self.local = threading.local()
 
     def client(self) -> DICOMwebClient:
@@ -300,231 +230,16 @@ class _Retriever:
             client = self.local.client = _client(self.options)
         return client
 
-    def fetch(self, study: Study) -> Fetched:
-        result = Fetched(study)
-        partial = self.root / f".{study.folder}.partial"
-        for attempt in range(1, self.options.retries + 2):
-            result.attempts = attempt
-            if partial.exists():
-                shutil.rmtree(partial)
-            partial.mkdir(parents=True)
-            files: list[tuple[str, str]] = []
-            error = ""
-            try:
-                for n, data in enumerate(_fetch_study(self.client(), study.uid)):
-                    name = _instance_name(data, n)
-                    if (partial / name).exists():  # the same instance sent twice, or two parts without a UID
-                        name = f"{name[:-4]}-{n:05d}.dcm"
-                    with replacing(partial / name) as tmp:
-                        tmp.write_bytes(data)
-                    files.append((name, hashlib.sha256(data).hexdigest()))
-            except (requests.RequestException, ValueError, OSError) as e:
-                error = _http_reason(e, self.options)
-            result.received, result.files = len(files), files
-            if error:
-                result.problem = (f"retrieve failed ({error}) after {attempt} attempt(s), {len(files)} instance(s) "
-                                  "received")
-            elif study.expected is not None and len(files) != study.expected:
-                result.problem = (f"{len(files)} of {study.expected} instances received (QIDO-RS "
-                                  f"NumberOfStudyRelatedInstances) after {attempt} attempt(s)")
-            else:
-                result.problem = ""
-                break
-            if attempt <= self.options.retries:
-                logger.warning("dicomweb: attempt %d of %d: %s; retrying", attempt, self.options.retries + 1,
-                               result.problem)
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
-        target = self.root / study.folder
-        if target.exists():
-            shutil.rmtree(target)
-        partial.rename(target)
-        return result
+    def list_studies(self) -> list[Study]:
+        return list_studies(self.client(), self.options)
 
+    def fetch(self, study: Study) -> Iterator[bytes]:
+        return _fetch_study(self.client(), study.uid)
 
-def _local_table(named: str, what: str, out_dir: Path) -> Path | None:
-    """A local copy under ingest/sidecars/ of the table at absolute path ``named`` (None when none is named)."""
-    if not named:
-        return None
-    path = Path(named)
-    if not path.is_absolute():
-        raise InputError(f"{what} {named!r}: a PACS has no folder beside its studies; name the table by an absolute "
-                         "local path")
-    if not path.is_file():
-        raise InputError(f"{what} {named!r} does not exist")
-    target = out_dir / SIDECARS / path.name
-    with replacing(target) as tmp:
-        shutil.copyfile(path, tmp)
-    return target
-
-
-def _resolve_accessions(labels: Path, studies: dict[str, str]) -> None:
-    """Rows of the labels copy that name a study by AccessionNumber only get its StudyInstanceUID (QIDO-RS)."""
-    with labels.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        names = list(reader.fieldnames or [])
-        rows = list(reader)
-    if "label" not in names or not ({"StudyInstanceUID", "AccessionNumber"} & set(names)):
-        raise InputError(f"labels table {labels.name} needs the columns StudyInstanceUID (or AccessionNumber) and "
-                         f"label; got {names}")
-    if "AccessionNumber" not in names or all((r.get("StudyInstanceUID") or "").strip() for r in rows):
-        return  # keyed by StudyInstanceUID: the copy stays byte for byte
-    out: list[dict[str, str]] = []
-    unresolved = 0
-    for row in rows:
-        uid = (row.get("StudyInstanceUID") or "").strip() or studies.get((row.get("AccessionNumber") or "").strip(), "")
-        if uid:
-            out.append({"StudyInstanceUID": uid, "AccessionNumber": row.get("AccessionNumber") or "",
-                        "label": row["label"]})
-        else:
-            unresolved += 1
-    if unresolved:
-        logger.warning("dicomweb: %d label row(s) name an AccessionNumber that the PACS did not list; they label "
-                       "no study", unresolved)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["StudyInstanceUID", "AccessionNumber", "label"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(out)
-    with replacing(labels) as tmp:
-        tmp.write_text(text.getvalue(), encoding="utf-8")
-
-
-def _ledger_folder(out_dir: Path, options: Options) -> Path | None:
-    """``OUT/private/pacs/<source id>/`` when ``out_dir`` is a run's ingest folder (OUT/runs/<id>/ingest)."""
-    if not options.ledger:
-        return None
-    resolved = out_dir.resolve()
-    if resolved.name != "ingest" or resolved.parent.parent.name != "runs":
-        logger.info("dicomweb: %s is not a run's ingest folder: no ledger, every study is fetched", out_dir)
-        return None
-    return resolved.parent.parent.parent / "private" / "pacs" / source_id(options.base_url)
-
-
-def _account(rows: list[dict[str, Any]], incomplete: dict[str, Fetched]) -> list[dict[str, Any]]:
-    """Exclude the files of incomplete studies with their reason; one row for what never arrived."""
-    for row in rows:
-        fetched = incomplete.get(row["path"].split("/", 1)[0])
-        if fetched is not None and row["status"] == "indexed":
-            row.update(status="excluded", reason=f"incomplete study from the PACS: {fetched.problem}"[:500])
-    for folder, fetched in incomplete.items():
-        expected = fetched.study.expected
-        missing = (expected - fetched.received) if expected is not None else None
-        if missing is not None and missing <= 0 and fetched.received:
-            continue  # more than expected (the study grew meanwhile): the received files carry the reason
-        row = empty_row(f"{folder}/{NOT_RECEIVED}")
-        what = f"{missing} instance(s)" if missing is not None else "instances"
-        row.update(status="excluded", size=0, is_dicomdir=False, StudyInstanceUID=fetched.study.uid,
-                   reason=f"not received from the PACS: {what} of the study never arrived: {fetched.problem}"[:500])
-        rows.append(row)
-    return sorted(rows, key=lambda r: r["path"])
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    def reason(self, error: Exception) -> str:
+        return _http_reason(error, self.options)
 
 
 def snapshot(source: str, *, out_dir: Path, policy: ReleasePolicy) -> Snapshot:
-    options = parse(source)
-    out_dir = Path(out_dir)
-    root = out_dir / RECEIVED
-    if root.exists():
-        shutil.rmtree(root)  # re-running ingest replaces its outputs
-    root.mkdir(parents=True)
-    if (out_dir / SIDECARS).exists():
-        shutil.rmtree(out_dir / SIDECARS)
-    folder = _ledger_folder(out_dir, options)
-    ledger = Ledger(folder) if folder is not None else None
-    run_name = out_dir.resolve().parent.name
-    client = _client(options)
-    logger.info("dicomweb: querying %s%s", options.display, f" for studies since {options.since}" if options.since
-                else "")
-    if ledger is None:
-        return _snapshot(options, client, root, out_dir, policy, None, run_name)
-    with ledger.locked():
-        return _snapshot(options, client, root, out_dir, policy, ledger, run_name)
-
-
-def _snapshot(options: Options, client: DICOMwebClient, root: Path, out_dir: Path, policy: ReleasePolicy,
-              ledger: Ledger | None, run_name: str) -> Snapshot:
-    from guards.ingest import ingest
-
-    studies = list_studies(client, options)
-    entries = ledger.load() if ledger is not None else {}
-    listed = {s.uid for s in studies}
-    to_fetch: list[Study] = []
-    carried = 0
-    for study in studies:
-        old = entries.get(study.uid)
-        unchanged = (old is not None and old.status == "complete" and old.expected == study.expected
-                     and old.qido_sha256 == study.qido_sha256)
-        if unchanged and ledger is not None and old is not None and ledger.carry(old, root):
-            carried += 1
-        else:
-            to_fetch.append(study)
-    gone = 0
-    window = f"{options.since:%Y%m%d}" if options.since else None
-    for uid, old in sorted(entries.items()):
-        if uid in listed or old.status == "gone":
-            continue
-        if window and (old.StudyDate is None or old.StudyDate < window):
-            if ledger is not None and ledger.carry(old, root):  # outside tonight's window: carried unchecked
-                carried += 1
-            continue
-        gone += 1
-        entries[uid] = replace(old, status="gone", reason="no longer listed by the PACS", run=run_name,
-                               updated_at=_now())
-        if ledger is not None:
-            ledger.forget(old.folder)
-    logger.info("dicomweb: %d studies listed: %d to fetch, %d carried from the ledger, %d gone",
-                len(studies), len(to_fetch), carried, gone)
-
-    retriever = _Retriever(options, root)
-    steps = Steps(len(to_fetch), what="dicomweb: retrieve", logger=logger, unit="studies")
-    incomplete: dict[str, Fetched] = {}
-    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="dicomweb") as pool:
-        for fetched in pool.map(retriever.fetch, to_fetch):
-            steps.advance()
-            study = fetched.study
-            if not fetched.complete:
-                incomplete[study.folder] = fetched
-                logger.warning("dicomweb: a study is incomplete and excluded: %s", fetched.problem)
-            entries[study.uid] = Entry(
-                StudyInstanceUID=study.uid, folder=study.folder, AccessionNumber=study.accession,
-                StudyDate=study.study_date, expected=study.expected, received=fetched.received,
-                qido_sha256=study.qido_sha256, files_sha256=files_digest(fetched.files),
-                status="complete" if fetched.complete else ("failed" if not fetched.received else "incomplete"),
-                reason=fetched.problem, run=run_name, updated_at=_now())
-            if ledger is not None:
-                if fetched.complete:
-                    ledger.keep(study.folder, root / study.folder)
-                else:
-                    ledger.forget(study.folder)
-    steps.done()
-
-    result = ingest(root, out_dir=out_dir, policy=policy.ingest)
-    rows = result.table.to_pylist()
-    counts = dict(result.counts)
-    if incomplete:
-        rows = _account(rows, incomplete)
-        table = to_table(rows)
-        write_table(table, result.index_path)
-        counts = {"seen": len(rows), "indexed": 0, "quarantined": 0, "excluded": 0}
-        for r in rows:
-            counts[r["status"]] += 1
-    if ledger is not None:
-        ledger.save(entries)
-
-    labels_named = options.labels or (policy.ingest.labels if Path(policy.ingest.labels).is_absolute() else "")
-    if not labels_named and policy.ingest.labels:
-        logger.info("dicomweb: ingest.labels %r is relative: a PACS has no folder to find it in (give an absolute "
-                    "path, or labels= in the source URL); no labels", policy.ingest.labels)
-    labels = _local_table(labels_named, "labels table", out_dir)
-    if labels is not None:
-        by_accession = {s.accession: s.uid for s in studies if s.accession}
-        by_accession.update({e.AccessionNumber: e.StudyInstanceUID for e in entries.values()
-                             if e.AccessionNumber and e.AccessionNumber not in by_accession})
-        _resolve_accessions(labels, by_accession)
-    demographics = _local_table(policy.cohort.demographics, "cohort.demographics", out_dir)
-    logger.info("dicomweb: snapshot of %s: %s (%d fetched, %d carried, %d incomplete)", options.display, counts,
-                len(to_fetch), carried, len(incomplete))
-    return Snapshot(kind="dicomweb", root=result.root, index=result.index_path, labels=labels,
-                    demographics=demographics, counts=counts, fingerprint=fingerprint(rows, [labels, demographics]))
+    """The snapshot of the DICOMweb PACS ``source`` (guards.sources.pacs.snapshot does the work)."""
+    return pacs.snapshot(_DicomWeb(parse(source)), out_dir=Path(out_dir), policy=policy)
