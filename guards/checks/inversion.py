@@ -26,12 +26,15 @@ it); each patient of a label gets the best over their images.
 Cells: ``all``, ``label=L`` and ``label=L, column=value`` for each subgroup column. Per cell, leakage is the
 separation of the training patients' best SSIM from the held-out patients': AUC (Mann-Whitney, ties half) and a
 one-sided permutation test over patients (the train / held-out assignment shuffled within the cell). Bonferroni
-over the tested cells: a cell fails when its p-value is at or below ``alpha / cells`` and its AUC is above
-``inversion.auc_max``; otherwise it passes. The permutation count is raised so that ``1 / (permutations + 1)`` is
-below the Bonferroni threshold. Only the protected proxy's figures are judged; the clean proxy's are reported
-(``..._clean`` metrics, no threshold) so that the report shows what the noise changes. ReRo at each of
-``inversion.ssim_bounds``: the share of training images whose best SSIM exceeds the bound (held-out images beside
-it, as the chance level).
+over the tested cells: a cell fails when its p-value is at or below ``alpha / cells`` and the one-sided
+``1 - alpha / cells`` lower bound of its AUC (normal, DeLong standard error) is above ``inversion.auc_max``: a
+separation shown beyond chance and shown larger than the threshold. Otherwise it passes. (Every proxy that fits
+its training images separates them a little: on balanced synthetic cells the AUC was 0.55 to 0.66 for a whole
+label, so a significance test alone flags the weak memorisation every fitted model has; benchmarks/inversion.)
+The permutation count is raised so that ``1 / (permutations + 1)`` is below the Bonferroni threshold. Only the
+protected proxy's figures are judged; the clean proxy's are reported (``..._clean`` metrics, no threshold) so that
+the report shows what the noise changes. ReRo at each of ``inversion.ssim_bounds``: the share of training images
+whose best SSIM exceeds the bound (held-out images beside it, as the chance level).
 
 Rule-based findings (nothing is silently passed):
 
@@ -166,18 +169,40 @@ def reconstruct(model: nn.Module, *, n_classes: int, restarts: int, steps: int, 
 
 @dataclass(frozen=True)
 class Leakage:
-    """Separation of training from held-out scores: AUC and a one-sided permutation p-value."""
+    """Separation of training from held-out scores: AUC, a one-sided permutation p-value, and the DeLong standard
+    error of the AUC."""
 
     auc: float
     p: float
     train: int
     held_out: int
+    se: float = float("nan")
+
+    def lower(self, alpha: float) -> float:
+        """One-sided ``1 - alpha`` lower bound of the AUC (normal, DeLong standard error)."""
+        from scipy import stats
+
+        if not (math.isfinite(self.auc) and math.isfinite(self.se)):
+            return float("nan")
+        return float(self.auc - stats.norm.ppf(1 - alpha) * self.se)
+
+
+def delong_se(train: np.ndarray, held_out: np.ndarray) -> float:
+    """DeLong et al. (1988) standard error of the AUC from the placement values (ties count half)."""
+    n1, n0 = len(train), len(held_out)
+    if n1 < 2 or n0 < 2:
+        return float("nan")
+    diff = train[:, None] - held_out[None, :]
+    psi = (diff > 0) + 0.5 * (diff == 0)
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    return float(math.sqrt(v10.var(ddof=1) / n1 + v01.var(ddof=1) / n0))
 
 
 def leakage(train: np.ndarray, held_out: np.ndarray, *, rng: np.random.Generator, permutations: int,
             chunk: int = 500) -> Leakage:
-    """AUC of ``train`` over ``held_out`` (Mann-Whitney; ties count half) and the permutation p-value of
-    ``AUC >= observed`` with the group labels shuffled, ``(1 + hits) / (1 + permutations)``."""
+    """AUC of ``train`` over ``held_out`` (Mann-Whitney; ties count half), the permutation p-value of
+    ``AUC >= observed`` with the group labels shuffled, ``(1 + hits) / (1 + permutations)``, and the AUC's
+    DeLong standard error."""
     from scipy import stats
 
     n1, n0 = len(train), len(held_out)
@@ -193,7 +218,14 @@ def leakage(train: np.ndarray, held_out: np.ndarray, *, rng: np.random.Generator
         hits += int((ranks[pick].sum(axis=1) >= observed - 1e-9).sum())
         done += k
     auc = (observed - n1 * (n1 + 1) / 2) / (n1 * n0)
-    return Leakage(float(auc), (1 + hits) / (1 + permutations), n1, n0)
+    return Leakage(float(auc), (1 + hits) / (1 + permutations), n1, n0, delong_se(train, held_out))
+
+
+def cell_status(stat: Leakage, *, alpha_cell: float, auc_max: float) -> Status:
+    """``fail`` when the permutation p-value is at or below ``alpha_cell`` (Bonferroni) and the AUC's one-sided
+    ``1 - alpha_cell`` lower bound is above ``auc_max``; ``pass`` otherwise (module docstring)."""
+    lower = stat.lower(alpha_cell)
+    return "fail" if stat.p <= alpha_cell and math.isfinite(lower) and lower > auc_max else "pass"
 
 
 def _histogram(values: np.ndarray) -> dict[str, float]:
@@ -393,14 +425,15 @@ def run(
     for name in tested:
         s = prot.cells[name]
         clean = views["clean"].cells[name]
-        significant = s.p <= alpha_cell
-        status: Status = "fail" if significant and s.auc > sec.auc_max else "pass"
+        lower = s.lower(alpha_cell)
+        status = cell_status(s, alpha_cell=alpha_cell, auc_max=sec.auc_max)
         mask = cells[name]
         med_t = float(np.median(prot.unit_best[mask & unit_train]))
         med_h = float(np.median(prot.unit_best[mask & ~unit_train]))
         base = (f"{s.train} training vs {s.held_out} held-out patients; best SSIM to the label's {sec.restarts}"
                 f" reconstructions, median {med_t:.3f} vs {med_h:.3f}; permutation p {s.p:.4g} ({permutations}"
-                f" permutations), Bonferroni threshold {alpha_cell:.3g} over {len(tested)} cells")
+                f" permutations), Bonferroni threshold {alpha_cell:.3g} over {len(tested)} cells; AUC lower bound"
+                f" {lower:.3f} at the same level (DeLong)")
         findings.append(Finding("reconstruction_auc", round(s.auc, 4), sec.auc_max, status, subgroup=name,
                                 evidence=f"{base}; proxy trained on the released images"))
         findings.append(Finding(
@@ -452,7 +485,8 @@ def run(
             view: {
                 "accuracy_held_out": round(views[view].accuracy_held_out, 4),
                 "accuracy_train": round(views[view].accuracy_train, 4),
-                "cells": {n: {"auc": round(s.auc, 4), "p": round(s.p, 6), "training": s.train,
+                "cells": {n: {"auc": round(s.auc, 4), "p": round(s.p, 6), "se": round(s.se, 4),
+                              "lower": round(s.lower(alpha_cell), 4), "training": s.train,
                               "held_out": s.held_out} for n, s in views[view].cells.items()},
                 "rero": rero[view],
             }

@@ -55,6 +55,28 @@ def test_leakage_auc_and_permutation_p() -> None:
     assert a == b  # seeded
 
 
+@pytest.mark.parametrize(
+    ("train_shift", "expected"),
+    [
+        (1.0, "fail"),  # AUC 0.80, p 0.0005, lower bound 0.69 at the Bonferroni level: shown above auc_max
+        (0.5, "pass"),  # AUC 0.67, p 0.001: significant, but its lower bound (0.54) is not above auc_max
+        (0.0, "pass"),  # no separation
+    ],
+)
+def test_cell_status_needs_significance_and_an_auc_shown_above_the_threshold(train_shift: float,
+                                                                              expected: str) -> None:
+    rng = np.random.default_rng(1)
+    held = rng.normal(size=60)
+    train = rng.normal(size=60) + train_shift
+    alpha_cell = 0.05 / 17
+    stat = inversion.leakage(train, held, rng=np.random.default_rng(2), permutations=2000)
+    assert inversion.cell_status(stat, alpha_cell=alpha_cell, auc_max=0.65) == expected
+    if train_shift == 0.5:  # the weak memorisation every fitted proxy shows: significant, not flagged
+        assert stat.p <= alpha_cell and stat.auc > 0.65 and stat.lower(alpha_cell) < 0.65
+    se = inversion.delong_se(np.arange(10.0), np.arange(10.0) + 0.5)
+    assert 0.05 < se < 0.2  # DeLong's standard error of an AUC near 0.5 with 10 + 10 scores
+
+
 def test_reconstruction_is_seeded_and_in_range() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, 2))
     a = inversion.reconstruct(model, n_classes=2, restarts=3, steps=5, step_size=0.05, tv_weight=0.5, size=SIZE,
@@ -113,12 +135,20 @@ def test_a_label_carried_by_one_duplicated_patient_is_flagged_naming_the_cell(tm
     json.dumps(r.to_dict())
 
 
-def test_balanced_cells_of_30_patients_are_not_flagged(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def balanced(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """130 patients, one image each, half in the minority: every label x sex / ethnic group cell has 30+ patients;
+    the release carries class-wise noise (so two proxies are trained)."""
+    root = tmp_path_factory.mktemp("inv")
     mod = corpus_module()
-    src = mod.make_corpus(tmp_path / "src", patients=130, size=SIZE, seed=2, images_per_study=1,
-                          minority_share=0.5)
-    mod.protect_release(src, tmp_path / "rel", epsilon=8 / 255, mode="classwise", seed=2)
-    r = inversion.run(tmp_path / "rel", source_dir=tmp_path / "src", cohort=src.cohort, policy=_policy())
+    src = mod.make_corpus(root / "src", patients=130, size=SIZE, seed=2, images_per_study=1, minority_share=0.5)
+    mod.protect_release(src, root / "rel", epsilon=8 / 255, mode="classwise", seed=2)
+    return root, src
+
+
+def test_balanced_cells_of_30_patients_are_not_flagged(balanced) -> None:  # type: ignore[no-untyped-def]
+    root, src = balanced
+    r = inversion.run(root / "rel", source_dir=root / "src", cohort=src.cohort, policy=_policy())
     assert [f for f in r.findings if f.status == "fail"] == []
     assert r.status == "pass"
     # all + 2 labels x (label, sex=F/M, ethnic_group=majority/minority): every cell has 30+ patients, all tested
