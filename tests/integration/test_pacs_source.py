@@ -419,3 +419,61 @@ def test_guard_run_on_a_pacs_labels_by_accession_number_and_accounts_for_a_lost_
         main(["run", pacs.source(), str(tmp_path / "out2"), "--labels", str(tmp_path / "nope.csv"), "--bogus"])
     assert main(["run", pacs.source(), str(tmp_path / "out2"), "--labels", str(tmp_path / "nope.csv")]) != EXIT_OK
     assert not (tmp_path / "out2").exists()
+
+
+def test_the_second_night_fetches_the_new_studies_and_the_one_cut_off_the_night_before(
+    pacs: orthanc.Orthanc, tmp_path: Path, key_hex: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: night 1 holds six studies and the connection drops in the middle of one of them (a proxy cuts
+    the response after its first instance, every attempt): that study is accounted for with the reason, the rest
+    is published. Night 2 adds five studies: only those five and the cut one are retrieved, and the release is
+    the union."""
+    import cutting_proxy  # tests/integration/cutting_proxy.py
+
+    from guards.cli import EXIT_OK, main
+
+    corpus = generate_corpus(tmp_path / "src", studies=11, seed=8, image_size=64)
+    files: dict[str, list[Path]] = collections.defaultdict(list)
+    for p in corpus.files:
+        files[_header(p.read_bytes())[1]].append(p)
+    studies = sorted(files)
+    first, later = studies[:6], studies[6:]
+    cut = max(first, key=lambda s: len(files[s]))
+    assert len(files[cut]) >= 2 and len(later) == 5
+    for study in first:
+        _upload(pacs, files[study])
+    policy = tmp_path / "policy.toml"
+    policy.write_text(LIGHT_TOML, encoding="utf-8")
+    monkeypatch.setenv("GUARD_KEY", key_hex)
+    out = tmp_path / "out"
+    calls = _spy(monkeypatch)
+
+    with cutting_proxy.start(pacs.http_port) as proxy:
+        source = f"dicomweb+http://127.0.0.1:{proxy.port}/dicom-web?workers=1&retries=1"
+        proxy.cut, proxy.keep = f"/studies/{cut}", min(p.stat().st_size for p in files[cut]) + 1500
+        night1 = main(["run", source, str(out), "--labels", str(corpus.labels_csv), "--policy", str(policy),
+                       "--run-id", "night1"])
+        assert night1 == EXIT_OK and proxy.cuts == 2 and calls.count(cut) == 2  # 1 + retries=1
+        rows = pq.read_table(out / "runs" / "night1" / "ingest" / "index.parquet").to_pylist()
+        cut_rows = [r for r in rows if r["StudyInstanceUID"] == cut]
+        assert cut_rows and all(r["status"] == "excluded" for r in cut_rows)
+        # The multipart stream ends early: a short count (or a read error) on each attempt, then the reason.
+        n = len(files[cut])
+        assert all(("retrieve failed" in str(r["reason"]) or f"of {n} instances received" in str(r["reason"]))
+                   and "after 2 attempt(s)" in str(r["reason"]) for r in cut_rows), [r["reason"] for r in cut_rows]
+        assert sum(r["path"].endswith(dicomweb.NOT_RECEIVED) for r in cut_rows) == 1
+        [v1] = list((out / "releases").glob("*/v0001"))
+        assert len(list((v1 / "data").rglob("*.dcm"))) == sum(len(files[s]) for s in first if s != cut)
+
+        for study in later:
+            _upload(pacs, files[study])
+        proxy.cut = ""  # the PACS is whole again
+        calls.clear()
+        night2 = main(["run", source, str(out), "--labels", str(corpus.labels_csv), "--policy", str(policy),
+                       "--run-id", "night2"])
+    assert night2 == EXIT_OK
+    assert sorted(calls) == sorted([*later, cut])  # the five new studies and last night's cut one, no other
+    [v2] = list((out / "releases").glob("*/v0002"))
+    published = {_header(p.read_bytes())[1] for p in (v2 / "data").rglob("*.dcm")}
+    assert len(list((v2 / "data").rglob("*.dcm"))) == len(corpus.files)  # the union: every instance, once
+    assert len(published) == len(studies)
