@@ -163,12 +163,13 @@ def _validate(df: pd.DataFrame, plans: list[_Planned], docs_dir: Path) -> list[A
     return [by_id[p.expectation.id] for p in plans]
 
 
-_REMOTE = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>|<link\b[^>]*\bhref="https?://[^"]*"[^>]*/?>',
-                     re.IGNORECASE)
+_REMOTE = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>|<link\b[^>]*\bhref="https?://[^"]*"[^>]*/?>'
+                     r'|<img\b[^>]*\bsrc="https?://[^"]*"[^>]*/?>', re.IGNORECASE)
 
 
 def offline_data_docs(docs_dir: Path) -> int:
-    """Remove every script and style sheet GX's pages load from public CDNs (unpinned, without integrity).
+    """Remove every script, style sheet and image GX's pages load from public CDNs (unpinned, without integrity;
+    the image is GX's logo on S3).
 
     The pages are static HTML rendered by GX; the CDN scripts only add charts and navigation. A release must read
     offline, and the review plugin's Content-Security-Policy refuses third-party scripts anyway. Returns how

@@ -86,6 +86,15 @@ def test_datadocs_name_the_failing_expectation(failing: tuple[CheckResult, Path]
     assert not list(report.glob("*.tmp"))
 
 
+def test_datadocs_load_nothing_from_the_network(failing: tuple[CheckResult, Path]) -> None:
+    """No script, style sheet or image of any Data Docs page comes from another origin (they read offline)."""
+    _, report = failing
+    pages = list((report / "datadocs").rglob("*.html"))
+    assert len(pages) >= 3  # the index, the suite and the validation result
+    remote = re.compile(r'<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)="(?:https?:)?//', re.IGNORECASE)
+    assert [p.name for p in pages if remote.search(p.read_text(encoding="utf-8"))] == []
+
+
 def test_balanced_cohort_passes(passing: tuple[CheckResult, Path]) -> None:
     result, report = passing
     assert result.status == "pass", [f for f in result.findings if f.status != "pass"]
