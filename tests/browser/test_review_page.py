@@ -1,11 +1,13 @@
 """The review page in a real browser: XSS payloads in DICOM headers stay inert on every page the plugin serves.
 
 A failing run is made from generated studies whose EthnicGroup, Manufacturer, InstitutionName and
-StudyDescription hold an HTML payload. The real Airflow API server (``airflow api-server``, SimpleAuthManager, its
-own home and port) serves the Release gates plugin; headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
-driven by selenium) logs in with the UI's session cookie and opens the Release gates page, the run's gate report,
-and every Great Expectations Data Docs page of the run. On each page: no alert opened, no element the payload would
-create exists, the payload's text is shown as text where it is shown, and the response carried the CSP.
+StudyDescription hold an HTML payload; a second run's labels table holds one as a label (refused by the cohort
+step, whose error, with the offending row, is the report's first reason). The real Airflow API server
+(``airflow api-server``, SimpleAuthManager, its own home and port) serves the Release gates plugin; headless
+Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by selenium) logs in with the UI's session cookie
+and opens the Release gates page, the runs' gate reports, and every Great Expectations Data Docs page of the
+first run. On each page: no alert opened, no element the payload would create exists, the payload's text is
+shown as text where it is shown, and the response carried the CSP.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ pytestmark = [
 ]
 
 RUN_ID = "manual__xss"
+LABEL_RUN_ID = "manual__xss_label"
+LABEL_PAYLOAD = "<img src=x class=xss-label onerror=alert(1)>"
 # One marker per field, so that a page showing a payload says which header it came from.
 FIELDS = ("EthnicGroup", "Manufacturer", "InstitutionName", "StudyDescription")
 
@@ -59,7 +63,7 @@ def payload(field: str) -> str:
 POLICY = ReleasePolicy().with_overrides({
     "deid.clean_pixel_data": False, "protect.enabled": False, "reid.remediate": False,
     "gate.blocking": ["representation", "reid"], "gate.advisory": [], "reid.k": 1000,
-    "gate.off": ["phi", "membership", "unlearnability", "attribute"],
+    "gate.off": ["phi", "membership", "unlearnability", "attribute", "inversion"],
 })
 
 
@@ -77,6 +81,18 @@ def guard_out(tmp_path_factory: pytest.TempPathFactory, key: PseudonymKey) -> Pa
     out = tmp_path_factory.mktemp("xss-out")
     result = pipeline.run_pipeline(src, out, policy=POLICY, key=key, run_id=RUN_ID)
     assert not result.passed
+    # The label run: one row's label is the payload; the cohort step fails on it, the gate reports why.
+    from guards.errors import InputError
+
+    lines = (src / "labels.csv").read_text(encoding="utf-8").splitlines()
+    lines[1] = f"{lines[1].split(',')[0]},{LABEL_PAYLOAD}"
+    (src / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = pipeline.begin(src, out, LABEL_RUN_ID, policy=POLICY, key=key)
+    pipeline.step_deid(run, key=key)
+    with pytest.raises(InputError, match="line 2"):
+        pipeline.step_cohort(run, key=key)
+    gate = pipeline.step_gate(run)
+    assert LABEL_PAYLOAD in gate["reasons"][0]  # the offending value is named (and must be shown as text)
     return out
 
 
@@ -96,7 +112,8 @@ def _pages(guard_out: Path) -> list[str]:
     report = guard_out / "runs" / RUN_ID / "report"
     docs = sorted(p.relative_to(report).as_posix() for p in (report / "datadocs").rglob("*.html"))
     assert len(docs) >= 3, docs  # index, suite, validation
-    return ["/release-gates/", f"/release-gates/runs/{RUN_ID}/", *(f"/release-gates/runs/{RUN_ID}/{d}" for d in docs)]
+    return ["/release-gates/", f"/release-gates/runs/{RUN_ID}/", *(f"/release-gates/runs/{RUN_ID}/{d}" for d in docs),
+            f"/release-gates/runs/{LABEL_RUN_ID}/"]
 
 
 def test_payloads_in_headers_are_inert_on_every_page(browser: Any, server: Server, guard_out: Path) -> None:
@@ -117,4 +134,6 @@ def test_payloads_in_headers_are_inert_on_every_page(browser: Any, server: Serve
         shown[path] = text.count("<img src=x")
     # the payload of EthnicGroup (a subgroup value) is shown, as text, on the report and on the Data Docs pages
     assert shown[f"/release-gates/runs/{RUN_ID}/"] > 0
+    assert shown[f"/release-gates/runs/{LABEL_RUN_ID}/"] > 0  # the label's payload, as text, in the first reason
+    assert shown["/release-gates/"] > 0  # the Release gates page lists both runs' causes, as text
     assert sum(v for k, v in shown.items() if "datadocs" in k) > 0, shown
