@@ -26,6 +26,7 @@ from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_con
 
 from guards.approval_task import StewardApproval
 from guards.checks.registry import registered
+from guards.gate_task import gate_task, report_url
 
 GUARD_OUT = os.environ.get("GUARD_OUT", os.path.join(os.environ.get("AIRFLOW_HOME", "."), "guard-out"))
 GUARD_SOURCE = os.environ.get("GUARD_SOURCE", "")
@@ -223,7 +224,7 @@ def guard_release() -> None:
         """The checks whose registry entry needs a GPU; they run on the Run's device."""
         return _check(check_id)
 
-    @task(retries=0, trigger_rule="all_done", on_failure_callback=[
+    @gate_task(retries=0, trigger_rule="all_done", on_failure_callback=[
         _notifier("Release Guard: gate FAILED for {{ run_id }}", "The release gate failed: nothing is published.")
     ] if NOTIFY else [])
     def gate(cpu: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> dict[str, Any]:
@@ -233,14 +234,13 @@ def guard_release() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from guards import pipeline
-        from guards.run import safe_run_id
 
         outcome = _guarded(lambda: pipeline.step_gate(_load()))
         if not outcome["passed"]:
             log = logging.getLogger("guard_release.gate")
             for n, reason in enumerate(outcome["reasons"], start=1):  # one line per reason, not one long line
                 log.error("reason %d/%d: %s", n, len(outcome["reasons"]), reason)
-            link = f"/release-gates/runs/{safe_run_id(_run_id())}/"  # the Gate report link of this task
+            link = report_url(_run_id())  # the Gate report link of this task
             raise AirflowFailException(f"release gate FAILED ({len(outcome['reasons'])} reasons above; the first:"
                                        f" {outcome['reasons'][0] if outcome['reasons'] else 'none given'})."
                                        f" Report: {link} in Release gates")

@@ -6,7 +6,8 @@ A FastAPI app mounted by the API server under ``/release-gates`` with a nav entr
   and the subgroups they failed for (``/release-gates/api/runs`` gives the same as JSON);
 - ``/release-gates/runs/<run_id>/``: that run's gate report (``index.html``, its assets, and the Great
   Expectations Data Docs under ``report/datadocs/``), with path-traversal protection;
-- an operator extra link "Gate report" on the ``gate`` task of ``guard_release``, pointing at the run's page.
+- the extra link "Gate report" on the ``gate`` task of ``guard_release`` (declared on that task's operator,
+  guards.gate_task, not here: a plugin's global link showed an empty "Extra Links" heading on every task).
 
 Every route depends on the API server's DAG authorisation (``requires_access_dag("GET", RUN)`` for
 ``guard_release``): a request without a valid Airflow JWT (bearer header or the UI's session cookie) gets 401, a
@@ -31,14 +32,14 @@ from typing import Any
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
-from airflow.sdk import BaseOperatorLink
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
+from guards.gate_task import REVIEW_URL_PREFIX
+
 logger = logging.getLogger(__name__)
 
-URL_PREFIX = "/release-gates"
-GATE_TASK_ID = "gate"
+URL_PREFIX = REVIEW_URL_PREFIX
 DAG_ID = "guard_release"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")  # guards.pipeline.safe_run_id's alphabet
 # No script of any origin (the report and the review page need none; GX's inline scripts are refused), styles and
@@ -197,19 +198,6 @@ def create_app() -> FastAPI:
     return app
 
 
-class GateReportLink(BaseOperatorLink):
-    """Extra link "Gate report" on the ``gate`` task of ``guard_release``: that run's page in Release gates."""
-
-    name = "Gate report"
-
-    def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        if getattr(operator, "task_id", None) != GATE_TASK_ID or getattr(ti_key, "dag_id", None) != DAG_ID:
-            return ""
-        from guards.pipeline import safe_run_id
-
-        return f"{URL_PREFIX}/runs/{safe_run_id(ti_key.run_id)}/"
-
-
 class GuardReviewPlugin(AirflowPlugin):
     name = "guard_review"
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Release gates"}]
@@ -221,4 +209,3 @@ class GuardReviewPlugin(AirflowPlugin):
             "url_route": "release-gates",
         }
     ]
-    global_operator_extra_links = [GateReportLink()]

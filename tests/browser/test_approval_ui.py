@@ -57,7 +57,7 @@ enabled = false
 [gate]
 blocking = ["reid"]
 advisory = []
-off = ["representation", "phi", "membership", "unlearnability", "attribute"]
+off = ["representation", "phi", "membership", "unlearnability", "attribute", "inversion"]
 [reid]
 k = 1
 max_risk = 1.0
@@ -169,6 +169,12 @@ def test_approving_in_the_browser_publishes_and_records_the_steward(server: Serv
     assert approval["comment"] == "read the gate report: reid passes" and approval["via"] == "Airflow Required actions"
     sheet = (release / "datasheet.md").read_text(encoding="utf-8")
     assert "- By: steward" in sheet and "read the gate report" in sheet
+    # The gate task links its report (the link the worker stored when the task ended); no other task has links,
+    # so no task page shows an empty "Extra Links" heading.
+    links = f"/api/v2/dags/guard_release/dagRuns/{run.run_id}/taskInstances/%s/links"
+    assert server.api("GET", links % "gate")["extra_links"] == {
+        "Gate report": f"/release-gates/runs/{_safe(run.run_id)}/"}
+    assert server.api("GET", links % "cohort")["total_entries"] == 0
 
 
 def test_rejecting_publishes_nothing(server: Server, source: Path) -> None:

@@ -119,6 +119,8 @@ def test_task_graph_is_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
         dag.params.keys())
     assert [o.name for o in dag.task_dict["publish"].outlets] == ["file:///data/guard-out/releases"]
     assert type(dag.task_dict["approve"]).__name__ == "StewardApproval"
+    links = {t: [x.name for x in dag.task_dict[t].operator_extra_links] for t in dag.task_dict}
+    assert links.pop("gate") == ["Gate report"] and not any(links.values())  # only the gate task links the report
     assert dag.task_dict["approve"].defaults == ["Reject"]  # what the timeout answers
 
 

@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.airflow]
 FAILING = ReleasePolicy().with_overrides({
     "deid.clean_pixel_data": False, "protect.enabled": False,
     "gate.blocking": ["reid"], "gate.advisory": [], "reid.k": 1000,
-    "gate.off": ["representation", "phi", "membership", "unlearnability", "attribute"],
+    "gate.off": ["representation", "phi", "membership", "unlearnability", "attribute", "inversion"],
 })
 
 
@@ -162,12 +162,16 @@ def test_gate_report_link_points_at_the_run_page() -> None:
 
     import guard_review  # the plugins folder is on sys.path once Airflow has loaded its plugins
 
-    link = guard_review.GateReportLink()
+    from guards.gate_task import GateOperator, GateReportLink
+
+    link = GateReportLink()
     key = SimpleNamespace(dag_id="guard_release", run_id="manual__2026-11-23T02:00:00+00:00")
     assert link.name == "Gate report"
     assert link.get_link(SimpleNamespace(task_id="gate"), ti_key=key) == (
         "/release-gates/runs/manual__2026-11-23T02_00_00_00_00/")
-    assert link.get_link(SimpleNamespace(task_id="cohort"), ti_key=key) == ""
+    assert [x.name for x in GateOperator.operator_extra_links] == ["Gate report"]
+    # Not a global link: those are listed on every task of every DAG (an empty "Extra Links" heading on each).
+    assert not guard_review.GuardReviewPlugin.global_operator_extra_links
 
 
 def test_every_response_carries_a_strict_csp_and_no_store(client: TestClient, token: str, guard_out: Path) -> None:
