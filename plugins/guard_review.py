@@ -83,6 +83,7 @@ def run_summary(report_dir: Path) -> dict[str, Any]:
         "subgroups": sorted({str(c["subgroup"]) for c in failing if c.get("subgroup")}),
         "reasons": list(gate.get("reasons", [])),
         "waivers": list(gate.get("waivers", [])),
+        "approval": gate.get("approval") if isinstance(gate.get("approval"), dict) else None,
         "has_datadocs": (report_dir / "datadocs" / "index.html").is_file(),
         "modified": (report_dir / "gate.json").stat().st_mtime,
     }
@@ -138,6 +139,26 @@ def _failing_item(c: dict[str, Any]) -> str:
     return text
 
 
+def _sign_off(r: dict[str, Any]) -> str:
+    """The steward's decision on a passed gate (guards.approval): who, when and the comment; or that one is awaited."""
+    a = r.get("approval")
+    if not a:
+        return "awaiting sign-off" if r["passed"] else "-"
+    decision = str(a.get("decision") or "")
+    if decision == "not required":
+        return "not required by policy"
+    text = f"<b>{_cell(decision)}</b>"
+    if a.get("by"):
+        text += f" by {_cell(a['by'])}"
+    if a.get("at"):
+        text += f" at {_cell(a['at'])}"
+    if a.get("comment"):
+        text += f": {_cell(a['comment'])}"
+    elif a.get("via") and not a.get("by"):
+        text += f" ({_cell(a['via'])})"
+    return text
+
+
 def runs_page(runs: list[dict[str, Any]]) -> str:
     """The "Release gates" page: one row per run, failing checks and their subgroups spelled out."""
     rows = []
@@ -152,9 +173,9 @@ def runs_page(runs: list[dict[str, Any]]) -> str:
             f'<tr class="{verdict.lower()}"><td><a href="runs/{run}/">{run}</a>{docs}</td><td>{verdict}</td>'
             f"<td>{cause}</td><td><ul>{failing or '<li>none</li>'}</ul></td>"
             f"<td>{_cell(', '.join(r.get('subgroups', [])))}</td>"
-            f"<td>{waived}</td></tr>"
+            f"<td>{waived}</td><td>{_sign_off(r)}</td></tr>"
         )
-    body = "".join(rows) or '<tr><td colspan="6">No run has produced a gate report yet.</td></tr>'
+    body = "".join(rows) or '<tr><td colspan="7">No run has produced a gate report yet.</td></tr>'
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Release gates</title><style>"
         "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
@@ -162,7 +183,7 @@ def runs_page(runs: list[dict[str, Any]]) -> str:
         "tr.passed td:nth-child(2){color:#0a7d32;font-weight:bold}ul{margin:0;padding-left:1.1em}</style></head>"
         f"<body><h1>Release gates</h1><p>{len(runs)} run(s) with a gate report.</p>"
         "<table><thead><tr><th>Run</th><th>Verdict</th><th>First cause</th><th>Failing checks</th><th>Subgroups</th>"
-        f"<th>Waivers</th></tr></thead><tbody>{body}</tbody></table></body></html>"
+        f"<th>Waivers</th><th>Sign-off</th></tr></thead><tbody>{body}</tbody></table></body></html>"
     )
 
 

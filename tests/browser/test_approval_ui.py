@@ -160,6 +160,9 @@ def test_approving_in_the_browser_publishes_and_records_the_steward(server: Serv
                                         if b.text.strip() == "Approve" and b.is_enabled()])
         approve[0].click()
         states = run.finish()
+        browser.get(f"{server.base}/release-gates/")  # the Release gates page shows who signed off, and why
+        row = [r for r in browser.find_elements(By.TAG_NAME, "tr") if _safe(run.run_id) in r.text]
+        assert row and "approved by steward" in row[0].text and "read the gate report: reid passes" in row[0].text
     assert states == {"gate": "success", "approve": "success", "publish": "success"}, run.log.read_text()[-3000:]
     after = _versions(server)
     assert len(after) == len(before) + 1

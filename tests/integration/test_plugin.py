@@ -226,3 +226,25 @@ def test_a_user_who_may_not_read_the_dag_gets_403(client: TestClient, token: str
         assert response.status_code == 403, (path, response.status_code)
         assert b"reid" not in response.content
     assert asked and set(asked) == {("GET", "guard_release")}
+
+
+def test_the_release_gates_page_shows_the_sign_off() -> None:
+    import guard_review
+
+    base = {"failing": [], "reasons": [], "waivers": [], "subgroups": []}
+    runs = [
+        {**base, "run_id": "a", "passed": True, "approval": {
+            "decision": "approved", "by": "steward", "at": "2026-12-03T10:00:00+00:00",
+            "comment": "<img src=x onerror=alert(1)> checked", "via": "Airflow Required actions"}},
+        {**base, "run_id": "b", "passed": True, "approval": {
+            "decision": "rejected", "by": "", "at": "2026-12-03T11:00:00+00:00", "comment": "",
+            "via": "no answer within 72 h (timeout)"}},
+        {**base, "run_id": "c", "passed": True, "approval": None},
+        {**base, "run_id": "d", "passed": False, "approval": None},
+    ]
+    page = guard_review.runs_page(runs)
+    assert "<th>Sign-off</th>" in page
+    assert "<b>approved</b> by steward at 2026-12-03T10:00:00+00:00: &lt;img src=x" in page
+    assert "<img src=x" not in page  # the comment is the steward's text, shown as text
+    assert "<b>rejected</b> at 2026-12-03T11:00:00+00:00 (no answer within 72 h (timeout))" in page
+    assert page.count("awaiting sign-off") == 1  # the passed run without a decision; the failed one has none
