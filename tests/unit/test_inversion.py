@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pydicom
 import pytest
 import torch
 from test_images import corpus_module
@@ -188,6 +189,22 @@ def test_too_few_patients_is_inconclusive_with_what_would_make_it_testable(tmp_p
     assert r.examined["cells_tested"] == 0 and r.examined["cells_too_few_patients"] == r.examined["cells"]
     assert r.examined["patients"] == 8
     assert any("label=0" in n for n in r.conclusive_when)
+
+
+def test_a_proxy_that_does_not_fit_the_release_is_inconclusive(tmp_path: Path) -> None:
+    """Every image the same: no proxy can fit the labels, so its reconstructions cannot show the release safe."""
+    mod = corpus_module()
+    c = mod.make_corpus(tmp_path / "s", patients=40, size=SIZE, seed=4, images_per_study=1, minority_share=0.5)
+    flat = np.full((SIZE, SIZE), 0.5)
+    flat[0, 0], flat[-1, -1] = 0.0, 1.0
+    for path in c.files:
+        ds = pydicom.dcmread(path)
+        mod.write_instance(path, flat, patient=str(ds.PatientID), study=str(ds.StudyInstanceUID),
+                           sop=str(ds.SOPInstanceUID), series=str(ds.SeriesInstanceUID))
+    r = inversion.run(c.root, source_dir=c.root, cohort=c.cohort, policy=_policy())
+    f = _f(r, "proxy_fit", "all")
+    assert f.status == "inconclusive" and float(f.value) < 0.6 and "inversion.epochs" in f.needs
+    assert r.status == "inconclusive"
 
 
 def test_a_single_class_cannot_be_measured(tmp_path: Path) -> None:
