@@ -24,7 +24,7 @@ LIGHT = ReleasePolicy().with_overrides({
     "pixels.ocr_all": False, "protect.enabled": False, "reid.remediate": False,
     "reid.k": 1, "reid.max_risk": 1.0,
     "gate.blocking": ["reid"], "gate.advisory": [],
-    "gate.off": ["representation", "phi", "membership", "unlearnability", "attribute"],
+    "gate.off": ["representation", "phi", "membership", "unlearnability", "attribute", "inversion"],
 })
 
 

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.timeout(2400),
 
 STUDIES = 150  # as `make demo`
 SEED = 7  # as `make demo`
-CHECKS = {"phi", "reid", "representation", "membership", "unlearnability", "attribute"}
+CHECKS = {"phi", "reid", "representation", "membership", "unlearnability", "attribute", "inversion"}
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,18 @@ def test_release_published_and_every_input_accounted_for(run: tuple[Path, object
     assert sorted(r["path"] for r in read_table(release / "manifest.parquet").to_pylist()) == published
     assert json.loads((release / "gate.json").read_text(encoding="utf-8"))["passed"] is True
     assert (release / "report" / "index.html").is_file() and (release / "datasheet.md").is_file()
+
+
+def test_inversion_figures_of_both_proxies_are_in_gate_json(run: tuple[Path, object]) -> None:
+    """Issue 18: the model-inversion audit of the proxy trained on the protected release and of the one trained on
+    the clean de-identified images are both in gate.json (advisory by default)."""
+    _, result = run
+    gate = json.loads((result.paths.report / "gate.json").read_text(encoding="utf-8"))  # type: ignore[attr-defined]
+    [outcome] = [o for o in gate["outcomes"] if o["id"] == "inversion"]
+    assert outcome["role"] == "advisory" and outcome["examined"]["proxies"] == 2
+    assert outcome["examined"]["patients"] > 0 and outcome["examined"]["cells"] > 0
+    overall = {c["metric"]: c for c in gate["checks"] if c["id"] == "inversion" and c["subgroup"] == "all"}
+    for metric in ("reconstruction_auc", "rero_at_ssim_0.5", "proxy_balanced_accuracy"):
+        for name in (metric, f"{metric}_clean"):
+            assert isinstance(overall[name]["value"], float), (name, overall.get(name))
+    assert "clean de-identified" in overall["reconstruction_auc_clean"]["evidence"]

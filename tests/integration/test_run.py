@@ -25,7 +25,7 @@ LIGHT = ReleasePolicy().with_overrides({
     "pixels.ocr_all": False, "protect.enabled": False, "reid.remediate": False,
     "reid.k": 1, "reid.max_risk": 1.0,
     "gate.blocking": ["reid", "phi"], "gate.advisory": [],
-    "gate.off": ["representation", "membership", "unlearnability", "attribute"],
+    "gate.off": ["representation", "membership", "unlearnability", "attribute", "inversion"],
 })
 
 

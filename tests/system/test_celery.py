@@ -42,7 +42,7 @@ enabled = false
 [gate]
 blocking = ["phi", "reid"]
 advisory = []
-off = ["representation", "membership", "unlearnability", "attribute"]
+off = ["representation", "membership", "unlearnability", "attribute", "inversion"]
 [reid]
 k = 1
 max_risk = 1.0

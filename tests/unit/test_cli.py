@@ -63,7 +63,7 @@ def test_check_reads_the_release_in_place_and_leaves_it_intact(
     policy.write_text(
         "[protect]\nenabled = false\n[pixels]\nocr_all = false\n"
         "[gate]\nblocking = [\"attribute\"]\nadvisory = []\n"  # reads every image, in seconds (not a victim)
-        "off = [\"representation\", \"reid\", \"phi\", \"membership\", \"unlearnability\"]\n"
+        "off = [\"representation\", \"reid\", \"phi\", \"membership\", \"unlearnability\", \"inversion\"]\n"
     )
     release = tmp_path / "release"
     assert main(["deid", str(src), str(release), "--policy", str(policy)]) == 0
