@@ -24,6 +24,7 @@ from guards.errors import PolicyError
 
 RetainLongitudinal = Literal["off", "full", "modified"]
 PixelMode = Literal["clean", "quarantine", "keep"]
+PixelEncoding = Literal["jpeg-ls", "jpeg2000", "rle", "native"]  # guards.codec.ENCODINGS
 MembershipAttack = Literal["lira", "rmia"]
 Surrogate = Literal["cnn", "resnet18"]  # guards.protect.surrogate
 NoiseInit = Literal["uniform", "class_texture", "class_frequency"]  # guards.protect.salm.INITS
@@ -206,6 +207,7 @@ class PixelsSection(_Section):
     language: str = "eng"
     verify_passes: int = _ranged(2, 0, 100)  # at most this many re-reads of cleaned frames, hiding any text still found
     reuse: bool = True  # nightly runs: replay OCR decisions for frames read before (OUT/private/ocr-cache)
+    encode: PixelEncoding = "jpeg-ls"  # lossless syntax of changed pixels of compressed input (guards.codec)
 
     def _check(self) -> None:
         if not self.language.strip():
