@@ -56,7 +56,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("sha256", pa.string()),  # of the file as written in this tree
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),  # why quarantined/excluded; empty otherwise
-        pa.field("TransferSyntaxUID", pa.string()),
+        pa.field("TransferSyntaxUID", pa.string()),  # of the file as written in this tree (guards.codec)
         pa.field("Rows", pa.int32()),
         pa.field("Columns", pa.int32()),
         pa.field("NumberOfFrames", pa.int32()),

@@ -22,10 +22,12 @@ Decision per instance:
 5. An instance that says ``YES`` but where OCR finds nothing to hide, that cannot be decoded, whose OCR fails, or
    whose pixels cannot be rewritten is quarantined with the reason: it is never published uncleaned.
 
-Compressed Pixel Data is decoded and the cleaned instance is stored natively as Explicit VR Little Endian
-(1.2.840.10008.1.2.1) with the transfer syntax, Photometric Interpretation and Planar Configuration updated by
-pydicom's ``Dataset.decompress``: re-encoding lossy JPEG would lose quality a second time, and the lossless
-encoders are not installed; Lossy Image Compression stays as the source said.
+An instance that is not cleaned keeps its Pixel Data bytes and transfer syntax (it is only read). Compressed
+Pixel Data of a cleaned instance is decoded (YCbCr as RGB, the SOP Instance UID kept) and written again
+losslessly by :func:`guards.codec.store_pixels`: ``policy.encode`` (JPEG-LS Lossless by default; JPEG 2000
+Lossless, RLE Lossless or native by policy), falling back to the next lossless option when an encoder cannot
+take the data; re-encoding lossy JPEG lossily would lose quality a second time. Lossy Image Compression stays
+``01`` for a lossy input, with its method (PS3.3 C.7.6.1.1.5). Native input stays in its own syntax.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from guards.codec import decompress, source_of, store_pixels
 from guards.deid.ocr import OcrError, OcrWord, ocr_words
 from guards.deid.pixel_display import display_frames
 from guards.deid.pixel_phi import header_tokens, looks_like_phi, matches_header, normalize
@@ -171,7 +174,7 @@ def _raw_view(ds: Dataset) -> tuple[bytearray, npt.NDArray[np.generic]]:
 def _fill(ds: Dataset, boxes: list[Box], images: list[npt.NDArray[np.uint8]]) -> None:
     """Fill ``boxes`` with each frame's darkest displayed stored value; every other byte is kept."""
     if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
+        decompress(ds)  # the SOP Instance UID kept: pydicom's default would make a new random one
     buf, raw = _raw_view(ds)
     for index, x0, y0, x1, y1 in boxes:
         r, c = np.unravel_index(int(np.argmin(images[index])), images[index].shape)
@@ -220,10 +223,19 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | No
     """Apply the Clean Pixel Data Option (PS3.15 E.3.1) to ``ds`` in place; see the module docstring.
 
     With ``cache``, a decision recorded for the same displayed frames, header tokens and settings is replayed
-    without OCR (:mod:`guards.deid.ocr_cache`), and a new completed decision is recorded.
+    without OCR (:mod:`guards.deid.ocr_cache`), and a new completed decision is recorded. A cleaned instance that
+    arrived compressed is encoded again losslessly (``policy.encode``, :mod:`guards.codec`).
     """
     if "PixelData" not in ds:
         return PixelOutcome(action="unchanged", reason="no Pixel Data")
+    source = source_of(ds)  # before any decoding: the input's syntax and whether it was lossy
+    outcome = _clean(ds, policy=policy, cache=cache)
+    if outcome.action == "cleaned":
+        store_pixels(ds, source, encoding=policy.encode, what=f"a cleaned {ds.get('Modality', '')} instance")
+    return outcome
+
+
+def _clean(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | None) -> PixelOutcome:
     risk = instance_risk(ds, policy=policy)
     if not risk and not policy.ocr_all:
         return PixelOutcome(action="unchanged", reason="not at risk and pixels.ocr_all is false: not read")

@@ -15,10 +15,11 @@ Reads the Image Pixel Module (PS3.3 C.7.6.3) and the Modality / VOI LUT attribut
   (``WindowWidth``, first value) the range is ``WindowWidth / |RescaleSlope|`` in stored units; without one it
   is the stored range of the instance (max - min). The delta in stored units is clipped to
   ``floor(epsilon * range)`` after rounding, so the budget holds exactly on the values written.
-- Compressed transfer syntaxes are decoded (``Dataset.decompress``, YCbCr converted to RGB by pydicom) and
-  written back as Explicit VR Little Endian native data with ``TransferSyntaxUID`` updated; big-endian native
-  data are rewritten as little endian too. SOP Instance UIDs are kept: the de-identified release's UIDs are
-  already pseudonyms and the labels table is keyed by them.
+- Compressed transfer syntaxes are decoded (:func:`guards.codec.decompress`, YCbCr converted to RGB by pydicom)
+  and :func:`encode` writes Explicit VR Little Endian native data with ``TransferSyntaxUID`` updated; big-endian
+  native data are rewritten as little endian too. The tree step then encodes an instance that arrived
+  compressed again losslessly (:func:`guards.codec.store_pixels`, ``pixels.encode``). SOP Instance UIDs are
+  kept: the de-identified release's UIDs are already pseudonyms and the labels table is keyed by them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from guards.codec import decompress as decompress_pixels
 from guards.errors import GuardError
 
 SUPPORTED_PHOTOMETRIC: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
@@ -80,7 +82,7 @@ def decode(ds: Dataset) -> PixelBlock:
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is not None and ts.is_compressed:
         try:
-            ds.decompress(generate_instance_uid=False)
+            decompress_pixels(ds)
         except Exception as e:  # pydicom raises many types for missing / failing decoders
             raise UnsupportedPixelsError(f"cannot decode transfer syntax {ts} ({type(e).__name__}: {e})") from e
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()

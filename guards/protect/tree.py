@@ -21,6 +21,10 @@
    is added with Manufacturer "Release Guard", Manufacturer's Model Name "guards.protect SALM", Purpose of
    Reference (DCM 109103 "Modifying Equipment") and a Contribution Description with epsilon, rho and seed.
    No timestamp is written, so the same seed gives the same bytes.
+   Transfer syntax (``guards.codec``): an instance that arrived compressed is written again losslessly
+   (``pixels.encode``: JPEG-LS Lossless by default), one that arrived native as Explicit VR Little Endian; one
+   whose pixels the noise left exactly as they were (and whose syntax is lossless) keeps its Pixel Data bytes and
+   syntax. A lossy syntax never reaches ``dst``: a lossy input is re-encoded losslessly, still marked lossy.
 7. With ``reuse`` (a private cache folder, ``reuse.py``): a file protected by an earlier run from the same
    de-identified bytes under the same settings and seed is carried from the cache. Its images still train the
    surrogate, as released, but get no new noise (``frozen``), and the cache is updated for the next run.
@@ -44,7 +48,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from guards.atomic import copy_file, save_dataset
-from guards.errors import InputError
+from guards.codec import is_lossless_syntax, source_of, store_pixels
+from guards.errors import GuardError, InputError
 from guards.manifest import read_table, to_table, write_table
 from guards.policy import ProtectSection, ReleasePolicy
 from guards.progress import progress
@@ -264,6 +269,7 @@ def protect_tree(
         else:
             assert result_noise is not None  # every protectable row contributed images
             ds = pydicom.dcmread(src / rel)
+            source = source_of(ds)  # before decoding: the input's syntax and whether it was lossy
             block = decode(ds)
             native_unit = to_unit(block)
             ks = per_row[i]
@@ -279,7 +285,14 @@ def protect_tree(
             diff = np.abs(stored.astype(np.int64) - block.stored.astype(np.int64))
             max_abs[rel] = int(diff.max())
             budgets[rel] = block.budget(section.epsilon)
-            encode(ds, block, stored)
+            if np.array_equal(stored, block.stored) and is_lossless_syntax(source.transfer_syntax):
+                ds = pydicom.dcmread(src / rel)  # no pixel changed: header-only edit, original Pixel Data bytes
+            else:
+                encode(ds, block, stored)
+                store_pixels(ds, source, encoding=policy.pixels.encode, what=rel)
+            if not is_lossless_syntax(ds.file_meta.TransferSyntaxUID):  # never lossy in a protected release
+                raise GuardError(f"protect: {rel} would be written as {ds.file_meta.TransferSyntaxUID.name}, a "
+                                 "lossy transfer syntax; a protected release is lossless (guards.codec)")
             _record_protection(ds, section, seed)
             data = save_dataset(ds, out)
             row["sha256"] = hashlib.sha256(data).hexdigest()

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import JPEGLSLossless, RLELossless
 
 from guards.deid.ocr import ocr_words
 from guards.deid.pixel_display import display_frames
@@ -69,18 +69,20 @@ def test_burned_in_tokens_are_hidden_and_other_pixels_are_byte_identical(variant
     assert back.BurnedInAnnotation == "NO" and back.PixelData == ds.PixelData
 
 
-def test_compressed_pixel_data_is_cleaned_and_stored_natively() -> None:
-    """RLE Lossless is decoded, cleaned, and stored as Explicit VR Little Endian (module docstring's decision)."""
+def test_compressed_pixel_data_is_cleaned_and_stored_losslessly() -> None:
+    """RLE Lossless is decoded, cleaned, and written again as JPEG-LS Lossless (pixels.encode's default,
+    guards.codec), keeping the SOP Instance UID; tests/unit/test_codec.py covers the other syntaxes."""
     sample = _sample("mono2_8", seed=7)
     ds = sample.dataset
     decoded = ds.pixel_array.copy()
-    ds.compress(RLELossless)
+    ds.compress(RLELossless, generate_instance_uid=False)
     assert ds.file_meta.TransferSyntaxUID == RLELossless
+    uid = ds.SOPInstanceUID
 
     outcome = clean_pixel_data(ds, policy=POLICY)
 
     assert outcome.action == "cleaned", outcome.reason
-    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.file_meta.TransferSyntaxUID == JPEGLSLossless and ds.SOPInstanceUID == uid
     after = ds.pixel_array
     keep = np.ones(decoded.shape, dtype=bool)
     for _f, x0, y0, x1, y1 in outcome.boxes:
