@@ -48,10 +48,15 @@ INDEX_SCHEMA = pa.schema(
 _NOT_OUTPUT = ("device", "batch_size", "reuse", "enabled")  # settings that do not change what is written
 
 
-def fingerprint(section: ProtectSection, seed: int) -> str:
-    """A short hash of everything that decides the noise written (settings, seed, algorithm version)."""
+def fingerprint(section: ProtectSection, seed: int, *, encoding: str = "jpeg-ls") -> str:
+    """A short hash of everything that decides the files written (settings, seed, algorithm version, and the
+    ``pixels.encode`` syntax of compressed input, guards.codec; the default leaves earlier fingerprints as they
+    were)."""
     settings = {k: v for k, v in dataclasses.asdict(section).items() if k not in _NOT_OUTPUT}
-    text = json.dumps({"settings": settings, "seed": seed, "version": NOISE_VERSION}, sort_keys=True)
+    decided: dict[str, object] = {"settings": settings, "seed": seed, "version": NOISE_VERSION}
+    if encoding != "jpeg-ls":
+        decided["encoding"] = encoding
+    text = json.dumps(decided, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

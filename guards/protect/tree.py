@@ -197,7 +197,7 @@ def protect_tree(
 
     published = [i for i, r in enumerate(rows) if r["status"] == "published"]
     parent_sha = {i: str(rows[i].get("sha256") or "") for i in published}  # the de-identified files' hashes
-    cache = NoiseCache(reuse, fingerprint(section, seed)) if reuse is not None else None
+    cache = NoiseCache(reuse, fingerprint(section, seed, encoding=policy.pixels.encode)) if reuse is not None else None
     carried: dict[str, tuple[Path, str, str, str]] = {}  # path -> (cached file, sha256, TransferSyntaxUID, PI)
     frozen: list[bool] = []
     max_abs: dict[str, int] = {}

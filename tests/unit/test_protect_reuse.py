@@ -145,6 +145,8 @@ def test_other_settings_protect_afresh_and_replace_the_cache(first) -> None:  # 
     assert fingerprint(policy.protect, 123) != fingerprint(_policy().protect, 123)
     assert fingerprint(_policy(batch_size=64).protect, 123) == fingerprint(_policy().protect, 123)
     assert fingerprint(_policy().protect, 124) != fingerprint(_policy().protect, 123)
+    # pixels.encode decides the syntax a compressed input is written in (guards.codec): another cache folder
+    assert fingerprint(_policy().protect, 123, encoding="rle") != fingerprint(_policy().protect, 123)
 
 
 def test_files_that_left_the_source_leave_the_cache(first) -> None:  # type: ignore[no-untyped-def]
