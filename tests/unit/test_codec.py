@@ -495,3 +495,16 @@ def test_pydicom_data_multiframe_inputs_round_trip() -> None:
         assert intended.shape[0] == 10
         assert store_pixels(ds, source, encoding="jpeg-ls").transfer_syntax == JPEGLSLossless
         assert np.array_equal(_raw(_read(part10_bytes(ds))), intended)
+
+
+def test_the_release_manifest_keeps_each_output_syntax(protected: dict[str, Path], tmp_path: Path) -> None:
+    """publish's release manifest (published rows, source_path dropped) still says each file's syntax."""
+    from guards.publish import release_manifest
+
+    release_manifest(protected["jpeg-ls"] / "manifest.parquet", tmp_path / "manifest.parquet")
+    rows = pq.read_table(tmp_path / "manifest.parquet").to_pylist()
+    assert {r["path"] for r in rows} == set(PROTECT_INPUTS)
+    for row in rows:
+        syntax = _syntax(_read(protected["jpeg-ls"] / row["path"]))
+        assert row["TransferSyntaxUID"] == syntax and is_lossless_syntax(syntax)
+    assert {r["TransferSyntaxUID"] for r in rows} == {JPEGLSLossless, ExplicitVRLittleEndian}
