@@ -25,8 +25,9 @@ that carries original values:
 :func:`deidentify_index` (the pipeline's shards, into a private run folder) writes ``quarantine/`` and the full
 manifest where it is told, by default under its ``dst``.
 
-Every file is written to a temporary name and renamed; pixel data is copied byte for byte unless pixel
-cleaning changed it.
+Every file is written to a temporary name and renamed; pixel data is copied byte for byte, in its transfer
+syntax, unless pixel cleaning changed it (then a compressed input is written again losslessly, ``pixels.encode``,
+:mod:`guards.codec`); the manifest's ``TransferSyntaxUID`` is the syntax as written.
 """
 
 from __future__ import annotations
