@@ -236,7 +236,10 @@ class Run:
 
 
 def redact_source(source: str) -> str:
-    """A source as recorded: ``scheme://user:password@host`` loses its credentials."""
+    """A source as recorded: ``scheme://user:password@host`` loses its credentials. In ``dimse://AET@host`` the
+    user part is the called AE title, no secret: it stays (unless a password follows it)."""
+    if source[:8].lower() == "dimse://":
+        return re.sub(r"(://)[^/@]*:[^/@]*@", r"\1***@", source)
     return re.sub(r"(://)[^/@]*@", r"\1***@", source)
 
 

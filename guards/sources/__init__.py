@@ -8,7 +8,8 @@ source again: they all read ``Run.snapshot``.
 A new kind of source is one module with ``snapshot(source, *, out_dir, policy) -> Snapshot`` and one line in
 :data:`SOURCE_KINDS`, keyed by URL scheme. ``dicomweb+http(s)://HOST:PORT/PATH`` is a PACS (guards.sources.dicomweb):
 its studies are fetched into ``ingest/pacs/`` and indexed like a folder; a ledger on the private side of OUT
-(guards.sources.ledger) lets the next run fetch only new or changed studies.
+(guards.sources.ledger) lets the next run fetch only new or changed studies. ``dimse://CALLED_AET@HOST:PORT`` is
+a PACS over DIMSE (guards.sources.dimse: C-FIND, then C-GET or C-MOVE); both share guards.sources.pacs.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ SOURCE_KINDS: dict[str, str] = {
     "file": "guards.sources.tree:snapshot",
     "dicomweb+http": "guards.sources.dicomweb:snapshot",  # a PACS over DICOMweb (QIDO-RS + WADO-RS)
     "dicomweb+https": "guards.sources.dicomweb:snapshot",
+    "dimse": "guards.sources.dimse:snapshot",  # a PACS over DIMSE (C-FIND + C-GET, or C-MOVE)
 }
 FALLBACK = "guards.sources.tree:snapshot"  # any other fsspec protocol (memory://, s3://, ...)
 

@@ -3,7 +3,9 @@
 Each :func:`start` runs its own ``Orthanc CONFIG.json`` in a new process group, with its configuration, index and
 storage under a folder the test owns, on free loopback ports, HTTP Basic authentication on, the DICOMweb plugin
 loaded from its Debian path and the storage cache off (a file removed from the storage area is then really
-gone, as on a PACS that lost it). It waits until ``/system`` answers and stops the process group at the end.
+gone, as on a PACS that lost it). Its DIMSE port serves AE title ``GUARDTEST`` to one known modality, ``GUARDIAN``
+at 127.0.0.1 on a free port (``store_port``: where C-MOVE sends), which may C-FIND, C-GET and C-MOVE; any other
+calling AE title is refused. It waits until ``/system`` answers and stops the process group at the end.
 No system service is used or needed (if apt started one, it is left alone).
 
 Where Orthanc is not installed the tests skip, saying so; under CI (``CI`` set) they fail instead.
@@ -27,6 +29,8 @@ from typing import Any
 import pytest
 import requests
 
+AET = "GUARDTEST"  # Orthanc's own AE title (the called AET of a dimse:// source)
+CALLING_AET = "GUARDIAN"  # the default calling AET of guards.sources.dimse
 PLUGIN_PATHS = (Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
                 Path("/usr/lib/orthanc/libOrthancDicomWeb.so"))
 
@@ -84,6 +88,8 @@ class Orthanc:
     password: str
     process: subprocess.Popen[bytes]
     token: str = ""
+    calling_aet: str = CALLING_AET  # the one modality Orthanc knows: C-FIND, C-GET and C-MOVE from this AET only
+    store_port: int = 0  # where that modality listens: Orthanc's C-MOVE destination (guard's own Storage SCP)
 
     @property
     def rest(self) -> str:
@@ -92,6 +98,12 @@ class Orthanc:
     def source(self, query: str = "") -> str:
         """The DICOMweb source URL, without credentials."""
         return f"dicomweb+http://127.0.0.1:{self.http_port}/dicom-web" + (f"?{query}" if query else "")
+
+    def dimse_source(self, query: str = "") -> str:
+        """The DIMSE source URL (C-FIND + C-GET, or C-MOVE with ``mode=move``) from :attr:`calling_aet`."""
+        params = "&".join(p for p in (f"calling_aet={self.calling_aet}",
+                                      f"move_port={self.store_port}" if "mode=move" in query else "", query) if p)
+        return f"dimse://{AET}@127.0.0.1:{self.dicom_port}?{params}"
 
     def session(self) -> requests.Session:
         s = requests.Session()
@@ -147,7 +159,7 @@ end
 
 
 def _config(folder: Path, http_port: int, dicom_port: int, user: str, password: str, plugin: Path,
-            token: str = "") -> dict[str, Any]:
+            token: str = "", calling_aet: str = CALLING_AET, store_port: int = 0) -> dict[str, Any]:
     lua: list[str] = []
     if token:
         (folder / "token.lua").write_text(TOKEN_FILTER % token, encoding="utf-8")
@@ -161,7 +173,15 @@ def _config(folder: Path, http_port: int, dicom_port: int, user: str, password: 
         "MaximumStorageCacheSize": 0,
         "HttpPort": http_port,
         "DicomPort": dicom_port,
-        "DicomAet": "GUARDTEST",
+        "DicomAet": AET,
+        # DIMSE (Orthanc 1.10): only this modality may query and retrieve (C-FIND, C-GET, C-MOVE, each allowed by
+        # default for a registered modality; DicomAlwaysAllowFind/Get/Move stay false, so an unknown calling AET is
+        # refused), and its port is where C-MOVE sends the instances.
+        "DicomModalities": {"guardian": {"AET": calling_aet, "Host": "127.0.0.1", "Port": store_port or 104}},
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowGet": False,
+        "DicomAlwaysAllowMove": False,
+        "DicomCheckCalledAet": True,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": not token,
         "RegisteredUsers": {user: password},
@@ -174,7 +194,7 @@ def _config(folder: Path, http_port: int, dicom_port: int, user: str, password: 
 
 @contextmanager
 def start(folder: Path, *, user: str = "steward", password: str = "orthanc-test-password",
-          token: str = "") -> Iterator[Orthanc]:
+          token: str = "", calling_aet: str = CALLING_AET) -> Iterator[Orthanc]:
     """A fresh Orthanc with its files under ``folder``, stopped (its process group) when the block ends; HTTP Basic
     with ``user`` and ``password``, or only ``Authorization: Bearer <token>`` when a token is given."""
     require()
@@ -182,16 +202,17 @@ def start(folder: Path, *, user: str = "steward", password: str = "orthanc-test-
     assert binary is not None and plugin is not None
     last_error = ""
     for _ in range(3):  # a free port may be taken between choosing it and Orthanc binding it
-        http_port, dicom_port = _free_port(), _free_port()
+        http_port, dicom_port, store_port = _free_port(), _free_port(), _free_port()
         for sub in ("storage", "index"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         config = folder / "orthanc.json"
-        config.write_text(json.dumps(_config(folder, http_port, dicom_port, user, password, plugin, token), indent=1))
+        config.write_text(json.dumps(_config(folder, http_port, dicom_port, user, password, plugin, token,
+                                             calling_aet, store_port), indent=1))
         log = (folder / "orthanc.log").open("wb")
         process = subprocess.Popen([binary, str(config)], cwd=folder, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         log.close()
-        server = Orthanc(folder, http_port, dicom_port, user, password, process, token)
+        server = Orthanc(folder, http_port, dicom_port, user, password, process, token, calling_aet, store_port)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
             try:
