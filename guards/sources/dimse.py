@@ -219,8 +219,10 @@ def _refusal(assoc: Any, options: Options) -> str:
         return (f"{options.display} rejected the association from calling AE title {options.calling_aet!r}"
                 f"{detail}")
     if assoc.is_aborted:
-        return f"{options.display} aborted the association from calling AE title {options.calling_aet!r}"
-    return f"cannot associate with {options.display} (no answer within {options.common.timeout:g} s?)"
+        return (f"no association with {options.display} from calling AE title {options.calling_aet!r} (the "
+                "connection was refused or aborted)")
+    return (f"cannot associate with {options.display} from calling AE title {options.calling_aet!r} (connection "
+            f"refused, or no answer within {options.common.timeout:g} s)")
 
 
 def _close(assoc: Any, *, finished: bool) -> None:
