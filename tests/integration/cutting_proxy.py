@@ -4,6 +4,8 @@ Every connection is forwarded to ``target`` byte for byte. While :attr:`CuttingP
 request whose request line contains it gets only the first ``keep`` bytes of its response (headers and part of
 the body); then both sockets are closed. Clients here send one request at a time on a connection (no
 pipelining), so the bytes sent back after a request are its response. :attr:`CuttingProxy.cuts` counts the cuts.
+:attr:`CuttingProxy.pattern` finds what ``cut`` is looked for in (HTTP request lines by default; :data:`UIDS`
+finds the UIDs a DIMSE client sends, as the StudyInstanceUID of a C-GET or C-MOVE identifier).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 _REQUEST_LINE = re.compile(rb"(?:^|\r\n)(?:GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n")
+UIDS = re.compile(rb"[0-9][0-9.]{8,63}")
 
 
 @dataclass
@@ -24,6 +27,7 @@ class CuttingProxy:
     cut: str = ""
     keep: int = 0
     cuts: int = 0
+    pattern: re.Pattern[bytes] = _REQUEST_LINE
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
@@ -47,7 +51,7 @@ def _close(*sockets: socket.socket) -> None:
 def _requests(client: socket.socket, upstream: socket.socket, proxy: CuttingProxy, conn: _Connection) -> None:
     try:
         while data := client.recv(65536):
-            for path in _REQUEST_LINE.findall(data):
+            for path in proxy.pattern.findall(data):
                 with proxy.lock:
                     if proxy.cut and proxy.cut in path.decode("latin-1"):
                         proxy.cuts += 1

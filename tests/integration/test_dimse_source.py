@@ -15,7 +15,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import orthanc  # tests/integration/orthanc.py (pytest puts this folder on sys.path)
+import cutting_proxy  # tests/integration/cutting_proxy.py (pytest puts this folder on sys.path)
+import orthanc  # tests/integration/orthanc.py
 import pyarrow.parquet as pq
 import pytest
 from pydicom import dcmread
@@ -44,6 +45,13 @@ def pacs(tmp_path: Path) -> Iterator[orthanc.Orthanc]:
         yield server
 
 
+@pytest.fixture
+def proxy(pacs: orthanc.Orthanc) -> Iterator[cutting_proxy.CuttingProxy]:
+    """A TCP proxy in front of Orthanc's DIMSE port that can cut a study's C-GET off mid-stream."""
+    with cutting_proxy.start(pacs.dicom_port) as p:
+        yield p
+
+
 def _data_set(data: bytes) -> bytes:
     """The encoded data set after the File Meta group, as a conformant sender puts it on the network: without
     Data Set Trailing Padding, and encapsulated Pixel Data with VR OB (PS3.5 A.4; pydicom's JPEG-LS test file says
@@ -60,18 +68,14 @@ def _data_set(data: bytes) -> bytes:
     return body
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch, fail: set[str] | None = None) -> list[str]:
-    """Record every study retrieve (C-GET or C-MOVE; the real one runs); a study in ``fail`` fails each time after
-    its first instance, as a cut association would."""
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every study retrieve (C-GET or C-MOVE; the real one runs)."""
     calls: list[str] = []
     real = dimse._fetch_study
 
     def spy(options: dimse.Options, listed: dimse.Listed, scp: object = None) -> Iterator[bytes]:
         calls.append(listed.study.uid)
-        for n, data in enumerate(real(options, listed, scp)):  # type: ignore[arg-type]
-            if fail and listed.study.uid in fail and n == 1:
-                raise dimse.DimseError("no final C-GET response (association aborted or timed out)")
-            yield data
+        yield from real(options, listed, scp)  # type: ignore[arg-type]
 
     monkeypatch.setattr(dimse, "_fetch_study", spy)
     return calls
@@ -187,12 +191,14 @@ def test_guard_run_on_the_pacs_over_dimse_publishes_the_release_of_the_same_fold
 
 
 def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(
-    pacs: orthanc.Orthanc, tmp_path: Path, key: PseudonymKey, monkeypatch: pytest.MonkeyPatch
+    pacs: orthanc.Orthanc, proxy: cutting_proxy.CuttingProxy, tmp_path: Path, key: PseudonymKey,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 17: night 1 holds six studies; one of them loses a file on the PACS (its C-GET sub-operation fails on
-    every attempt) and another one's association is cut after its first instance, every attempt: both are retried,
-    then accounted for with the reason. Night 2 adds five studies and the PACS is whole again: only those five and
-    the two that failed are retrieved (C-GETs counted), and every instance is in the snapshot."""
+    """Issue 17: night 1 holds six studies; one of them loses a file on the PACS (Orthanc fails its C-GET on every
+    attempt) and another one's C-GET is cut off mid-study (a proxy in front of Orthanc's DIMSE port closes the
+    connection within its second instance, every attempt): both are retried, then accounted for with the reason.
+    Night 2 adds five studies and the PACS is whole again: only those five and the two that failed are retrieved
+    (C-GETs counted), and every instance is in the snapshot."""
     corpus = generate_corpus(tmp_path / "src", studies=11, seed=5, image_size=64)  # three studies of 4
     by_study: dict[str, list[Path]] = {}
     for p in corpus.files:
@@ -208,13 +214,14 @@ def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(
     lost_sop = _header(by_study[lossy][0].read_bytes())[0]
     stored = pacs.lose_file(lost_sop, tmp_path / "lost.dcm")
     out = tmp_path / "out"
-    fail = {cut}
-    calls = _spy(monkeypatch, fail)
+    calls = _spy(monkeypatch)
+    source = pacs.dimse_source("workers=2&retries=1").replace(f":{pacs.dicom_port}?", f":{proxy.port}?")
+    proxy.pattern, proxy.cut = cutting_proxy.UIDS, cut  # the C-GET identifier names the study
+    proxy.keep = min(p.stat().st_size for p in by_study[cut]) + 1500
 
-    night1 = pipeline.begin(pacs.dimse_source("workers=2&retries=1"), out, "night1", policy=LIGHT,
-                            key=key).require_snapshot()
+    night1 = pipeline.begin(source, out, "night1", policy=LIGHT, key=key).require_snapshot()
 
-    assert calls.count(lossy) == calls.count(cut) == 2  # 1 + retries=1
+    assert proxy.cuts == 2 and calls.count(lossy) == calls.count(cut) == 2  # 1 + retries=1
     assert sorted(set(calls)) == sorted(first) and len(calls) == len(first) + 2
     rows = _rows(night1)
     lossy_rows = [r for r in rows if r["StudyInstanceUID"] == lossy]
@@ -228,7 +235,8 @@ def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(
                in str(r["reason"]) for r in lossy_rows), [r["reason"] for r in lossy_rows]
     cut_rows = [r for r in rows if r["StudyInstanceUID"] == cut]
     assert cut_rows and all(r["status"] == "excluded" and "retrieve failed (no final C-GET response" in
-                            str(r["reason"]) and "after 2 attempt(s)" in str(r["reason"]) for r in cut_rows)
+                            str(r["reason"]) and "after 2 attempt(s), 1 instance(s) received" in str(r["reason"])
+                            for r in cut_rows), [r["reason"] for r in cut_rows]
     good = [r for r in rows if r["StudyInstanceUID"] not in (lossy, cut)]
     assert {r["SOPInstanceUID"] for r in good} == {sop for sop, d in sent.items() if _header(d)[1] not in (lossy, cut)}
     assert all(r["status"] == "indexed" for r in good)
@@ -237,9 +245,9 @@ def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(
     shutil.move(tmp_path / "lost.dcm", stored)
     sent.update(_upload(pacs, [p for s in later for p in by_study[s]]))
     calls.clear()
-    fail.clear()
-    night2 = pipeline.begin(pacs.dimse_source("workers=2&retries=1"), out, "night2", policy=LIGHT,
-                            key=key).require_snapshot()
+    proxy.cut = ""
+    night2 = pipeline.begin(source, out, "night2", policy=LIGHT, key=key).require_snapshot()
+    assert proxy.cuts == 2
     assert sorted(calls) == sorted([*later, lossy, cut])  # the five new studies and the two that failed, once each
     rows = _rows(night2)
     assert {r["SOPInstanceUID"] for r in rows if r["status"] == "indexed"} == set(sent)
@@ -247,4 +255,4 @@ def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(
     [ledger_path] = list((out / "private" / "pacs").glob("*/ledger.parquet"))
     ledger = {r["StudyInstanceUID"]: r for r in pq.read_table(ledger_path).to_pylist()}
     assert set(ledger) == set(studies) and all(r["status"] == "complete" for r in ledger.values())
-    assert ledger[lossy]["run"] == ledger[cut]["run"] == "night2" and ledger[first[0]]["run"] in ("night1", "night2")
+    assert {s: r["run"] for s, r in ledger.items()} == {s: "night1" if s in first[2:] else "night2" for s in studies}
