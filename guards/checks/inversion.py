@@ -82,6 +82,8 @@ HISTOGRAM_BINS = 10
 # 150 studies 15 epochs of 4 batches left both proxies at chance on their own training images.
 PROXY_MIN_STEPS = 400
 FIT_MARGIN = 0.10  # a proxy within this of chance on its own training images did not fit them
+THUMBNAIL_SIZE = 16  # the report's thumbnails (pixels a side)
+THUMBNAILS_PER_LABEL = 4
 LABEL_SMOOTHING_NOTE = ("not checked: neither the policy nor the release's metadata states a recommended training"
                         " recipe (no label-smoothing field exists to read)")
 
@@ -233,6 +235,28 @@ def cell_status(stat: Leakage, *, alpha_cell: float, auc_max: float) -> Status:
     return "fail" if stat.p <= alpha_cell and math.isfinite(lower) and lower > auc_max else "pass"
 
 
+def _thumbnail(image: torch.Tensor) -> list[list[float]]:
+    """A 1 x H x W image as ``THUMBNAIL_SIZE`` rows of values in [0, 1] (area-averaged), for the report."""
+    import torch.nn.functional as F
+
+    small = image[None].float()
+    if small.shape[-1] > THUMBNAIL_SIZE:
+        small = F.interpolate(small, size=(THUMBNAIL_SIZE, THUMBNAIL_SIZE), mode="area")
+    return [[round(float(v), 2) for v in row] for row in small[0, 0].tolist()]
+
+
+def _thumbnails(recons: torch.Tensor, sims: np.ndarray, released: torch.Tensor) -> dict[str, list[Any]]:
+    """The reconstructions of one label closest to a training image, each beside that image as released
+    (``sims``: training images x reconstructions; ``released``: those training images, noised as published)."""
+    best = sims.max(axis=0)
+    order = np.argsort(-best, kind="stable")[:THUMBNAILS_PER_LABEL]
+    return {
+        "reconstructions": [_thumbnail(recons[int(r)]) for r in order],
+        "nearest released training images": [_thumbnail(released[int(np.argmax(sims[:, r]))]) for r in order],
+        "ssim": [round(float(best[r]), 4) for r in order],
+    }
+
+
 def _histogram(values: np.ndarray) -> dict[str, float]:
     edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
     counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=edges)
@@ -378,6 +402,7 @@ def run(
     permutations = max(sec.permutations, math.ceil(2 / alpha_cell))
 
     views: dict[str, _View] = {}
+    thumbnails: dict[str, dict[str, list[Any]]] = {}
     held_img = ~image_train
     y_np = y.numpy()
     for v_i, view in enumerate(VIEWS):
@@ -404,7 +429,12 @@ def run(
         image_best = np.zeros(len(keep))
         for c in range(n_classes):
             rows = np.flatnonzero(y_np == c)
-            image_best[rows] = ssim_to(x_src[rows], recons[c]).max(axis=1)
+            sims = ssim_to(x_src[rows], recons[c])
+            image_best[rows] = sims.max(axis=1)
+            trained = image_train[rows]
+            if view == "protected" and trained.any():  # released images only, as the report shows them
+                thumbnails[f"label={int(classes[c])}"] = _thumbnails(recons[c], sims[trained],
+                                                                     x_rel[rows[trained]])
         unit_best = np.full(len(units), -np.inf)
         np.maximum.at(unit_best, unit_of_image, image_best)
         view_rng = np.random.default_rng([seed, 0x1A18, v_i])
@@ -526,6 +556,7 @@ def run(
             for side, mask in (("training images", image_train), ("held-out images", held_img))
             if mask.any()
         },
+        "thumbnails": thumbnails,
         "untested_cells": {n: {"training": t, "held_out": h} for n, (t, h) in untested.items()},
         "single_patient_labels": single,
         "bonferroni": {"alpha": sec.alpha, "cells": len(tested), "threshold": alpha_cell},

@@ -25,7 +25,7 @@ from guards.report import svg
 
 MAX_ROWS = 300  # findings rows per check; the rest are counted
 MAX_DETAILS_CHARS = 20_000
-_PLOTTED_DETAILS = ("roc", "curves", "distributions")
+_PLOTTED_DETAILS = ("roc", "curves", "distributions", "thumbnails")
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -126,6 +126,23 @@ def _detail_figures(result: CheckResult) -> list[str]:
             if isinstance(shares, Mapping):
                 vals = {str(k): float(x) for k, x in shares.items() if _number(x) is not None}
                 figs.append(svg.bar_chart(vals, title=f"{result.id}: distribution of {column}", ylabel="share"))
+    thumbs = result.details.get("thumbnails")  # guards.checks.inversion: {cell: {row name: [image, ...]}}
+    if isinstance(thumbs, Mapping):
+        rows: dict[str, list[Any]] = {}
+        captions: dict[str, list[str]] = {}
+        for cell, grid in thumbs.items():
+            if not isinstance(grid, Mapping):
+                continue
+            tips = grid.get("ssim")
+            for row in ("reconstructions", "nearest released training images"):
+                images = grid.get(row)
+                if isinstance(images, list) and images:
+                    rows[f"{cell}: {row}"] = images
+                    if isinstance(tips, list):
+                        captions[f"{cell}: {row}"] = [f"SSIM {t:.3f}" for t in tips if _number(t) is not None]
+        if rows:
+            figs.append(svg.thumbnails(rows, captions=captions,
+                                       title=f"{result.id}: reconstructions and the nearest released training image"))
     return figs
 
 

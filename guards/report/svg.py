@@ -138,3 +138,34 @@ def line_chart(series: Mapping[str, Sequence[float]], *, title: str, xlabel: str
                     f"<title>{escape(name)}</title></polyline>")
     body.extend(_legend(list(clean)))
     return _frame(title, body, xlabel=xlabel, ylabel=ylabel)
+
+
+def thumbnails(rows: Mapping[str, Sequence[Sequence[Sequence[float]]]], *, title: str,
+               captions: Mapping[str, Sequence[str]] | None = None, pixel: int = 3) -> str:
+    """Rows of small grey-scale images (row label -> images, each a list of pixel rows with values in [0, 1]),
+    one ``pixel`` x ``pixel`` square per value; a value that is not a finite number is drawn black. ``captions``
+    (row label -> one text per image) become each image's tooltip. For the inversion check's reconstructions beside
+    the nearest released training image."""
+    label_w, gap, top = 190, 6, 26
+    sizes = [len(img) for imgs in rows.values() for img in imgs] or [1]
+    side = max(sizes) * pixel
+    n = max([len(imgs) for imgs in rows.values()] + [1])
+    width, height = label_w + n * (side + gap), top + len(rows) * (side + gap)
+    body = [f'<text x="4" y="16" font-size="13">{escape(title)}</text>']
+    for r, (name, imgs) in enumerate(rows.items()):
+        y0 = top + r * (side + gap)
+        body.append(f'<text x="4" y="{y0 + side / 2 + 4:.0f}" font-size="10">{escape(name[:34])}</text>')
+        for i, img in enumerate(imgs):
+            x0 = label_w + i * (side + gap)
+            caption = (captions or {}).get(name, [])
+            tip = f"<title>{escape(caption[i])}</title>" if i < len(caption) else ""
+            body.append(f'<g transform="translate({x0} {y0})">{tip}')
+            for yy, line in enumerate(img):
+                for xx, v in enumerate(line):
+                    grey = int(round(255 * min(max(float(v), 0.0), 1.0))) if _finite(v) else 0
+                    body.append(f'<rect x="{xx * pixel}" y="{yy * pixel}" width="{pixel}" height="{pixel}" '
+                                f'fill="#{grey:02x}{grey:02x}{grey:02x}"/>')
+            body.append("</g>")
+    return "\n".join([
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="{escape(title)}">', f"<title>{escape(title)}</title>", *body, "</svg>"])

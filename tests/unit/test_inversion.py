@@ -19,6 +19,7 @@ from guards.checks import inversion, registry
 from guards.checks.base import CheckResult, Finding
 from guards.gate import decide
 from guards.policy import GateSection, ReleasePolicy, policy_from_dict
+from guards.report import render_html
 
 SIZE = 16
 
@@ -173,6 +174,18 @@ def test_balanced_cells_of_30_patients_are_not_flagged(balanced) -> None:  # typ
     decision = decide([r], policy=ReleasePolicy())
     checks = [c for c in decision.to_json()["checks"] if c["id"] == "inversion"]
     assert {c["metric"] for c in checks} >= {"reconstruction_auc", "reconstruction_auc_clean"}
+    # the report: per label, the reconstructions closest to a training image beside that image as released
+    thumbs = r.details["thumbnails"]
+    assert set(thumbs) == {"label=0", "label=1"}
+    for grid in thumbs.values():
+        assert len(grid["reconstructions"]) == len(grid["nearest released training images"]) == 4
+        assert len(grid["reconstructions"][0]) == SIZE and len(grid["reconstructions"][0][0]) == SIZE
+        assert grid["ssim"] == sorted(grid["ssim"], reverse=True)
+    page = render_html(decision, [r], policy=ReleasePolicy(), context={})
+    assert "inversion: reconstructions and the nearest released training image" in page
+    assert page.count('width="3" height="3"') == 2 * 2 * 4 * SIZE * SIZE  # 2 labels x 2 rows x 4 thumbnails
+    assert "distribution of best SSIM, protected proxy, training images" in page
+    assert '"reconstructions"' not in page  # drawn, not dumped into the details JSON
 
 
 def test_too_few_patients_is_inconclusive_with_what_would_make_it_testable(tmp_path: Path) -> None:
