@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -208,6 +209,21 @@ def _ae(options: Options) -> AE:
     return ae
 
 
+def _no_delay(event: evt.Event) -> None:
+    """TCP_NODELAY on each association's socket: DIMSE is request/response, and Nagle's algorithm against the
+    peer's delayed ACK held each C-STORE response about 40 ms (measured on loopback against Orthanc 1.10: a
+    one-instance C-GET took 89 ms with it, 49 ms without)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+HANDLERS: list[Any] = [(evt.EVT_CONN_OPEN, _no_delay)]
+
+
 def _refusal(assoc: Any, options: Options) -> str:
     """Why an association was not established, in words (AE titles and host only)."""
     if assoc.is_rejected:
@@ -283,7 +299,7 @@ def list_studies(options: Options) -> list[Listed]:
         query.StudyDate = f"{options.common.since:%Y%m%d}-"
     ae = _ae(options)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(options.host, options.port, ae_title=options.called_aet)
+    assoc = ae.associate(options.host, options.port, ae_title=options.called_aet, evt_handlers=HANDLERS)
     if not assoc.is_established:
         raise InputError(f"{_refusal(assoc, options)}; is the PACS reachable and does it know this AE title?")
     found: dict[str, Listed] = {}
@@ -345,7 +361,7 @@ def _c_get(options: Options, listed: Listed) -> Iterator[bytes]:
     contexts = [build_context(StudyRootQueryRetrieveInformationModelGet), *storage]
     roles: list[Any] = [build_role(c, scp_role=True) for c in dict.fromkeys(str(cx.abstract_syntax) for cx in storage)]
     assoc = _ae(options).associate(options.host, options.port, ae_title=options.called_aet, contexts=contexts,
-                                   ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+                                   ext_neg=roles, evt_handlers=[*HANDLERS, (evt.EVT_C_STORE, on_store)])
     if not assoc.is_established:
         raise DimseError(_refusal(assoc, options))
     final: Dataset | None = None
@@ -378,7 +394,7 @@ class _StoreScp:
         self.ae = ae
         try:
             self.server = ae.start_server((options.move_bind, options.move_port), block=False,
-                                          evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+                                          evt_handlers=[*HANDLERS, (evt.EVT_C_STORE, self.on_store)])
         except OSError as e:
             raise InputError(f"DIMSE source: cannot listen on {options.move_bind}:{options.move_port} for C-MOVE "
                              f"({type(e).__name__}: {e.strerror or e})") from None
@@ -420,7 +436,7 @@ def _c_move(options: Options, listed: Listed, scp: _StoreScp) -> Iterator[bytes]
     with scp.expecting(listed.study.uid) as inbox:
         ae = _ae(options)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate(options.host, options.port, ae_title=options.called_aet)
+        assoc = ae.associate(options.host, options.port, ae_title=options.called_aet, evt_handlers=HANDLERS)
         if not assoc.is_established:
             raise DimseError(_refusal(assoc, options))
         final: Dataset | None = None
