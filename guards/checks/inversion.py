@@ -45,6 +45,11 @@ images is ``inconclusive``, ``proxy_fit``: it reconstructs nothing either way):
 - a cell with fewer than ``inversion.min_patients_per_cell`` patients, or fewer than half that on either side of
   the split, is ``inconclusive`` and its ``needs`` says how many more patients would make it testable.
 
+For the report (``details``): per proxy and cell the AUC, p-value, DeLong standard error and lower bound; ReRo;
+the SSIM distributions of training and held-out images (``distributions``) and the proxies' learning curves
+(``curves``), drawn by guards.report; per label the reconstructions closest to a training image beside that image
+as released (``thumbnails``, 16 x 16; released, de-identified and noised images only).
+
 Label smoothing (Struppek et al., arXiv 2310.06549: positive smoothing increases inversion leakage): neither the
 policy nor the release's metadata states a recommended training recipe, so there is nothing to check; the details
 say so (``label_smoothing``). DP-SGD audit proxies (the issue's optional part) are not implemented.
