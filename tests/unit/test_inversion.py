@@ -204,6 +204,26 @@ def test_too_few_patients_is_inconclusive_with_what_would_make_it_testable(tmp_p
     assert any("label=0" in n for n in r.conclusive_when)
 
 
+def test_a_patient_with_studies_of_two_labels_counts_once_overall(tmp_path: Path) -> None:
+    """Each label cell holds the patients with that label; the 'all' cell compares patients, each once."""
+    mod = corpus_module()
+    c = mod.make_corpus(tmp_path / "s", patients=40, size=SIZE, seed=6, images_per_study=1, minority_share=0.5)
+    rows = c.cohort.to_pylist()
+    rng = np.random.default_rng(6)
+    for row in rows[:10]:  # 10 patients get a second study with the other label
+        study = mod._uid("second", row["PatientID"])
+        img = mod._image(rng, SIZE, 1 - row["label"], atypical=False, signal=0.15)
+        mod.write_instance(c.root / row["PatientID"] / "second.dcm", img, patient=row["PatientID"], study=study,
+                           sop=mod._uid("second-sop", row["PatientID"]), series=mod._uid("second-series", study))
+        rows.append({**row, "StudyInstanceUID": study, "label": 1 - row["label"]})
+    r = inversion.run(c.root, source_dir=c.root, cohort=pa.Table.from_pylist(rows), policy=_policy())
+    cells = r.details["proxies"]["protected"]["cells"]
+    assert r.examined["patients"] == 40 and r.examined["images"] == 50
+    assert cells["all"]["training"] + cells["all"]["held_out"] == 40
+    assert sum(cells[f"label={v}"]["training"] + cells[f"label={v}"]["held_out"] for v in (0, 1)) == 50
+    assert cells["all"]["training"] == r.examined["training_patients"]
+
+
 def test_a_proxy_that_does_not_fit_the_release_is_inconclusive(tmp_path: Path) -> None:
     """Every image the same: no proxy can fit the labels, so its reconstructions cannot show the release safe."""
     mod = corpus_module()
