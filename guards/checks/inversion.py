@@ -538,8 +538,8 @@ def run(
         + (f": training patients' best reconstruction SSIM vs held-out AUC {overall.auc:.2f} (p {overall.p:.3g})"
            if overall else "")
         + (f"; reconstruction risk for: {', '.join(failed)}." if failed else
-           f"; no tested cell separates training from held-out patients ({len(tested)} cells tested,"
-           f" {len(untested)} with too few patients).")
+           f"; no tested cell's separation of training from held-out patients is shown above AUC {sec.auc_max:g}"
+           f" ({len(tested)} cells tested, {len(untested)} with too few patients).")
     )
     details: dict[str, Any] = {
         "proxies": {
