@@ -52,7 +52,7 @@ PARAMS = {
     "source": Param(GUARD_SOURCE, type="string", minLength=1, title="Source",
                     description="DICOM tree (local path or fsspec URL) with labels.csv at its root, or a PACS: "
                                 "dicomweb+http://HOST:PORT/PATH (credentials from the guard_pacs connection)"),
-    "labels": Param("", type="string", title="Labels table",
+    "labels": Param(None, type=["null", "string"], title="Labels table",
                     description="absolute local path of a labels table (StudyInstanceUID or AccessionNumber, "
                                 "label), e.g. for a PACS source; empty: ingest.labels inside the source"),
     "policy": Param(GUARD_POLICY, type=["null", "string"], title="Policy file",
@@ -65,11 +65,11 @@ PARAMS = {
     "dry_run": Param(False, type="boolean", title="Dry run", description="run every check but never publish"),
     "shards": Param(2, type="integer", minimum=1, maximum=64, title="Shards",
                     description="groups of patients de-identified in parallel"),
-    "resume": Param("", type="string", title="Resume run",
+    "resume": Param(None, type=["null", "string"], title="Resume run",
                     description="id of an earlier run (its folder under runs/) to continue as its next attempt:"
                                 " steps done on unchanged inputs are carried, e.g. after a steward adds a waiver;"
                                 " empty for a new run"),
-    "waivers": Param([], type="array", title="Waivers",
+    "waivers": Param(None, type=["null", "array"], title="Waivers",
                      description="checks a steward waives, each with a written reason",
                      items={"type": "object", "required": ["check", "reason"],
                             "properties": {"check": {"type": "string", "enum": [c.id for c in CHECKS]},

@@ -52,7 +52,10 @@ def free_port() -> int:
 
 @contextmanager
 def api_server(home: Path, *, guard_out: Path, user: str = "steward", role: str = "viewer",
-               extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+               extra_env: dict[str, str] | None = None, components: tuple[str, ...] = ()) -> Iterator[Server]:
+    """The API server; ``components`` (e.g. ``("scheduler", "dag-processor", "triggerer")``) start beside it, each
+    ``airflow <component>`` in its own process group on the same home and metadata DB (LocalExecutor), so a run
+    triggered from the UI runs."""
     password = secrets.token_urlsafe(16)
     (home / "passwords.json").write_text(json.dumps({user: password}), encoding="utf-8")
     port = free_port()
@@ -69,8 +72,20 @@ def api_server(home: Path, *, guard_out: Path, user: str = "steward", role: str 
     )
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     log = (home / "api-server.log").open("w", encoding="utf-8")
-    proc = subprocess.Popen([AIRFLOW, "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1", "--apps", "core"],
+    if components:  # the workers' tasks talk to the API server's execution API
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"{base}/execution/"
+    apps = "all" if components else "core"
+    proc = subprocess.Popen([AIRFLOW, "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1", "--apps", apps],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    others: list[subprocess.Popen[bytes]] = []
+    if components:
+        env.setdefault("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+        env.setdefault("AIRFLOW__CORE__PARALLELISM", "2")
+        env.setdefault("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "5")
+        for component in components:
+            with (home / f"{component}.log").open("wb") as out:
+                others.append(subprocess.Popen([AIRFLOW, component], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -88,11 +103,16 @@ def api_server(home: Path, *, guard_out: Path, user: str = "steward", role: str 
             token = json.loads(r.read())["access_token"]
         yield Server(base=base, token=token, env=env, home=home)
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+        for p in (proc, *others):
+            try:
+                os.killpg(p.pid, 15)
+            except ProcessLookupError:
+                continue
+        for p in (proc, *others):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, 9)
         log.close()
 
 
