@@ -88,6 +88,22 @@ def _until(what: str, probe: Any, server: Server, *, seconds: float) -> Any:
     pytest.fail(f"{what} within {seconds:.0f} s\n{logs}", pytrace=False)
 
 
+def _fill(browser: Any, element_id: str, text: str) -> None:
+    """Replace the text of a form field as a user does (select all, type), until the field holds it: the form
+    re-renders while its defaults load, which can drop keys typed meanwhile."""
+    from selenium.webdriver.common.keys import Keys
+
+    for _ in range(10):
+        field = browser.find_element(By.ID, element_id)
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.DELETE)
+        field.send_keys(text)
+        time.sleep(0.5)
+        if browser.find_element(By.ID, element_id).get_attribute("value") == text:
+            return
+    pytest.fail(f"the form field {element_id} does not keep the text typed into it", pytrace=False)
+
+
 def _task_state(server: Server, run_id: str, task_id: str) -> str:
     try:
         return str(server.api("GET", f"/api/v2/dags/guard_release/dagRuns/{run_id}/taskInstances/{task_id}")["state"])
@@ -109,10 +125,8 @@ def test_a_steward_triggers_approves_and_reads_the_report_in_the_browser(server:
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"))[0].click()
         wait.until(lambda d: d.find_elements(By.ID, "element_source"))
         time.sleep(1)  # the form re-renders once its defaults load
-        field = browser.find_element(By.ID, "element_source")
-        field.clear()
-        field.send_keys(str(source))
-        browser.find_element(By.ID, "element_policy").send_keys(str(policy))
+        _fill(browser, "element_source", str(source))  # the nightly source is its default; typed anyway
+        _fill(browser, "element_policy", str(policy))
         # The submit button is enabled only when every field is valid: an optional field must be nullable (a
         # required string or array left empty kept it disabled, with no message).
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=trigger-dag-submit]").is_enabled())
