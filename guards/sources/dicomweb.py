@@ -76,12 +76,7 @@ class Options:
     """A DICOMweb source as parsed from its URL: where, how, and the credentials (never recorded)."""
 
     base_url: str  # http(s)://HOST:PORT/PATH, no credentials, no query
-    since: date | None = None
-    workers: int = 3
-    retries: int = 2
-    timeout: float = 60.0
-    labels: str = ""
-    ledger: bool = True
+    common: Common = field(default_factory=Common)
     user: str = field(default="", repr=False)
     password: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
@@ -93,11 +88,6 @@ class Options:
     @property
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.password, self.token) if s)
-
-    @property
-    def common(self) -> Common:
-        return Common(since=self.since, workers=self.workers, retries=self.retries, timeout=self.timeout,
-                      labels=self.labels, ledger=self.ledger)
 
 
 def parse(source: str, *, today: date | None = None) -> Options:
@@ -118,9 +108,7 @@ def parse(source: str, *, today: date | None = None) -> Options:
     c = pacs.common(parse_qs(parts.query, keep_blank_values=True), what="DICOMweb", today=today)
     user = os.environ.get(ENV_USER, "") or (parts.username or "")
     password = os.environ.get(ENV_PASSWORD, "") or (parts.password or "")
-    return Options(base_url=base_url, since=c.since, workers=c.workers, retries=c.retries, timeout=c.timeout,
-                   labels=c.labels, ledger=c.ledger, user=user, password=password,
-                   token=os.environ.get(ENV_TOKEN, ""))
+    return Options(base_url=base_url, common=c, user=user, password=password, token=os.environ.get(ENV_TOKEN, ""))
 
 
 def _scrub(text: str, options: Options) -> str:
@@ -135,7 +123,7 @@ def _client(options: Options) -> DICOMwebClient:
         session.headers["Authorization"] = f"Bearer {options.token}"
     elif options.user or options.password:
         session.auth = (options.user, options.password)
-    client = DICOMwebClient(options.base_url, session=session, timeout=options.timeout)
+    client = DICOMwebClient(options.base_url, session=session, timeout=options.common.timeout)
     client.set_http_retry_params(retry=False)  # retries are per study, below, with the count check
     return client
 
@@ -171,7 +159,7 @@ def _http_reason(e: Exception, options: Options) -> str:
 
 def list_studies(client: DICOMwebClient, options: Options) -> list[Study]:
     """QIDO-RS: every study (in the StudyDate window, when one is set), all pages."""
-    filters = {"StudyDate": f"{options.since:%Y%m%d}-"} if options.since else None
+    filters = {"StudyDate": f"{options.common.since:%Y%m%d}-"} if options.common.since else None
     try:
         records = client.search_for_studies(fields=list(QIDO_FIELDS), search_filters=filters, get_remaining=True)
     except requests.HTTPError as e:

@@ -253,7 +253,8 @@ def test_source_urls_are_parsed_and_checked_without_a_server(monkeypatch: pytest
     o = dicomweb.parse("dicomweb+https://u:pw-in-url-9@pacs.example:8443/dicom-web/?since=20260101&lookback_days=30"
                        "&workers=4&retries=0&labels=/srv/labels.csv", today=date(2026, 3, 1))
     assert o.base_url == "https://pacs.example:8443/dicom-web" and o.display == "dicomweb+" + o.base_url
-    assert o.since == date(2026, 1, 30) and (o.workers, o.retries, o.labels) == (4, 0, "/srv/labels.csv")
+    assert o.common.since == date(2026, 1, 30)
+    assert (o.common.workers, o.common.retries, o.common.labels) == (4, 0, "/srv/labels.csv")
     assert (o.user, o.password) == ("u", "pw-in-url-9") and "pw-in-url-9" not in repr(o)
     monkeypatch.setenv(dicomweb.ENV_USER, "envuser")
     monkeypatch.setenv(dicomweb.ENV_PASSWORD, "envpw")
@@ -264,7 +265,7 @@ def test_source_urls_are_parsed_and_checked_without_a_server(monkeypatch: pytest
                          ("dicomweb+http://h:1/x?labels=rel.csv", "absolute"), ("dicomweb+http:///x", "no host")):
         with pytest.raises(InputError, match=message):
             dicomweb.parse(bad)
-    assert dicomweb.parse("dicomweb+http://h:1/x").since is None
+    assert dicomweb.parse("dicomweb+http://h:1/x").common.since is None
 
 
 def test_the_next_snapshot_fetches_only_new_or_changed_studies(
