@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,15 @@ import orthanc  # tests/integration/orthanc.py
 import pyarrow.parquet as pq
 import pytest
 from pydicom import dcmread
-from test_pacs_source import LIGHT, LIGHT_TOML, _compressed, _header, _published, _rows, _upload
+from test_pacs_source import (
+    LIGHT,
+    _compressed,
+    _header,
+    _rows,
+    _upload,
+    assert_no_phi_from_the_pacs,
+    pacs_and_folder_releases,
+)
 
 from guards import pipeline
 from guards.errors import InputError
@@ -142,22 +149,9 @@ def test_guard_run_on_the_pacs_over_dimse_publishes_the_release_of_the_same_fold
     caplog: pytest.LogCaptureFixture
 ) -> None:
     """Issue 17: ``guard run dimse://GUARDTEST@127.0.0.1:PORT OUT --labels labels.csv`` gives the folder's release."""
-    from guards.cli import EXIT_OK, main
-
     sent = _upload(pacs, corpus.files)
-    policy = tmp_path / "policy.toml"
-    policy.write_text(LIGHT_TOML, encoding="utf-8")
-    monkeypatch.setenv("GUARD_KEY", key_hex)
-    caplog.set_level(logging.DEBUG)
-
-    rc_pacs = main(["run", pacs.dimse_source(), str(tmp_path / "pacs"), "--labels", str(corpus.labels_csv),
-                    "--policy", str(policy), "--run-id", "night"])
-    pacs_log = [(r.name, r.getMessage()) for r in caplog.records]
-    rc_folder = main(["run", str(corpus.root), str(tmp_path / "folder"), "--policy", str(policy),
-                      "--run-id", "night"])
-
-    assert rc_pacs == rc_folder == EXIT_OK
-    from_pacs, from_folder = _published(tmp_path / "pacs"), _published(tmp_path / "folder")
+    from_pacs, from_folder, pacs_log = pacs_and_folder_releases(pacs.dimse_source(), corpus, tmp_path, key_hex,
+                                                                monkeypatch, caplog)
     assert len(from_pacs) == len(sent) and set(from_pacs) == set(from_folder)  # same pseudonymous UIDs
     assert not set(from_pacs) & set(sent)
     # Byte for byte the same data sets; the File Meta groups differ only where DIMSE must: the file meta is not
@@ -172,22 +166,11 @@ def test_guard_run_on_the_pacs_over_dimse_publishes_the_release_of_the_same_fold
             for keyword in ("FileMetaInformationGroupLength", "ImplementationClassUID", "ImplementationVersionName"):
                 del meta[keyword]
         assert metas[0] == metas[1]
-    gates = [json.loads((tmp_path / where / "runs" / "night" / "report" / "gate.json").read_text(encoding="utf-8"))
-             for where in ("pacs", "folder")]
-    assert gates[0]["passed"] is gates[1]["passed"] is True
-    assert [(o["id"], o["outcome"]) for o in gates[0]["outcomes"]] == [(o["id"], o["outcome"])
-                                                                      for o in gates[1]["outcomes"]]
     run = json.loads((tmp_path / "pacs" / "runs" / "night" / "run.json").read_text(encoding="utf-8"))
     assert run["snapshot"]["kind"] == "dimse" and run["source"] == pacs.dimse_source()
     # No PHI the PACS sent (C-FIND answers, files) in the release or in any log line, pynetdicom's DEBUG included.
-    tokens = {t for ts in corpus.phi_tokens.values() for t in ts if len(t) >= 4}
-    assert tokens
-    for path in (tmp_path / "pacs" / "releases").rglob("*"):
-        if path.is_file():
-            assert not [t for t in tokens if t.encode() in path.read_bytes()], path
     assert sum(name.startswith("pynetdicom") for name, _ in pacs_log) > 50  # its DEBUG lines were captured
-    leaked = [(t, name, message[:200]) for name, message in pacs_log for t in tokens if t in message]
-    assert not leaked, leaked[:5]
+    assert_no_phi_from_the_pacs(corpus, tmp_path / "pacs" / "releases", pacs_log)
 
 
 def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(

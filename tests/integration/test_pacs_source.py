@@ -340,45 +340,59 @@ def _published(out: Path) -> dict[str, bytes]:
     return {_header(p.read_bytes())[0]: p.read_bytes() for p in (release / "data").rglob("*.dcm")}
 
 
-def test_guard_run_on_the_pacs_publishes_the_release_of_the_same_folder(
-    pacs: orthanc.Orthanc, corpus: SampleCorpus, tmp_path: Path, key_hex: str, monkeypatch: pytest.MonkeyPatch,
+def pacs_and_folder_releases(
+    source: str, corpus: SampleCorpus, tmp_path: Path, key_hex: str, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture
-) -> None:
-    """Issue 17: ``guard run dicomweb+http://... OUT --labels labels.csv`` gives the folder's release."""
+) -> tuple[dict[str, bytes], dict[str, bytes], list[tuple[str, str]]]:
+    """``guard run SOURCE OUT --labels labels.csv`` and ``guard run`` on the corpus's folder, one light policy and
+    key; both gates pass with the same outcomes. Returns the two releases (SOPInstanceUID -> file bytes) and the
+    PACS run's log lines (logger name, message), DEBUG included."""
     from guards.cli import EXIT_OK, main
 
-    sent = _upload(pacs, corpus.files)
     policy = tmp_path / "policy.toml"
     policy.write_text(LIGHT_TOML, encoding="utf-8")
     monkeypatch.setenv("GUARD_KEY", key_hex)
     caplog.set_level(logging.DEBUG)
-
-    rc_pacs = main(["run", pacs.source(), str(tmp_path / "pacs"), "--labels", str(corpus.labels_csv),
+    rc_pacs = main(["run", source, str(tmp_path / "pacs"), "--labels", str(corpus.labels_csv),
                     "--policy", str(policy), "--run-id", "night"])
     pacs_log = [(r.name, r.getMessage()) for r in caplog.records]
     rc_folder = main(["run", str(corpus.root), str(tmp_path / "folder"), "--policy", str(policy),
                       "--run-id", "night"])
-
     assert rc_pacs == rc_folder == EXIT_OK
-    from_pacs, from_folder = _published(tmp_path / "pacs"), _published(tmp_path / "folder")
-    assert len(from_pacs) == len(sent) and set(from_pacs) == set(from_folder)  # same pseudonymous UIDs
-    assert not set(from_pacs) & set(sent)  # and they are pseudonyms, not the PACS's UIDs
-    assert all(from_pacs[uid] == from_folder[uid] for uid in from_pacs)  # byte for byte the same files
     gates = [json.loads((tmp_path / where / "runs" / "night" / "report" / "gate.json").read_text(encoding="utf-8"))
              for where in ("pacs", "folder")]
     assert gates[0]["passed"] is gates[1]["passed"] is True
     assert [(o["id"], o["outcome"]) for o in gates[0]["outcomes"]] == [(o["id"], o["outcome"])
                                                                       for o in gates[1]["outcomes"]]
-    # No PHI the PACS sent (names and IDs in its QIDO-RS answers and files) outside the PHI side of OUT.
+    return _published(tmp_path / "pacs"), _published(tmp_path / "folder"), pacs_log
+
+
+def assert_no_phi_from_the_pacs(corpus: SampleCorpus, release_root: Path, log: list[tuple[str, str]]) -> None:
+    """No PHI the PACS sent (names and IDs in its query answers and files) in any file under ``release_root`` or
+    in any log line."""
     tokens = {t for ts in corpus.phi_tokens.values() for t in ts if len(t) >= 4}
     assert tokens
-    for path in (tmp_path / "pacs" / "releases").rglob("*"):
+    for path in release_root.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             assert not [t for t in tokens if t.encode() in data], path
-    assert len(pacs_log) > 50  # debug lines of dicomweb-client, requests and urllib3 among them
-    leaked = [(t, name, message[:200]) for name, message in pacs_log for t in tokens if t in message]
+    leaked = [(t, name, message[:200]) for name, message in log for t in tokens if t in message]
     assert not leaked, leaked[:5]
+
+
+def test_guard_run_on_the_pacs_publishes_the_release_of_the_same_folder(
+    pacs: orthanc.Orthanc, corpus: SampleCorpus, tmp_path: Path, key_hex: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17: ``guard run dicomweb+http://... OUT --labels labels.csv`` gives the folder's release."""
+    sent = _upload(pacs, corpus.files)
+    from_pacs, from_folder, pacs_log = pacs_and_folder_releases(pacs.source(), corpus, tmp_path, key_hex,
+                                                                monkeypatch, caplog)
+    assert len(from_pacs) == len(sent) and set(from_pacs) == set(from_folder)  # same pseudonymous UIDs
+    assert not set(from_pacs) & set(sent)  # and they are pseudonyms, not the PACS's UIDs
+    assert all(from_pacs[uid] == from_folder[uid] for uid in from_pacs)  # byte for byte the same files
+    assert len(pacs_log) > 50  # debug lines of dicomweb-client, requests and urllib3 among them
+    assert_no_phi_from_the_pacs(corpus, tmp_path / "pacs" / "releases", pacs_log)
 
 
 def test_guard_run_on_a_pacs_labels_by_accession_number_and_accounts_for_a_lost_study(
