@@ -44,6 +44,29 @@ class Server:
             return json.loads(r.read() or b"null")
 
 
+def reid_only_policy(release: str) -> str:
+    """A light policy for runs of the DAG in the browser tests: reid blocking, every model check off, no noise, no
+    pixel cleaning (the sign-off is what these tests look at)."""
+    return f"""
+[release]
+name = "{release}"
+[pixels]
+ocr_all = false
+[deid]
+clean_pixel_data = false
+[protect]
+enabled = false
+[gate]
+blocking = ["reid"]
+advisory = []
+off = ["representation", "phi", "membership", "unlearnability", "attribute", "inversion"]
+[reid]
+k = 1
+max_risk = 1.0
+remediate = false
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ import pytest
 HAS_AIRFLOW = importlib.util.find_spec("airflow") is not None
 pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra has it)")
 
-from airflow_ui import AIRFLOW, CHROMEDRIVER, CHROMIUM, Server, api_server, chromium  # noqa: E402
+from airflow_ui import AIRFLOW, CHROMEDRIVER, CHROMIUM, Server, api_server, chromium, reid_only_policy  # noqa: E402,E501
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -45,24 +45,7 @@ pytestmark = [
 ]
 
 RELEASE = "ui-approval"
-POLICY = f"""
-[release]
-name = "{RELEASE}"
-[pixels]
-ocr_all = false
-[deid]
-clean_pixel_data = false
-[protect]
-enabled = false
-[gate]
-blocking = ["reid"]
-advisory = []
-off = ["representation", "phi", "membership", "unlearnability", "attribute", "inversion"]
-[reid]
-k = 1
-max_risk = 1.0
-remediate = false
-"""
+POLICY = reid_only_policy(RELEASE)
 
 
 @pytest.fixture(scope="module")
