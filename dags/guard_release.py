@@ -51,7 +51,8 @@ T = TypeVar("T")
 PARAMS = {
     "source": Param(GUARD_SOURCE, type="string", minLength=1, title="Source",
                     description="DICOM tree (local path or fsspec URL) with labels.csv at its root, or a PACS: "
-                                "dicomweb+http://HOST:PORT/PATH (credentials from the guard_pacs connection)"),
+                                "dicomweb+http://HOST:PORT/PATH (credentials from the guard_pacs connection) or "
+                                "dimse://AET@HOST:PORT?calling_aet=OURS (C-FIND + C-GET)"),
     "labels": Param(None, type=["null", "string"], title="Labels table",
                     description="absolute local path of a labels table (StudyInstanceUID or AccessionNumber, "
                                 "label), e.g. for a PACS source; empty: ingest.labels inside the source"),

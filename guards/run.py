@@ -57,7 +57,10 @@ class RunPaths:
 
     @property
     def ingest(self) -> Path:
-        return self.run / "ingest"
+        """``OUT/private/runs/<run_id>/ingest/``: the source snapshot (raw copies of a PACS's studies, the index of
+        original headers, quarantine copies, label tables) holds original values, so it lives on the private side
+        with the crosswalk and the PACS ledger, never beside the de-identified work of ``runs/<run_id>/``."""
+        return self.private / "runs" / self.run_id / "ingest"
 
     @property
     def deid(self) -> Path:
@@ -69,7 +72,9 @@ class RunPaths:
 
     @property
     def cohort(self) -> Path:
-        return self.run / "cohort"
+        """``OUT/private/runs/<run_id>/cohort/``: the study table holds original subgroup values (InstitutionName as
+        site, an ethnic group from a private demographics table), so it is private like the ingest snapshot."""
+        return self.private / "runs" / self.run_id / "cohort"
 
     @property
     def checks(self) -> Path:

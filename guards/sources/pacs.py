@@ -9,8 +9,9 @@ for every protocol:
    ``ingest/pacs/``; the others are retrieved, ``workers`` at a time, each into ``ingest/pacs/.<study>.partial/``
    renamed to ``ingest/pacs/<StudyInstanceUID>/`` when done, every instance as ``<SOPInstanceUID>.dcm``;
 2. a study whose received count differs from the listed one, or whose retrieve fails, is retried ``retries``
-   times (0.5 s, 1 s, 2 s ... apart); if it still differs, its received files are ``excluded`` with the reason and a
-   row ``<study>/.not-received`` stands for what never arrived (the study is fetched again the next night);
+   times (0.5 s, 1 s, 2 s ... apart); if it still differs, its received files are ``quarantined`` with the reason
+   (held in ``ingest/quarantine/``) and an excluded row ``<study>/.not-received`` stands for what never arrived (the
+   study is fetched again the next night);
 3. :func:`guards.ingest.ingest` indexes ``ingest/pacs/`` like any local tree; labels and demographics are local
    tables copied into ``ingest/sidecars/`` (label rows keyed by AccessionNumber resolved through the listing).
 
@@ -37,6 +38,7 @@ from pydicom import dcmread
 
 from guards.atomic import replacing
 from guards.errors import InputError
+from guards.ingest import QUARANTINE, ingest
 from guards.manifest import empty_row, to_table, write_table
 from guards.progress import Steps
 from guards.sources import SIDECARS, Snapshot, fingerprint
@@ -272,23 +274,38 @@ def resolve_accessions(labels: Path, studies: dict[str, str], *, kind: str) -> N
         tmp.write_text(text.getvalue(), encoding="utf-8")
 
 
+def _hold(src: Path, dst: Path) -> None:
+    """``src`` at ``dst`` (a hard link on one file system, else a copy), as ingest's quarantine copies are."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        dst.hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def ledger_folder(out_dir: Path, pacs: Pacs) -> Path | None:
-    """``OUT/private/pacs/<source id>/`` when ``out_dir`` is a run's ingest folder (OUT/runs/<id>/ingest)."""
+    """``OUT/private/pacs/<source id>/`` when ``out_dir`` is a run's ingest folder (OUT/private/runs/<id>/ingest,
+    :attr:`guards.run.RunPaths.ingest`)."""
     if not pacs.common.ledger:
         return None
     resolved = out_dir.resolve()
-    if resolved.name != "ingest" or resolved.parent.parent.name != "runs":
+    private = resolved.parent.parent.parent
+    if resolved.name != "ingest" or resolved.parent.parent.name != "runs" or private.name != "private":
         logger.info("%s: %s is not a run's ingest folder: no ledger, every study is fetched", pacs.kind, out_dir)
         return None
-    return resolved.parent.parent.parent / "private" / "pacs" / source_id(pacs.ledger_key)
+    return private / "pacs" / source_id(pacs.ledger_key)
 
 
-def account(rows: list[dict[str, Any]], incomplete: dict[str, Fetched]) -> list[dict[str, Any]]:
-    """Exclude the files of incomplete studies with their reason; one row for what never arrived."""
+def account(rows: list[dict[str, Any]], incomplete: dict[str, Fetched], *, root: Path,
+            quarantine: Path) -> list[dict[str, Any]]:
+    """Quarantine the received files of incomplete studies with the reason (each linked, or copied, from ``root``
+    to ``quarantine/<path>`` as ingest quarantines a file); one excluded row for what never arrived."""
     for row in rows:
         fetched = incomplete.get(row["path"].split("/", 1)[0])
         if fetched is not None and row["status"] == "indexed":
-            row.update(status="excluded", reason=f"incomplete study from the PACS: {fetched.problem}"[:500])
+            _hold(root / row["path"], quarantine / row["path"])
+            row.update(status="quarantined", reason=f"incomplete study from the PACS: {fetched.problem}"[:500])
     for folder, fetched in incomplete.items():
         expected = fetched.study.expected
         missing = (expected - fetched.received) if expected is not None else None
@@ -328,8 +345,6 @@ def snapshot(pacs: Pacs, *, out_dir: Path, policy: ReleasePolicy) -> Snapshot:
 
 def _snapshot(pacs: Pacs, root: Path, out_dir: Path, policy: ReleasePolicy, ledger: Ledger | None,
               run_name: str) -> Snapshot:
-    from guards.ingest import ingest
-
     kind, options = pacs.kind, pacs.common
     studies = pacs.list_studies()
     entries = ledger.load() if ledger is not None else {}
@@ -370,7 +385,7 @@ def _snapshot(pacs: Pacs, root: Path, out_dir: Path, policy: ReleasePolicy, ledg
             study = fetched.study
             if not fetched.complete:
                 incomplete[study.folder] = fetched
-                logger.warning("%s: a study is incomplete and excluded: %s", kind, fetched.problem)
+                logger.warning("%s: a study is incomplete and quarantined: %s", kind, fetched.problem)
             entries[study.uid] = Entry(
                 StudyInstanceUID=study.uid, folder=study.folder, AccessionNumber=study.accession,
                 StudyDate=study.study_date, expected=study.expected, received=fetched.received,
@@ -388,7 +403,7 @@ def _snapshot(pacs: Pacs, root: Path, out_dir: Path, policy: ReleasePolicy, ledg
     rows = result.table.to_pylist()
     counts = dict(result.counts)
     if incomplete:
-        rows = account(rows, incomplete)
+        rows = account(rows, incomplete, root=root, quarantine=out_dir / QUARANTINE)
         table = to_table(rows)
         write_table(table, result.index_path)
         counts = {"seen": len(rows), "indexed": 0, "quarantined": 0, "excluded": 0}

@@ -298,10 +298,13 @@ def test_steward_resumes_the_failed_run_with_a_waiver_and_it_publishes(airflow_r
     assert "`reid` (was fail)" in (release / "datasheet.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.slow(reason="`airflow dags test` of the whole DAG on a PACS source: a real Orthanc over DICOMweb")
-def test_dag_run_on_a_pacs_source_publishes_its_release(airflow_run: Any, tmp_path: Path, key_hex: str) -> None:
-    """Issue 17: the source is a form Param (``dicomweb+http://...``), the labels table another, the PACS
-    credentials the ``guard_pacs`` connection; the password is in no log and nowhere under OUT."""
+@pytest.mark.slow(reason="`airflow dags test` of the whole DAG on a PACS source: a real Orthanc (DICOMweb, DIMSE)")
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_dag_run_on_a_pacs_source_publishes_its_release(protocol: str, airflow_run: Any, tmp_path: Path,
+                                                        key_hex: str) -> None:
+    """Issue 17: the source is a form Param (``dicomweb+http://...`` or ``dimse://AET@HOST:PORT``), the labels
+    table another; DICOMweb credentials come from the ``guard_pacs`` connection, and the password is in no log and
+    nowhere under OUT."""
     import orthanc  # tests/integration/orthanc.py
 
     corpus = generate_corpus(tmp_path / "pacs-src", studies=6, seed=5, image_size=64)
@@ -309,16 +312,16 @@ def test_dag_run_on_a_pacs_source_publishes_its_release(airflow_run: Any, tmp_pa
     with orthanc.start(tmp_path / "orthanc", password=password) as pacs:
         for f in corpus.files:
             pacs.upload(f.read_bytes())
+        source = pacs.source() if protocol == "dicomweb" else pacs.dimse_source()
         connection = json.dumps({"conn_type": "generic", "login": pacs.user, "password": password})
-        result = airflow_run("pacs", PASSING, extra_env={"AIRFLOW_CONN_GUARD_PACS": connection},
-                             source=pacs.source(), labels=str(corpus.labels_csv))
-        source = pacs.source()
+        result = airflow_run(f"pacs-{protocol}", PASSING, extra_env={"AIRFLOW_CONN_GUARD_PACS": connection},
+                             source=source, labels=str(corpus.labels_csv))
     assert result.state == "success", result.log[-3000:]
     [release] = (result.out / "releases" / "dag-test").iterdir()
     assert len(list((release / "data").rglob("*.dcm"))) == len(corpus.files)
     [run_json] = list((result.out / "runs").glob("*/run.json"))
     run = json.loads(run_json.read_text(encoding="utf-8"))
-    assert run["source"] == source and run["snapshot"]["kind"] == "dicomweb"
+    assert run["source"] == source and run["snapshot"]["kind"] == protocol
     assert run["snapshot"]["counts"]["indexed"] == len(corpus.files)
     examined = [p for p in [*result.out.rglob("*"), *(airflow_run.home / "logs").rglob("*")] if p.is_file()]
     assert len(examined) > len(corpus.files)

@@ -26,6 +26,7 @@ from test_pacs_source import (
     _rows,
     _upload,
     assert_no_phi_from_the_pacs,
+    assert_quarantined_study,
     pacs_and_folder_releases,
 )
 
@@ -170,7 +171,7 @@ def test_guard_run_on_the_pacs_over_dimse_publishes_the_release_of_the_same_fold
     assert run["snapshot"]["kind"] == "dimse" and run["source"] == pacs.dimse_source()
     # No PHI the PACS sent (C-FIND answers, files) in the release or in any log line, pynetdicom's DEBUG included.
     assert sum(name.startswith("pynetdicom") for name, _ in pacs_log) > 50  # its DEBUG lines were captured
-    assert_no_phi_from_the_pacs(corpus, tmp_path / "pacs" / "releases", pacs_log)
+    assert_no_phi_from_the_pacs(corpus, tmp_path / "pacs", pacs_log)
 
 
 def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(
@@ -209,7 +210,8 @@ def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(
     rows = _rows(night1)
     lossy_rows = [r for r in rows if r["StudyInstanceUID"] == lossy]
     n = len(by_study[lossy])
-    assert len(lossy_rows) == n and all(r["status"] == "excluded" for r in lossy_rows)
+    assert len(lossy_rows) == n
+    assert_quarantined_study(lossy_rows, out / "private" / "runs" / "night1" / "ingest")
     assert any(r["path"] == f"{lossy}/{dimse.NOT_RECEIVED}" and "1 instance(s) of the study never arrived"
                in str(r["reason"]) for r in lossy_rows), [r["reason"] for r in lossy_rows]
     assert all("after 2 attempt(s)" in str(r["reason"]) for r in lossy_rows)
@@ -217,9 +219,10 @@ def test_the_next_night_retrieves_only_new_studies_and_the_one_that_failed(
     assert all("retrieve failed (C-GET status 0xC000 (Failure))" in str(r["reason"]) and "3 instance(s) received"
                in str(r["reason"]) for r in lossy_rows), [r["reason"] for r in lossy_rows]
     cut_rows = [r for r in rows if r["StudyInstanceUID"] == cut]
-    assert cut_rows and all(r["status"] == "excluded" and "retrieve failed (no final C-GET response" in
-                            str(r["reason"]) and "after 2 attempt(s), 1 instance(s) received" in str(r["reason"])
-                            for r in cut_rows), [r["reason"] for r in cut_rows]
+    assert_quarantined_study(cut_rows, out / "private" / "runs" / "night1" / "ingest")
+    assert all("retrieve failed (no final C-GET response" in str(r["reason"]) and
+               "after 2 attempt(s), 1 instance(s) received" in str(r["reason"]) for r in cut_rows), [r["reason"]
+                                                                                                     for r in cut_rows]
     good = [r for r in rows if r["StudyInstanceUID"] not in (lossy, cut)]
     assert {r["SOPInstanceUID"] for r in good} == {sop for sop, d in sent.items() if _header(d)[1] not in (lossy, cut)}
     assert all(r["status"] == "indexed" for r in good)

@@ -18,6 +18,7 @@ from pathlib import Path
 import orthanc  # tests/integration/orthanc.py (pytest puts this folder on sys.path)
 import pyarrow.parquet as pq
 import pytest
+from phi_scan import found  # tests/phi_scan.py
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
@@ -76,6 +77,16 @@ def _upload(server: orthanc.Orthanc, files: list[Path]) -> dict[str, bytes]:
         server.upload(data)
         sent[_header(data)[0]] = data
     return sent
+
+
+def assert_quarantined_study(rows: list[dict[str, object]], ingest_dir: Path) -> None:
+    """The rows of one incomplete study: each received file quarantined with a copy under ``ingest/quarantine/``
+    (identical to the file received), and what never arrived one excluded ``.not-received`` row."""
+    received = [r for r in rows if not str(r["path"]).endswith(dicomweb.NOT_RECEIVED)]
+    assert received and all(r["status"] == "quarantined" for r in received), [r["status"] for r in received]
+    assert all((ingest_dir / "quarantine" / str(r["path"])).read_bytes()
+               == (ingest_dir / "pacs" / str(r["path"])).read_bytes() for r in received)
+    assert all(r["status"] == "excluded" for r in rows if str(r["path"]).endswith(dicomweb.NOT_RECEIVED))
 
 
 def _studies(sent: dict[str, bytes]) -> dict[str, list[str]]:
@@ -163,14 +174,16 @@ def test_a_study_the_pacs_cannot_deliver_is_retried_then_accounted_for(
     received = [r for r in short if r["path"] != f"{short_study}/{dicomweb.NOT_RECEIVED}"]
     n = len(by_study[short_study])
     assert {r["SOPInstanceUID"] for r in received} == set(by_study[short_study]) - {lost}
-    assert len(short) == n and all(r["status"] == "excluded" for r in short)
+    assert len(short) == n
+    assert_quarantined_study(short, tmp_path / "ingest")
     assert all(f"{n - 1} of {n} instances received" in str(r["reason"]) for r in short)
     assert any("1 instance(s) of the study never arrived" in str(r["reason"]) for r in short)
     assert all((snap.root / str(r["path"])).is_file() for r in received)  # kept for the steward to look at
     others = [r for r in rows if r["StudyInstanceUID"] not in (short_study, failed_study)]
     assert others and all(r["status"] == "indexed" for r in others)
-    assert snap.counts["seen"] == len(rows) == snap.counts["indexed"] + snap.counts["excluded"]
-    assert snap.counts["indexed"] == len(sent) - n - 1
+    assert snap.counts["seen"] == len(rows) == (snap.counts["indexed"] + snap.counts["quarantined"]
+                                                + snap.counts["excluded"])
+    assert snap.counts["indexed"] == len(sent) - n - 1 and snap.counts["quarantined"] == n - 1
     # A PACS whose study query itself fails gives no snapshot at all (fail closed), and says why.
     with pytest.raises(InputError, match=r"QIDO-RS study query failed \(HTTP 500"):
         resolve(pacs.source(), out_dir=tmp_path / "ingest2", policy=ReleasePolicy())
@@ -367,15 +380,15 @@ def pacs_and_folder_releases(
     return _published(tmp_path / "pacs"), _published(tmp_path / "folder"), pacs_log
 
 
-def assert_no_phi_from_the_pacs(corpus: SampleCorpus, release_root: Path, log: list[tuple[str, str]]) -> None:
-    """No PHI the PACS sent (names and IDs in its query answers and files) in any file under ``release_root`` or
-    in any log line."""
-    tokens = {t for ts in corpus.phi_tokens.values() for t in ts if len(t) >= 4}
+def assert_no_phi_from_the_pacs(corpus: SampleCorpus, out: Path, log: list[tuple[str, str]]) -> None:
+    """No PHI the PACS sent (names and IDs in its query answers and files) in any file name, file or Parquet cell
+    under ``out`` outside ``out/private/`` (the release, the run's work, its reports), nor in any log line."""
+    tokens = sorted({t for ts in corpus.phi_tokens.values() for t in ts if len(t) >= 4})
     assert tokens
-    for path in release_root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            assert not [t for t in tokens if t.encode() in data], path
+    hits, scanned = found(out, tokens, skip=("private",))
+    assert scanned > 2 * len(corpus.files), scanned  # the release and the run's de-identified work were scanned
+    assert hits == [], hits
+    assert any((out / "private" / "runs").rglob("*.dcm"))  # the PACS's raw copies are there, on the private side
     leaked = [(t, name, message[:200]) for name, message in log for t in tokens if t in message]
     assert not leaked, leaked[:5]
 
@@ -392,7 +405,7 @@ def test_guard_run_on_the_pacs_publishes_the_release_of_the_same_folder(
     assert not set(from_pacs) & set(sent)  # and they are pseudonyms, not the PACS's UIDs
     assert all(from_pacs[uid] == from_folder[uid] for uid in from_pacs)  # byte for byte the same files
     assert len(pacs_log) > 50  # debug lines of dicomweb-client, requests and urllib3 among them
-    assert_no_phi_from_the_pacs(corpus, tmp_path / "pacs" / "releases", pacs_log)
+    assert_no_phi_from_the_pacs(corpus, tmp_path / "pacs", pacs_log)
 
 
 def test_guard_run_on_a_pacs_labels_by_accession_number_and_accounts_for_a_lost_study(
@@ -423,9 +436,9 @@ def test_guard_run_on_a_pacs_labels_by_accession_number_and_accounts_for_a_lost_
     assert len(_published(out)) == len(sent) - len(by_study[lost_study])
     run = json.loads((out / "runs" / "pacs" / "run.json").read_text(encoding="utf-8"))
     assert run["source"] == pacs.source() and run["snapshot"]["kind"] == "dicomweb"
-    copy = out / "runs" / "pacs" / "ingest" / "sidecars" / labels.name
+    copy = out / "private" / "runs" / "pacs" / "ingest" / "sidecars" / labels.name
     assert pipeline.read_labels(copy) == corpus.labels  # accession-only rows resolved through QIDO-RS
-    cohort = pq.read_table(out / "runs" / "pacs" / "cohort" / "cohort.parquet").to_pylist()
+    cohort = pq.read_table(out / "private" / "runs" / "pacs" / "cohort" / "cohort.parquet").to_pylist()
     assert len(cohort) == len(by_study)
     [excluded] = [c for c in cohort if not c["included"]]
     assert "PACS" in excluded["exclusion_reason"] or "not received" in excluded["exclusion_reason"]
@@ -469,9 +482,9 @@ def test_the_second_night_fetches_the_new_studies_and_the_one_cut_off_the_night_
         night1 = main(["run", source, str(out), "--labels", str(corpus.labels_csv), "--policy", str(policy),
                        "--run-id", "night1"])
         assert night1 == EXIT_OK and proxy.cuts == 2 and calls.count(cut) == 2  # 1 + retries=1
-        rows = pq.read_table(out / "runs" / "night1" / "ingest" / "index.parquet").to_pylist()
+        rows = pq.read_table(out / "private" / "runs" / "night1" / "ingest" / "index.parquet").to_pylist()
         cut_rows = [r for r in rows if r["StudyInstanceUID"] == cut]
-        assert cut_rows and all(r["status"] == "excluded" for r in cut_rows)
+        assert_quarantined_study(cut_rows, out / "private" / "runs" / "night1" / "ingest")
         # The multipart stream ends early: a short count (or a read error) on each attempt, then the reason.
         n = len(files[cut])
         assert all(("retrieve failed" in str(r["reason"]) or f"of {n} instances received" in str(r["reason"]))

@@ -11,9 +11,9 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from phi_scan import found  # tests/phi_scan.py
 from pydicom import dcmread
 
 from guards.cli import main
@@ -78,44 +78,6 @@ def _source(tmp_path: Path) -> _Source:
     return _Source(root=src, inputs=inputs, needles=needles, burned=sorted(corpus.burned_in), bad=bad)
 
 
-def _strings(table: pa.Table) -> list[str]:
-    """Every string cell of ``table`` (and of nested values), nulls left out."""
-    out: list[str] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list | tuple):
-            for v in value:
-                walk(v)
-
-    for column in table.columns:
-        for value in column.to_pylist():
-            walk(value)
-    return out
-
-
-def _found(folder: Path, needles: list[str]) -> list[tuple[str, str]]:
-    """(file, needle) for every needle found, case-insensitively, in a file's name, raw bytes or (Parquet) cells."""
-    lowered = [(n, n.lower(), n.lower().encode()) for n in needles]
-    hits: list[tuple[str, str]] = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        texts = [rel.lower()]
-        data = b""
-        if p.is_file():
-            data = p.read_bytes().lower()
-            if p.suffix == ".parquet":
-                texts += [s.lower() for s in _strings(pq.read_table(p))]
-        for needle, low, raw in lowered:
-            if raw in data or any(low in t for t in texts):
-                hits.append((rel, needle))
-    return hits
-
-
 def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
@@ -138,7 +100,7 @@ def test_dst_holds_no_original_value_and_accounts_for_every_input(
     private = tmp_path / "deid.private"  # the default: beside DST
 
     # Nothing under DST holds a PHI token or a source path: names, bytes, Parquet cells.
-    assert _found(dst, source.needles) == []
+    assert found(dst, source.needles)[0] == []
     assert not (dst / ".ingest").exists() and not (dst / "quarantine").exists()
 
     # DST's manifest: one row per input file, de-identified values only.
@@ -185,7 +147,7 @@ def test_dst_holds_no_original_value_and_accounts_for_every_input(
     for p in private.rglob("*"):
         assert _mode(p) == (0o700 if p.is_dir() else 0o600), p
     # The scan finds what is there: the private side does hold the originals.
-    assert {n for _, n in _found(private, source.needles)} & set(source.inputs)
+    assert {n for _, n in found(private, source.needles)[0]} & set(source.inputs)
 
     assert str(private) in caplog.text
 
@@ -194,7 +156,7 @@ def test_private_folder_can_be_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
     private = tmp_path / "elsewhere" / "phi"
     source, dst = _run_deid(tmp_path, monkeypatch, key_hex, "--private", str(private),
                             "--crosswalk", str(tmp_path / "cw" / "crosswalk.parquet"))
-    assert _found(dst, source.needles) == []
+    assert found(dst, source.needles)[0] == []
     assert (private / "ingest" / "index.parquet").is_file() and (private / "manifest.parquet").is_file()
     assert not (tmp_path / "deid.private").exists()
     assert (tmp_path / "cw" / "crosswalk.parquet").is_file()
