@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import getpass
 import hashlib
+import io
 import json
 import logging
 import os
@@ -158,20 +159,53 @@ def _same_key(run: Run, key: PseudonymKey) -> None:
 
 
 def read_labels(path: Path) -> dict[str, int]:
-    """``StudyInstanceUID,label`` rows (original UIDs, private side). A missing file means no labels."""
+    """``StudyInstanceUID,label`` rows (original UIDs, private side). A missing file means no labels.
+
+    The table is UTF-8 (RFC 4180 CSV), a byte order mark allowed; other bytes (Latin-1, say) are refused with
+    their line rather than guessed at. Each row needs both fields; a label is an integer >= 0 (the cohort reads
+    -1 as "unknown", so a negative label would silently unlabel a study; the policy names no label classes).
+    A study listed twice with one label is read once; with two labels it is refused, naming both lines.
+    """
     if not path.is_file():
         logger.warning("no labels table at %s: protection will use pseudo-labels", path)
         return {}
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(f"labels table {path} line {line}: bytes that are not UTF-8 ({e.reason} at byte"
+                         f" {e.start}); save the table as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    columns = [c.strip() for c in header] if header else None
+    if columns is None or not {"StudyInstanceUID", "label"} <= set(columns):
+        raise InputError(f"labels table {path} needs the columns StudyInstanceUID,label; got {columns}")
+    at_uid, at_label = columns.index("StudyInstanceUID"), columns.index("label")
     labels: dict[str, int] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"StudyInstanceUID", "label"} <= set(reader.fieldnames):
-            raise InputError(f"labels table {path} needs the columns StudyInstanceUID,label; got {reader.fieldnames}")
-        for n, row in enumerate(reader, start=2):
-            try:
-                labels[row["StudyInstanceUID"].strip()] = int(row["label"])
-            except ValueError as e:
-                raise InputError(f"labels table {path} line {n}: label {row['label']!r} is not an integer") from e
+    line_of: dict[str, int] = {}
+    for row in reader:
+        n = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue  # a blank line
+        if len(row) != len(columns):
+            raise InputError(f"labels table {path} line {n}: {len(row)} field(s), the header has {len(columns)}"
+                             f" ({','.join(columns)})")
+        uid, raw = row[at_uid].strip(), row[at_label].strip()
+        if not uid:
+            raise InputError(f"labels table {path} line {n}: empty StudyInstanceUID")
+        try:
+            label = int(raw)
+        except ValueError:
+            raise InputError(f"labels table {path} line {n}: label {raw!r} is not an integer") from None
+        if label < 0:
+            raise InputError(f"labels table {path} line {n}: label {label} is out of range (labels are integers"
+                             " >= 0; -1 means unknown in the cohort: leave the study out instead)")
+        if uid in labels and labels[uid] != label:
+            raise InputError(f"labels table {path} lines {line_of[uid]} and {n}: the same StudyInstanceUID with"
+                             f" two labels ({labels[uid]} and {label})")
+        if uid not in labels:
+            labels[uid], line_of[uid] = label, n
     return labels
 
 
