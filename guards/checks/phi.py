@@ -34,6 +34,10 @@ either of them would scrub or hide is a token here too:
 - UIDs of every UI element except class, transfer-syntax, coding-scheme and implementation UIDs and the
   standard's own ``1.2.840.10008.`` UIDs, which identify software and standards rather than a patient
   (skipped when ``deid.retain_uids``);
+- names and identifier values written outside ASCII (decoded with the source's Specific Character Set): each
+  piece of :func:`~guards.deid.vocabulary.native_parts` (``山田``, ``太郎``, ``王``, ``Люкceмбypг``), matched as a
+  substring of the released text (CJK has no word breaks) and of the raw bytes as UTF-8, as the cleaner scrubs
+  them;
 - skipped: tokens shorter than 3 characters, purely numeric tokens shorter than 5 digits (they match counts,
   sizes and code values), and common words (:data:`COMMON_WORDS`: body parts, modalities, titles, address
   words). What was skipped is listed in details (categories and counts, never the values; pieces of a value are
@@ -73,7 +77,16 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from guards.checks.base import CheckResult, Finding
-from guards.deid.vocabulary import CATEGORY, MIN_ID_DIGITS, date_parts, digit_runs, id_pieces, name_parts, words
+from guards.deid.vocabulary import (
+    CATEGORY,
+    MIN_ID_DIGITS,
+    date_parts,
+    digit_runs,
+    id_pieces,
+    name_parts,
+    native_parts,
+    words,
+)
 from guards.errors import GuardError, InputError
 from guards.policy import ReleasePolicy
 from guards.progress import progress
@@ -142,6 +155,13 @@ class TokenIndex:
     tokens: dict[tuple[str, ...], Token] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _dates: set[str] = field(default_factory=set)
+    native: dict[str, Token] = field(default_factory=dict)  # non-ASCII pieces, matched as substrings
+
+    def add_native(self, value: str, *, category: str, source_element: str) -> None:
+        """Each :func:`~guards.deid.vocabulary.native_parts` piece of ``value`` as a substring token."""
+        for piece in native_parts(value):
+            if piece not in self.native:
+                self.native[piece] = Token(words=(piece,), category=category, source_element=source_element)
 
     def add(self, raw: str, *, category: str, source_element: str, quiet: bool = False) -> None:
         """Add ``raw`` as a token (normalised), unless too short, short and numeric, or common words: then it is
@@ -287,6 +307,8 @@ def _collect(elem: DataElement, *, common: TokenIndex, dates: TokenIndex, all_da
         for name in _element_strings(elem):
             for part in name_parts(name):
                 common.add(part, category="name", source_element=where)
+            if not name.isascii():
+                common.add_native(name, category="name", source_element=where)
         return
     if elem.VR in ("DA", "DT"):
         if keep_dates:
@@ -324,6 +346,8 @@ def _collect(elem: DataElement, *, common: TokenIndex, dates: TokenIndex, all_da
         # the cleaner scrubs each part of these values from free text (guards.deid.actions.identifier_tokens)
         for part in name_parts(value):
             common.add(part, category=category, source_element=kw, quiet=True)
+        if not value.isascii():
+            common.add_native(value, category=category, source_element=kw)
 
 
 @dataclass(frozen=True)
@@ -387,6 +411,11 @@ class _Counts:
     ocr_calls: int = 0
 
 
+def _find_native(text: str, indexes: Iterable[TokenIndex]) -> list[Token]:
+    """The native-script tokens (:meth:`TokenIndex.add_native`) that occur in ``text`` as substrings."""
+    return [tok for index in indexes for piece, tok in index.native.items() if piece in text]
+
+
 def _scan_elements(ds: FileDataset, rel: str, indexes: list[TokenIndex], counts: _Counts) -> list[Hit]:
     hits = []
     for prefix, sub in _datasets(ds):
@@ -395,6 +424,8 @@ def _scan_elements(ds: FileDataset, rel: str, indexes: list[TokenIndex], counts:
             for text in _element_strings(elem):
                 for tok in _find(words(text), indexes):
                     hits.append(Hit(file=rel, where=path, token=tok))
+                if not text.isascii():
+                    hits.extend(Hit(file=rel, where=path, token=tok) for tok in _find_native(text, indexes))
     return hits
 
 
@@ -405,6 +436,13 @@ def _scan_bytes(data: bytes, rel: str, indexes: list[TokenIndex], seen: set[Toke
             if tok not in seen:
                 seen.add(tok)
                 hits.append(Hit(file=rel, where=f"raw bytes near offset {m.start()}", token=tok))
+    if not data.isascii():  # native-script tokens as UTF-8 (sidecar tables, UTF-8 DICOM text)
+        for index in indexes:
+            for piece, tok in index.native.items():
+                at = data.find(piece.encode("utf-8"))
+                if at >= 0 and tok not in seen:
+                    seen.add(tok)
+                    hits.append(Hit(file=rel, where=f"raw bytes near offset {at}", token=tok))
     return hits
 
 

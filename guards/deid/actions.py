@@ -26,12 +26,22 @@ from guards.deid.dates import shift_da, shift_dt
 from guards.deid.private import is_safe_private
 from guards.deid.profile import DICT_VR, PATIENT_ID, SQ_TAGS, TEXT_VRS, CompiledProfile
 from guards.deid.pseudonyms import pseudo_patient_id, pseudo_patient_name, pseudo_uid
-from guards.deid.vocabulary import ID_KEYWORDS, MIN_TOKEN, TEXT_SCRUB_KEYWORDS, date_forms, id_pieces, name_parts
+from guards.deid.vocabulary import (
+    DATE_CANDIDATE,
+    DATE_CANDIDATE_BYTES,
+    ID_KEYWORDS,
+    MIN_TOKEN,
+    TEXT_SCRUB_KEYWORDS,
+    date_forms,
+    id_pieces,
+    name_parts,
+    native_parts,
+)
 from guards.keys import PseudonymKey
 
 SCRUB = "***"
 SCRUB_CS = "XXX"  # CS allows only upper case letters, digits, space and underscore (PS3.5 6.2)
-SCRUB_FALLBACK = "ANONYMIZED"  # when an identifier was found in the bytes but not in the decoded text
+SCRUB_FALLBACK = "ANONYMIZED"  # when the bytes hold an identifier and could not be decoded cleanly
 DUMMIES: dict[str, object] = {
     "AE": "ANONYMOUS",
     "AS": "000D",
@@ -74,11 +84,22 @@ def _tags(keywords: tuple[str, ...]) -> tuple[int, ...]:
 IDENTIFIER_TAGS: tuple[int, ...] = _tags(TEXT_SCRUB_KEYWORDS)
 _ID_TAGS: frozenset[int] = frozenset(_tags(ID_KEYWORDS))
 _BIRTH_DATE = 0x00100030
+CONTENT_SEQUENCE = 0x0040A730
+#: Code Sequence Macro attributes (PS3.3 8.8): codes name concepts, not the patient; kept (and scrubbed)
+#: when the content of a Content Sequence goes.
+_CODE_TAGS: frozenset[int] = frozenset(
+    t for t in (tag_for_keyword(k) for k in ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion",
+                                             "CodeMeaning", "LongCodeValue", "URNCodeValue")) if t is not None
+)
 
 
 @dataclass
 class Context:
-    """Per-instance state of one pass: the key, the compiled profile, the patient's date offset, identifiers."""
+    """Per-instance state of one pass: the key, the compiled profile, the patient's date offset, its vocabulary.
+
+    ``tokens`` are the patient's identifiers as UTF-8 text (:func:`identifier_tokens`: decoded with the
+    dataset's character sets); ``dates`` the written forms of every date of the patient (:func:`patient_dates`).
+    """
 
     key: PseudonymKey
     profile: CompiledProfile
@@ -87,9 +108,12 @@ class Context:
     tokens: list[bytes]
     crosswalk: dict[tuple[str, str], str] | None
     raw_implicit: bool | None = None  # the dataset's encoding when read little endian: new values written raw
+    dates: frozenset[str] = frozenset()
     changes: int = field(default=0, init=False)  # elements removed or replaced so far in this pass
+    dummy_text: int = field(default=0, init=False)  # > 0 inside a Content Sequence whose values go (E.3.3 off)
     _lowered: tuple[bytes, ...] | None = field(default=None, init=False)
-    _texts: tuple[str, ...] | None = field(default=None, init=False)
+    _native: bool = field(default=False, init=False)
+    _texts: tuple[tuple[str, str], ...] | None = field(default=None, init=False)
 
     def uid(self, value: str) -> str:
         original = value.strip(" \x00")
@@ -100,28 +124,48 @@ class Context:
             self.crosswalk[("uid", original)] = new
         return new
 
+    def _prepare(self) -> None:
+        texts = {t.decode("utf-8", "replace") for t in self.tokens}
+        self._texts = tuple(sorted(((t, t.casefold()) for t in texts), key=lambda p: len(p[0]), reverse=True))
+        self._lowered = tuple(sorted({t.lower() for t in self.tokens if t.isascii()}, key=len, reverse=True))
+        self._native = any(not t.isascii() for t in self.tokens)
+
     def hit(self, data: bytes) -> bool:
-        """Whether any identifier is in ``data`` (ASCII case-insensitive). Plain substring tests: compiling a
-        regular expression per instance cost more than the whole rest of de-identification (each instance of a
-        new patient has new identifiers, so a cache of compiled patterns rarely hits)."""
+        """Whether ``data`` (an element's raw bytes) may hold an identifier or a date of the patient: an ASCII
+        identifier as bytes (ASCII case-insensitive; every DICOM character set writes ASCII as ASCII), a written
+        date equal to one of the patient's, or any non-ASCII byte when the patient has a name or identifier
+        outside ASCII (the text is then decoded with the dataset's character sets and searched as text).
+        Plain substring tests: compiling a regular expression per instance cost more than the whole rest of
+        de-identification (each instance of a new patient has new identifiers, so a cache rarely hits)."""
         if self._lowered is None:
-            self._lowered = tuple(sorted({t.lower() for t in self.tokens}, key=len, reverse=True))
-        if not self._lowered:
-            return False
-        low = data.lower()
-        return any(t in low for t in self._lowered)
+            self._prepare()
+        assert self._lowered is not None
+        if self._native and (not data.isascii() or b"\x1b" in data):  # ISO 2022 (IR 87) is 7-bit
+            return True
+        if self._lowered:
+            low = data.lower()
+            if any(t in low for t in self._lowered):
+                return True
+        if self.dates:
+            dates = self.dates
+            return any(m.group().decode("ascii").upper() in dates for m in DATE_CANDIDATE_BYTES.finditer(data))
+        return False
 
     def scrub(self, text: str, *, replacement: str) -> str:
-        """``text`` with every identifier replaced, case-insensitively, longest first. Only the identifiers that
-        occur in the text get a (small, cached) pattern compiled."""
+        """``text`` with every identifier replaced (case-insensitively, longest first, native-script names as
+        written) and every written form of a date of the patient. Only the identifiers that occur in the text
+        get a (small, cached) pattern compiled."""
         if self._texts is None:
-            variants = {t.decode("utf-8", "ignore") for t in self.tokens} | {t.decode("latin-1") for t in self.tokens}
-            self._texts = tuple(sorted((t for t in variants if len(t) >= MIN_TOKEN), key=len, reverse=True))
+            self._prepare()
+        assert self._texts is not None
         folded = text.casefold()
-        for token in self._texts:
-            if token.casefold() in folded:
+        for token, low in self._texts:
+            if low in folded:
                 text = _token_pattern(token).sub(replacement, text)
                 folded = text.casefold()
+        if self.dates:
+            dates = self.dates
+            text = DATE_CANDIDATE.sub(lambda m: replacement if m.group().upper() in dates else m.group(), text)
         return text
 
 
@@ -152,30 +196,101 @@ def value_text(ds: Dataset, tag: int) -> str:
     return text_of(ds[tag].value).strip(" \x00")
 
 
-def identifier_tokens(ds: Dataset) -> list[bytes]:
-    """The instance's identifiers (names, IDs, addresses ...) as byte tokens, read before anything changes: each
-    value, its name parts, an identifier's pieces and the birth date in every written form
-    (:mod:`guards.deid.vocabulary`). Tokens keep the value's own bytes (split and rejoined as Latin-1, which
-    maps every byte to one character, so multi-byte text is never altered)."""
-    tokens: list[bytes] = []
-    for tag in IDENTIFIER_TAGS:
-        if tag not in ds:
+def _kinds() -> dict[int, str]:
+    """Data dictionary tag -> what its values give the vocabulary: ``id`` (identifier: value, pieces),
+    ``name`` (every PN: value, parts), ``value`` (address, phone, institution, device: value, parts),
+    ``date`` (DA, DT), ``sq`` (searched inside)."""
+    out: dict[int, str] = {}
+    for tag, vr in DICT_VR.items():
+        if vr == "SQ":
+            out[tag] = "sq"
+        elif vr == "PN":
+            out[tag] = "name"
+        elif vr in ("DA", "DT"):
+            out[tag] = "date"
+    out.update({t: "value" for t in IDENTIFIER_TAGS if out.get(t) != "name"})
+    out.update({t: "id" for t in _ID_TAGS})
+    out[_BIRTH_DATE] = "date"
+    return out
+
+
+_KINDS: dict[int, str] = _kinds()
+MAX_VOCABULARY_DEPTH = 64  # sequence nesting searched for identifiers (SR trees are rarely deeper than 10)
+
+
+def _values_text(ds: Dataset, tag: int) -> str:
+    """An element's value decoded with the dataset's character sets (pydicom's ``convert_encodings`` and
+    ``decode_bytes``, ISO 2022 escapes included; a sequence item inherits its parent's character set), stripped;
+    plain-ASCII raw bytes without escapes are read as they are (the same text, no decoding)."""
+    raw = _raw_bytes(ds.get_item(tag))
+    if raw is not None and raw.isascii() and b"\x1b" not in raw:
+        return raw.decode("ascii").strip(" \x00")
+    return text_of(ds[tag].value).strip(" \x00")
+
+
+def _gather(ds: Dataset, tokens: dict[str, None], dates: set[str], depth: int) -> None:
+    for tag in list(ds.keys()):
+        number = int(tag)
+        kind = _KINDS.get(number)
+        if kind is None or number >> 16 & 1:
             continue
-        elem = ds.get_item(tag)
-        raw = _raw_bytes(elem)
-        value = raw if raw is not None else text_of(elem.value).encode("utf-8", "ignore")
-        value = value.strip(b" \x00")
-        if len(value) < MIN_TOKEN:
+        if kind == "sq":
+            if depth < MAX_VOCABULARY_DEPTH:
+                for item in ds[tag].value or ():
+                    _gather(item, tokens, dates, depth + 1)
             continue
-        tokens.append(value)
-        text = value.decode("latin-1")
+        text = _values_text(ds, number)
+        if not text:
+            continue
+        if kind == "date":
+            dates.update(v.strip()[:8] for v in text.split("\\"))
+            continue
+        if len(text) >= MIN_TOKEN:
+            tokens[text] = None
         pieces = name_parts(text)
-        if tag in _ID_TAGS:
+        if kind == "id":
             pieces.extend(id_pieces(text))
-        elif tag == _BIRTH_DATE:
-            pieces.extend(date_forms(text))
-        tokens.extend(p.encode("latin-1") for p in pieces if len(p) >= MIN_TOKEN)
+        for piece in pieces:
+            if len(piece) >= MIN_TOKEN:
+                tokens[piece] = None
+        for piece in native_parts(text):
+            tokens[piece] = None
+
+
+def patient_vocabulary(ds: Dataset) -> tuple[list[bytes], frozenset[str]]:
+    """The whole patient vocabulary of ``ds``, read before anything changes: identifiers as UTF-8 tokens and the
+    written forms of the patient's dates (:mod:`guards.deid.vocabulary`).
+
+    Identifiers come from anywhere in the dataset (every sequence item, to :data:`MAX_VOCABULARY_DEPTH`):
+    every person name (PN: patient, physicians, SR PersonName and VerifyingObserverName), the identifier
+    attributes (PatientID also inside OtherPatientIDsSequence, AccessionNumber, ...) with their pieces,
+    addresses, phones, institution and device names; each value, its name parts of :data:`MIN_TOKEN` or more
+    characters, and its native-script parts of any length when ideographic (:func:`native_parts`: ``王``).
+    Values are decoded with the dataset's Specific Character Set. Dates: every DA value and the date part of
+    every DT value, each in every form of :func:`date_forms` (``03/17/1961``, ``1961-03-17``, ``17-MAR-1961``).
+    """
+    tokens: dict[str, None] = {}
+    values: set[str] = set()
+    _gather(ds, tokens, values, 0)
+    forms: set[str] = set()
+    for value in values:
+        forms.update(date_forms(value))
+    return [t.encode("utf-8") for t in tokens], frozenset(forms)
+
+
+def identifier_tokens(ds: Dataset) -> list[bytes]:
+    """The instance's identifiers as UTF-8 tokens (:func:`patient_vocabulary`) and the birth date in every written
+    form (the other dates are matched by shape, :func:`patient_dates`)."""
+    tokens, _ = patient_vocabulary(ds)
+    if _BIRTH_DATE in ds:
+        birth = _values_text(ds, _BIRTH_DATE)
+        tokens.extend(f.encode("ascii") for f in sorted(date_forms(birth)))
     return tokens
+
+
+def patient_dates(ds: Dataset) -> frozenset[str]:
+    """The written forms of every date in ``ds`` (:func:`patient_vocabulary`)."""
+    return patient_vocabulary(ds)[1]
 
 
 def _vr(ds: Dataset, tag: int, elem: DataElement | RawDataElement) -> str:
@@ -260,18 +375,24 @@ def _uids(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Contex
 
 
 def _scrub(ds: Dataset, tag: int, elem: DataElement | RawDataElement, vr: str, ctx: Context) -> None:
+    """Free text kept or cleaned (T, C): every entry of the patient vocabulary replaced (:meth:`Context.scrub`),
+    searched in the text decoded with the dataset's character sets. Inside a Content Sequence whose content
+    goes (Clean Structured Content off, PS3.15 E.3.3), the text is a dummy instead."""
+    if ctx.dummy_text and vr in TEXT_VRS and tag not in _CODE_TAGS:
+        _set_text(ds, tag, vr, str(DUMMIES[vr]), ctx)
+        return
     raw = _raw_bytes(elem)
     if raw is not None and not ctx.hit(raw):
-        return  # none of the instance's identifiers is in the bytes: kept undecoded
-    decoded = ds[tag]  # decodes a raw element: an identifier is in there, or it was decoded already
+        return  # nothing of the patient's vocabulary can be in the bytes: kept undecoded
+    decoded = ds[tag]  # decodes with the dataset's character sets
     value = decoded.value
     if value is None or isinstance(value, bytes):
         return
     replacement = SCRUB_CS if vr == "CS" else SCRUB
     values = [str(v) for v in value] if isinstance(value, MultiValue | list) else [str(value)]
     new = [ctx.scrub(v, replacement=replacement) for v in values]
-    if raw is not None and new == values:  # found in the bytes, not in the text (another character set)
-        new = ["XXX" if vr == "CS" else SCRUB_FALLBACK for _ in values]
+    # Bytes the character sets could not decode may hide an identifier the text search cannot see.
+    new = [(SCRUB_CS if vr == "CS" else SCRUB_FALLBACK) if "\ufffd" in v else v for v in new]
     if new != values:
         decoded.value = _multi(new)
         ctx.changes += 1
@@ -283,7 +404,16 @@ def _act_z(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Conte
 
 def _act_d(ds: Dataset, tag: int, elem: DataElement | RawDataElement, ctx: Context) -> None:
     vr = _vr(ds, tag, elem)
-    if vr == "SQ":
+    if vr == "SQ" and tag == CONTENT_SEQUENCE:
+        # Content Sequence is D, C under Clean Structured Content (PS3.15 E.3.3): without the option the content
+        # goes (every free-text value in the tree becomes a dummy; names are D, dates shifted, UIDs keyed) and
+        # the document's structure (relationships, value types, codes) stays, so the SR remains valid.
+        ctx.dummy_text += 1
+        try:
+            _items(ds, tag, ctx)
+        finally:
+            ctx.dummy_text -= 1
+    elif vr == "SQ":
         _items(ds, tag, ctx)  # a dummy sequence: its items, cleaned by the same rules
     elif vr == "UI":
         _uids(ds, tag, elem, ctx, keep_registered=False)

@@ -8,7 +8,9 @@ stay byte-exact. Actions (PS3.15 E.1.1):
 - D a dummy consistent with the VR (a sequence keeps its items, cleaned by the same rules);
 - U a keyed UID (:func:`pseudonyms.pseudo_uid`), the same in every file and run for one key;
 - C clean: dates are shifted by the patient's offset (Modified Dates, E.3.6), times kept; text has the
-  instance's identifiers (names, IDs, addresses, ...) replaced by ``***``; sequences are cleaned inside.
+  patient's whole vocabulary (every name, ID, address, ... anywhere in the dataset, decoded with its character
+  sets, and every date of the patient in every written form; :func:`actions.patient_vocabulary`) replaced by
+  ``***``; sequences are cleaned inside. Content Sequence keeps its values only under Clean Structured Content.
 
 After the pass, PatientIdentityRemoved, DeidentificationMethod, DeidentificationMethodCodeSequence (CID 7050)
 and LongitudinalTemporalInformationModified are set (PS3.15 E.1.1 and PS3.3 C.7.1.1), the file meta's
@@ -28,7 +30,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from guards.deid.actions import Context, clean_dataset, identifier_tokens, value_text
+from guards.deid.actions import Context, clean_dataset, patient_vocabulary, value_text
 from guards.deid.profile import PATIENT_ID, PATIENT_NAME, compile_profile
 from guards.deid.pseudonyms import date_offset_days
 from guards.errors import GuardError
@@ -207,9 +209,10 @@ def _deidentify(
         crosswalk[("date_offset_days", patient)] = str(offset)
     implicit, little = ds.original_encoding
     raw_implicit = implicit if little is True and implicit is not None else None
+    tokens, dates = patient_vocabulary(ds)
     ctx = Context(
-        key=key, profile=profile, uid_root=deid.uid_root, offset_days=offset, tokens=identifier_tokens(ds),
-        crosswalk=crosswalk, raw_implicit=raw_implicit,
+        key=key, profile=profile, uid_root=deid.uid_root, offset_days=offset, tokens=tokens,
+        crosswalk=crosswalk, raw_implicit=raw_implicit, dates=dates,
     )
     clean_dataset(ds, ctx)
     _clean_file_meta(ds, ctx)

@@ -13,6 +13,11 @@ audits (:mod:`guards.deid.actions` for free text, :mod:`guards.deid.pixel_phi` f
 - the pieces of an identifier that identify on their own: its alphanumeric pieces holding a digit or at least
   :data:`MIN_ID_LETTERS` letters, its runs of :data:`MIN_ID_DIGITS` or more digits (``448120`` of
   ``PID-448120``, ``1234567`` of ``MRN1234567``) and its letters and digits run together (:func:`id_pieces`);
+- the pieces of a name written in an ideographic or syllabic script (Han, kana, Hangul: one character is a
+  syllable or a word, so a family name can be one character, ``王`` of ``王^小東``) of any length
+  (:func:`native_parts`); pieces in alphabetic scripts (Latin, Cyrillic, Greek) need :data:`MIN_TOKEN`;
+- the written forms of any date found in free text (:data:`DATE_CANDIDATE`: the shapes of :func:`date_forms`),
+  compared with the patient's dates by :func:`date_forms` membership;
 - the normalisations: :func:`words` (upper case, every character outside ``A-Z 0-9 .`` a word break, dots at the
   ends of words dropped; the audit matches whole words) and :func:`compact` (upper-case letters and digits
   only; the pixel cleaner compares OCR words so).
@@ -65,6 +70,8 @@ CATEGORY: dict[str, str] = {
     **{k: "free text" for k in FREE_TEXT_KEYWORDS},
 }
 
+#: Characters from CJK Radicals (U+2E80) up: Han, kana, Hangul, ... where one character is a syllable or word.
+IDEOGRAPHIC_FROM = 0x2E80
 MIN_TOKEN = 3  # shorter values or pieces ("P", "MR") are too common to mean anything
 MIN_DATE_CHARS = 6  # a date form with fewer letters and digits ("3/2/17") is too ambiguous
 MIN_ID_DIGITS = 6  # a run of this many digits inside an identifier identifies on its own
@@ -82,6 +89,46 @@ _DIGIT_RUN = re.compile(rf"\d{{{MIN_ID_DIGITS},}}", re.ASCII)
 _DATE_SHAPED = re.compile(
     r"^\d{1,4}[/.\-]\d{1,2}[/.\-]\d{2,4}$|^\d{1,2}[\-/ ]?(" + "|".join(MONTHS) + r")[A-Z]*[\-/ ]?\d{2,4}$"
 )
+
+
+_MON = "|".join(MONTHS)
+#: A bytes/str pattern source of every shape :func:`date_forms` writes (numeric with one separator used
+#: twice, month-name forms, ``MARCH 17, 1961``); digits are not taken from inside a longer digit run.
+_DATE_SOURCE = (
+    rf"(?<![0-9])[0-9]{{1,2}}([-/. ]?)(?:{_MON})[A-Z]*\1[0-9]{{2,4}}(?![0-9])"
+    rf"|(?<![A-Z])(?:{_MON})[A-Z]*(?:([-/. ]?)[0-9]{{1,2}}\2|[ ][0-9]{{1,2}},[ ])[0-9]{{2,4}}(?![0-9])"
+    rf"|(?<![0-9])[0-9]{{4}}([-/. ]?)(?:{_MON})[A-Z]*\3[0-9]{{1,2}}(?![0-9])"
+    r"|(?<![0-9])[0-9]{1,4}([-/. ]?)[0-9]{1,2}\4[0-9]{2,4}(?![0-9])"
+)
+#: Candidates for a written date in text (then compared with :func:`date_forms` of the patient's dates).
+DATE_CANDIDATE = re.compile(_DATE_SOURCE, re.IGNORECASE)
+#: The same on raw bytes (every DICOM character set keeps ASCII digits and letters as ASCII bytes).
+DATE_CANDIDATE_BYTES = re.compile(_DATE_SOURCE.encode("ascii"), re.IGNORECASE)
+
+
+def is_ideographic(text: str) -> bool:
+    """True when every character of ``text`` is from an ideographic or syllabic script (U+2E80 and up)."""
+    return bool(text) and all(ord(c) >= IDEOGRAPHIC_FROM for c in text)
+
+
+def native_parts(value: str) -> list[str]:
+    """The pieces of a (decoded) name or identifier value written outside ASCII, as they are written: each piece
+    of :func:`name_parts` holding a non-ASCII character, of :data:`MIN_TOKEN` or more characters, or of any length
+    when it is all ideographic (``山田``, ``太郎``, ``王``, ``小東`` of ``Wang^XiaoDong=王^小東``); and, for a PN
+    value, each component group's pieces run together (``山田太郎``). Matched as whole substrings, never as
+    words: CJK text has no spaces."""
+    out: list[str] = []
+    for group in value.split("="):
+        parts = [p for p in name_parts(group) if not p.isascii()]
+        out.extend(p for p in parts if len(p) >= MIN_TOKEN or is_ideographic(p))
+        if len(parts) > 1:
+            out.append("".join(parts))
+    return list(dict.fromkeys(out))
+
+
+def date_in_text(found: str, forms: frozenset[str]) -> bool:
+    """Whether a :data:`DATE_CANDIDATE` match is one of ``forms`` (upper case, :func:`date_forms`)."""
+    return found.upper() in forms
 
 
 def words(text: str) -> tuple[str, ...]:
