@@ -6,7 +6,10 @@ Measures, one process, one tesseract thread (``OMP_THREAD_LIMIT=1``):
    clean_pixel_data time per image, share of images where an independent OCR of the cleaned image finds none
    of the drawn tokens, byte identity outside the boxes, share of pixels boxed;
 2. guards.samples' generated corpus when that module is installed (same figures, on ``corpus.burned_in``);
-3. the three real ultrasounds (pydicom-data ALOKA, deid-data GREYSCALE and RGB): time, tokens left;
+3. real ultrasounds (pydicom-data ALOKA, US1 JPEG 2000 lossless and lossy, OBXXXX1A; deid-data GREYSCALE and RGB;
+   the 30-frame cine with ``--multiframe``): time, tokens left, and the over-cleaning figure: the share of the
+   image region (the file's ultrasound regions, else the fallback centre area of guards.deid.pixel_regions)
+   whose displayed pixels cleaning changed;
 4. the false-positive rate on every text-free CT and MR image among pydicom's test files (instances that were
    changed or boxed), with undecodable ones counted apart (they are quarantined, not cleaned);
 5. the upscale variant: token recall of OCR at native size against 2x pixel repetition on small text.
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from guards.deid.ocr import ocr_words  # noqa: E402
 from guards.deid.pixel_display import display_frames  # noqa: E402
 from guards.deid.pixel_phi import normalize  # noqa: E402
+from guards.deid.pixel_regions import ImageRegions, fallback_rect, image_regions  # noqa: E402
 from guards.deid.pixel_synth import VARIANTS, burned_in_sample  # noqa: E402
 from guards.deid.pixels import PixelOutcome, clean_pixel_data  # noqa: E402
 from guards.policy import PixelsSection  # noqa: E402
@@ -44,6 +48,9 @@ log = logging.getLogger("benchmarks.ocr")
 POLICY = PixelsSection()
 REAL = [
     ("pydicom-data", "gdcm-US-ALOKA-16.dcm", ["WESTWAY", "MEDICAL", "24MAY"]),
+    ("pydicom-data", "US1_J2KR.dcm", ["BAPTIST", "MED", "CTR", "630P630", "78F78", "44CG43"]),
+    ("pydicom-data", "US1_J2KI.dcm", ["BAPTIST", "MED", "CTR", "630P630", "78F78", "44CG43"]),
+    ("pydicom-data", "OBXXXX1A.dcm", []),
     ("deid-data", "ultrasounds/GREYSCALE_IMAGE.dcm", ["PATIENTFI", "00079241539", "08291951", "03022017", "CLEVELAN"]),
     (
         "deid-data",
@@ -51,6 +58,8 @@ REAL = [
         ["ZZZDOWNTIME", "MARY", "4142020", "120907058", "00047431395", "CLEVELAND"],
     ),
 ]
+#: The 30-frame cine (technical overlay only, no PHI drawn), with --multiframe: about 30 tesseract calls.
+MULTIFRAME = ("deid-data", "ultrasounds/ultrasound-multiframe.dcm", [])
 
 
 def _text(ds: Dataset, *, scale: int = 1) -> str:
@@ -144,17 +153,62 @@ def generated(studies: int, seed: int, limit: int) -> dict[str, object] | None:
     return _summary(rows)
 
 
-def real() -> dict[str, object]:
+def _image_area(ds: Dataset, rows: int, cols: int) -> tuple[np.ndarray, str]:
+    """The image region of the over-cleaning figure: the ultrasound regions (PS3.3 C.8.5.5) when the file has
+    them, else the fallback centre area (frame minus top, bottom and side text bands), as pixels.py uses them."""
+    regions = image_regions(ds, rows, cols)
+    if not regions.rects:
+        regions = ImageRegions((fallback_rect(rows, cols),), "fallback centre", rows, cols)
+    return regions.mask(), regions.source
+
+
+def _blocks_changed(changed: np.ndarray, area: np.ndarray, size: int = 16) -> float:
+    """Share of the size x size blocks lying wholly in the image region with any pixel changed (the issue's
+    block figure)."""
+    frames, rows, cols = changed.shape
+    hit = total = 0
+    for y in range(0, rows - size + 1, size):
+        for x in range(0, cols - size + 1, size):
+            if area[y : y + size, x : x + size].all():
+                total += frames
+                hit += int(changed[:, y : y + size, x : x + size].any(axis=(1, 2)).sum())
+    return hit / total if total else 0.0
+
+
+def real(*, multiframe: bool = False) -> dict[str, object]:
+    """Per real ultrasound: tokens read before cleaning, tokens left after (independent OCR), and the over-cleaning
+    figure: the share of the image region's displayed pixels (all frames) that cleaning changed."""
     out: dict[str, object] = {}
-    for package, name, tokens in REAL:
+    for package, name, tokens in REAL + ([MULTIFRAME] if multiframe else []):
         root = pydicom_data_dir() if package == "pydicom-data" else deid_data_dir()
         if root is None or not (root / name).exists():
             continue
         ds = pydicom.dcmread(root / name)
+        before = np.stack(display_frames(ds, ds.pixel_array))
+        area, source = _image_area(ds, before.shape[1], before.shape[2])
         read_before = [t for t in tokens if normalize(t) in _text(ds)]
         row = _run_one(ds, tokens)
+        after = np.stack(display_frames(ds, ds.pixel_array)) if row["action"] == "cleaned" else before
+        changed = before != after
         row["tokens_read_before"] = read_before
+        row["image_region"] = source
+        row["image_region_share_of_frame"] = float(area.mean())
+        row["over_cleaned_share"] = float(changed[:, area].mean())
+        row["changed_share_of_frame"] = float(changed.mean())
+        row["over_cleaned_blocks_share"] = _blocks_changed(changed, area)
+        row["text_hidden"] = row["action"] == "quarantine" or (row["action"] == "cleaned" and not row["left"])
         out[name] = row
+    rows = [r for r in out.values() if isinstance(r, dict)]
+    with_text = [r for r in rows if r["tokens_read_before"]]
+    out["summary"] = {
+        "files": len(rows),
+        "text_hidden_share": sum(bool(r["text_hidden"]) for r in with_text) / len(with_text) if with_text else 0.0,
+        "tokens_read_before": sum(len(r["tokens_read_before"]) for r in with_text),
+        "tokens_left": sum(len(r.get("left", [])) for r in with_text),
+        "over_cleaned_share_max": max(float(r["over_cleaned_share"]) for r in rows) if rows else 0.0,
+        "over_cleaned_share_mean": statistics.mean(float(r["over_cleaned_share"]) for r in rows) if rows else 0.0,
+        "over_cleaned_blocks_share_max": max(float(r["over_cleaned_blocks_share"]) for r in rows) if rows else 0.0,
+    }
     return out
 
 
@@ -207,14 +261,18 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=24)
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--only", choices=("all", "synthetic"), default="all")
+    parser.add_argument("--only", choices=("all", "synthetic", "real"), default="all")
+    parser.add_argument("--multiframe", action="store_true", help="also the 30-frame deid-data cine in the real set")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    results: dict[str, object] = {"synthetic": synthetic(args.per_variant, args.seed)}
+    if args.only == "real":
+        results: dict[str, object] = {"real": real(multiframe=args.multiframe)}
+    else:
+        results = {"synthetic": synthetic(args.per_variant, args.seed)}
     if args.only == "all":
         results |= {
             "generated": generated(args.studies, args.seed, args.limit),
-            "real": real(),
+            "real": real(multiframe=args.multiframe),
             "false_positives": false_positives(),
             "upscale": upscale(12, args.seed),
         }

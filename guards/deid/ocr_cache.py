@@ -34,7 +34,7 @@ from guards.atomic import write_bytes
 from guards.deid.ocr import OcrError, tesseract_path
 from guards.policy import PixelsSection
 
-VERSION = 1
+VERSION = 2
 
 
 @lru_cache(maxsize=1)
@@ -58,11 +58,11 @@ class OcrCache:
 
     def key(
         self, images: list[npt.NDArray[np.uint8]], *, tokens: set[str], risk: str, burned_in: str,
-        policy: PixelsSection,
+        policy: PixelsSection, regions: str = "",
     ) -> str:
         h = hashlib.sha256()
         settings = {"version": VERSION, "tesseract": tesseract_version(), "policy": dataclasses.asdict(policy),
-                    "risk": risk, "burned_in": burned_in, "tokens": sorted(tokens)}
+                    "risk": risk, "burned_in": burned_in, "tokens": sorted(tokens), "regions": regions}
         h.update(json.dumps(settings, sort_keys=True, default=list).encode("utf-8"))
         for image in images:
             h.update(f"{image.shape}{image.dtype}".encode("ascii"))

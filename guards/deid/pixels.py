@@ -10,9 +10,13 @@ Decision per instance:
    With ``ocr_all = false`` an instance that is not risky is not read at all.
 2. OCR (:mod:`guards.deid.ocr`): every frame at native resolution, displayed as in
    :mod:`guards.deid.pixel_display`.
-3. Words to hide: in a risky instance every word tesseract reads with ``min_confidence`` or more (at least two
-   letters or digits, no taller than an eighth of the frame), in any instance every word that matches a PHI
-   header value or looks like a date or an identifier (6+ digits), whatever its confidence.
+3. Words to hide: in any instance, anywhere in the frame, every word that matches a PHI header value or looks
+   like a date or an identifier (6+ digits), whatever its confidence; in a risky instance also every word
+   tesseract reads with ``min_confidence`` or more (at least two letters or digits, no taller than an eighth of
+   the frame) outside the image area. The image area (:mod:`guards.deid.pixel_regions`) of an ultrasound is
+   given by its Sequence of Ultrasound Regions (PS3.3 C.8.5.5), or a documented centre area when it has none;
+   other instances have none (the whole frame is annotation). Clean Pixel Data (PS3.15 E.3.1) hides text,
+   not the image: Doppler speckle that tesseract reads as words stays.
 4. Mode ``clean`` (default): the words' boxes, grown by ``padding``, are filled with the frame's darkest stored
    value; every other pixel keeps its stored bytes. The cleaned frames are read again (``verify_passes``) and
    any word still to hide is filled too. Burned In Annotation becomes ``NO`` and ``method_code`` is ``113101``
@@ -44,6 +48,7 @@ from guards.codec import decompress, source_of, store_pixels
 from guards.deid.ocr import OcrError, OcrWord, ocr_words
 from guards.deid.pixel_display import display_frames
 from guards.deid.pixel_phi import header_tokens, looks_like_phi, matches_header, normalize
+from guards.deid.pixel_regions import ImageRegions, image_regions
 from guards.policy import PixelsSection
 
 if TYPE_CHECKING:
@@ -97,16 +102,34 @@ def instance_risk(ds: Dataset, *, policy: PixelsSection) -> str:
     return "; ".join(reasons)
 
 
-def _to_hide(word: OcrWord, *, risky: bool, tokens: set[str], policy: PixelsSection, rows: int) -> tuple[bool, bool]:
-    """(hide the word, it matches a header PHI value)."""
+def _to_hide(
+    word: OcrWord, *, risky: bool, tokens: set[str], policy: PixelsSection, rows: int, in_image: bool = False
+) -> tuple[bool, bool]:
+    """(hide the word, it matches a header PHI value).
+
+    A word that matches the vocabulary or looks like a date or an ID is hidden anywhere, inside the image area
+    too; any other word of a risky instance only outside the image area (:mod:`guards.deid.pixel_regions`).
+    """
     if matches_header(word.text, tokens):
         return True, True
     if looks_like_phi(word.text):  # dates and long digit runs are hidden whatever tesseract's confidence
         return True, False
-    if word.confidence < policy.min_confidence:
+    if in_image or word.confidence < policy.min_confidence:
         return False, False
     tall = (word.y1 - word.y0) > max(rows // 8, 16)
     return risky and len(normalize(word.text)) >= 2 and not tall, False
+
+
+def _next_to(word: OcrWord, hidden: list[OcrWord]) -> bool:
+    """True when ``word`` sits beside a hidden word of its line: rows overlapping, a gap of at most twice the
+    hidden word's height (a name split in two by tesseract), not a speckle word far along the same line."""
+    for h in hidden:
+        if h.line != word.line or min(h.y1, word.y1) <= max(h.y0, word.y0):
+            continue
+        gap = max(h.x0 - word.x1, word.x0 - h.x1, 0)
+        if gap <= 2 * (h.y1 - h.y0):
+            return True
+    return False
 
 
 @dataclass
@@ -117,21 +140,33 @@ class _Scan:
 
 
 def _scan(
-    images: list[npt.NDArray[np.uint8]], frames: list[int], *, risky: bool, tokens: set[str], policy: PixelsSection
+    images: list[npt.NDArray[np.uint8]],
+    frames: list[int],
+    *,
+    risky: bool,
+    tokens: set[str],
+    policy: PixelsSection,
+    regions: ImageRegions | None = None,
 ) -> _Scan:
     """OCR ``frames``; a word is hidden by :func:`_to_hide`, or when it shares a text line with a hidden word.
 
     Tesseract's word confidence is unreliable on overlays (``MEDICAL`` next to ``WESTWAY`` in
-    gdcm-US-ALOKA-16.dcm reads with confidence 0), so a line with one word to hide is hidden whole.
+    gdcm-US-ALOKA-16.dcm reads with confidence 0), so a line with one word to hide is hidden whole outside the
+    image area; inside it (``regions``) only the words right beside a hidden word are, since tesseract strings
+    Doppler speckle into long lines.
     """
     scan = _Scan()
+    area = regions.mask() if regions is not None and regions.rects else None
     for index in frames:
         image = images[index]
         words = ocr_words(image, language=policy.language)
         scan.words += len(words)
+        inside = {w: area is not None and regions is not None and regions.holds(w.x0, w.y0, w.x1, w.y1, mask=area)
+                  for w in words}
         hidden: list[OcrWord] = []
         for word in words:
-            hide, match = _to_hide(word, risky=risky, tokens=tokens, policy=policy, rows=image.shape[0])
+            hide, match = _to_hide(word, risky=risky, tokens=tokens, policy=policy, rows=image.shape[0],
+                                   in_image=inside[word])
             scan.matching += int(match)
             if hide:
                 hidden.append(word)
@@ -139,7 +174,7 @@ def _scan(
         tall = max(image.shape[0] // 8, 16)
         for word in words:
             if word not in hidden and word.line in lines and len(normalize(word.text)) >= 2:
-                if word.y1 - word.y0 <= tall:
+                if word.y1 - word.y0 <= tall and (not inside[word] or _next_to(word, hidden)):
                     hidden.append(word)
         scan.hidden.extend((index, w) for w in hidden)
     return scan
@@ -248,12 +283,16 @@ def _clean(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | None) -> Pix
         return PixelOutcome(action="quarantine", reason=reason, risk=risk)
     tokens = header_tokens(ds)
     burned_in = str(ds.get("BurnedInAnnotation", "")).strip().upper()
-    key = cache.key(images, tokens=tokens, risk=risk, burned_in=burned_in, policy=policy) if cache else None
+    regions = image_regions(ds, *images[0].shape) if images else None
+    where = regions.describe() if regions is not None else ""
+    key = None
+    if cache is not None:
+        key = cache.key(images, tokens=tokens, risk=risk, burned_in=burned_in, policy=policy, regions=where)
     if cache is not None and key is not None and (record := cache.get(key)) is not None:
         return _replay(ds, record, images, risk=risk)
     everything = list(range(len(images)))
     try:
-        scan = _scan(images, everything, risky=bool(risk), tokens=tokens, policy=policy)
+        scan = _scan(images, everything, risky=bool(risk), tokens=tokens, policy=policy, regions=regions)
     except OcrError as e:
         return PixelOutcome(action="quarantine", reason=f"OCR failed: {e}", risk=risk, frames_examined=len(images))
     rows, cols = images[0].shape
@@ -291,7 +330,8 @@ def _clean(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | None) -> Pix
         _fill(ds, boxes, images)
         for _ in range(policy.verify_passes):
             again = display_frames(ds, _decode(ds))
-            more = _scan(again, sorted({b[0] for b in boxes}), risky=bool(risk), tokens=tokens, policy=policy)
+            more = _scan(again, sorted({b[0] for b in boxes}), risky=bool(risk), tokens=tokens, policy=policy,
+                         regions=regions)
             examined += more.words
             extra = [_padded(i, w, pad=policy.padding, rows=rows, cols=cols) for i, w in more.hidden]
             if not extra:
