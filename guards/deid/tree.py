@@ -33,6 +33,7 @@ syntax, unless pixel cleaning changed it (then a compressed input is written aga
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import struct
@@ -300,7 +301,7 @@ def deidentify_index(
     for r in progress(indexed, total=len(indexed), what="deid", logger=log):
         source_path = r.get("source_path") or r["path"]
         rows.append(_one(root / r["path"], source_path, dst, policy=policy, key=key, pairs=pairs, written=written,
-                         ocr_cache=cache, quarantine=quarantine))
+                         ocr_cache=cache, quarantine=quarantine, sha256=r.get("sha256")))
     if cache is not None:
         log.info("deid: OCR decisions replayed from earlier runs: %d; read now: %d", cache.hits, cache.misses)
     table = to_table(rows)
@@ -330,11 +331,15 @@ def _one(
     written: dict[str, str],
     ocr_cache: OcrCache | None = None,
     quarantine: Path | None = None,
+    sha256: str | None = None,
 ) -> dict[str, Any]:
     """De-identify and write one instance; a manifest row whatever happens to it.
 
     ``written``: (pseudonymous) SOPInstanceUID -> source path of the instances published so far.
     ``quarantine``: where an instance that must not be published is written (default ``dst/quarantine``).
+    ``sha256``: the file's hash as ingest recorded it. The file is read once, hashed and parsed from those bytes:
+    a file that changed since ingest (swapped, rewritten) is quarantined, since the index, the cohort and the
+    representation check describe what ingest read. No recorded hash quarantines too (fail closed).
     """
     quarantine = quarantine if quarantine is not None else dst / QUARANTINE
     def failed(reason: str) -> dict[str, Any]:
@@ -344,8 +349,17 @@ def _one(
         return row
 
     try:
-        ds = dcmread(path, force=True)  # ingest indexed it: files without the preamble are accepted there too
-    except (*_FILE_ERRORS, OSError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
+        return failed(f"unreadable at deid: {type(e).__name__}: {e}")
+    if not sha256:
+        return failed("no SHA-256 recorded at ingest: cannot verify the file is the one ingest indexed")
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        return failed("changed since ingest: its SHA-256 differs from the one ingest recorded (a swapped or"
+                      " rewritten source file); run again to index the new file")
+    try:
+        ds = dcmread(io.BytesIO(raw), force=True)  # ingest indexed it: files without the preamble are accepted too
+    except _FILE_ERRORS as e:
         return failed(f"unreadable at deid: {type(e).__name__}: {e}")
     try:
         _deidentify(ds, policy=policy, key=key, crosswalk=pairs, ocr_cache=ocr_cache)
