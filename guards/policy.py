@@ -394,6 +394,37 @@ class InversionSection(_Section):
 
 
 @dataclass(frozen=True)
+class DpAuditSection(_Section):
+    """The optional DP-SGD audit (guards.checks.dp_audit; off unless ``enabled``, advisory when on).
+
+    Proxies are trained with DP-SGD (Opacus) at each of ``epsilons`` (with ``delta``); the membership attack of
+    the membership check is run on each. The accounting is record-level: one record is one image (instance),
+    so a patient with k images is protected at roughly k times the stated epsilon (group privacy)."""
+
+    KEY: ClassVar[str] = "dp_audit"
+
+    enabled: bool = False  # off: the check is not run and the gate shows nothing of it (gate.off gets dp_audit)
+    epsilons: tuple[float, ...] = (1.0, 10.0, 100.0)  # record-level privacy budgets of the audit proxies
+    delta: float = _ranged(1e-5, 0.0, 1.0)  # must be below 1 / number of training images (checked at run time)
+    max_grad_norm: float = _ranged(1.0, 0.0, 1e6)  # per-sample gradient clipping bound (DP-SGD)
+    epochs: int = _ranged(15, 1, 10_000)  # epochs of every DP and non-DP proxy and reference model
+    batch_size: int = _ranged(32, 1, 100_000)  # expected batch size (Poisson sampling rate = batch / images)
+    lr: float = _ranged(2e-3, 0.0, 10.0)  # Adam learning rate of the DP proxies
+
+    def _check(self) -> None:
+        if not self.epsilons:
+            raise PolicyError("dp_audit.epsilons: empty; give at least one budget, e.g. [1, 10, 100]")
+        bad = [e for e in self.epsilons if not e > 0]
+        if bad:
+            raise PolicyError(f"dp_audit.epsilons: {bad} not above 0; each epsilon must be a positive number")
+        if len(set(self.epsilons)) != len(self.epsilons):
+            raise PolicyError(f"dp_audit.epsilons: {list(self.epsilons)} lists a budget twice")
+        if not (0 < self.delta < 1) or self.max_grad_norm <= 0 or self.lr <= 0:
+            raise PolicyError(f"dp_audit: delta ({self.delta!r}) must be in (0, 1), max_grad_norm"
+                              f" ({self.max_grad_norm!r}) and lr ({self.lr!r}) above 0")
+
+
+@dataclass(frozen=True)
 class Waiver(_Section):
     """A steward's waiver: a check id and a written reason, recorded in gate.json and the datasheet."""
 
@@ -473,6 +504,7 @@ class ReleasePolicy:
     unlearnability: UnlearnabilitySection = field(default_factory=UnlearnabilitySection)
     attribute: AttributeSection = field(default_factory=AttributeSection)
     inversion: InversionSection = field(default_factory=InversionSection)
+    dp_audit: DpAuditSection = field(default_factory=DpAuditSection)
     gate: GateSection = field(default_factory=GateSection)
     approval: ApprovalSection = field(default_factory=ApprovalSection)
 
@@ -480,6 +512,23 @@ class ReleasePolicy:
         hints = _hints(type(self))
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
+        self._dp_audit_switch()
+
+    def _dp_audit_switch(self) -> None:
+        """``dp_audit.enabled`` is the one switch of the DP audit: off, ``gate.off`` lists ``dp_audit`` (and no
+        other gate list does); on, ``gate.off`` does not, and it is advisory unless the policy classifies it."""
+        gate, check = self.gate, "dp_audit"
+        off = tuple(c for c in gate.off if c != check)
+        if not self.dp_audit.enabled:
+            changed = dataclasses.replace(
+                gate, blocking=tuple(c for c in gate.blocking if c != check),
+                advisory=tuple(c for c in gate.advisory if c != check), off=(*off, check))
+        elif check in gate.blocking or check in gate.advisory:
+            changed = dataclasses.replace(gate, off=off)
+        else:
+            changed = dataclasses.replace(gate, off=off, advisory=(*gate.advisory, check))
+        if changed != gate:
+            object.__setattr__(self, "gate", changed)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/TOML-able view, for the manifest and the datasheet."""

@@ -55,6 +55,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from scipy import stats
+from torch import nn
 
 from guards.checks.base import CheckResult, Finding, Status, interval_verdict, more_patients_needs
 from guards.checks.models import SmallCNN, balanced_accuracy, logits, train, true_label_margin, true_label_prob
@@ -237,6 +238,105 @@ def over_representation(
     return rows
 
 
+@dataclass(frozen=True)
+class Labelled:
+    """The labelled images of a release (and their clean twins) as the model-based attacks use them."""
+
+    x_rel: torch.Tensor
+    x_src: torch.Tensor
+    y: torch.Tensor
+    pids: np.ndarray  # patient id per image
+    patients: np.ndarray  # sorted unique patient ids
+    n_classes: int
+    groups: dict[str, np.ndarray]  # "column=value" -> mask over ``patients``
+    examined: dict[str, int]
+
+
+def load_labelled(release_dir: Path, source_dir: Path, *, cohort: pa.Table, policy: ReleasePolicy,
+                  image_size: int, check_id: str = CHECK_ID) -> Labelled | CheckResult:
+    """The release's labelled images, or an inconclusive result when a proxy cannot be trained on them."""
+    rel, src = load_labelled_pair(
+        release_dir, source_dir, size=image_size, cohort=cohort, subgroups=policy.cohort.subgroups
+    )
+    keep = np.flatnonzero(rel.labels >= 0)
+    classes = np.unique(rel.labels[keep])
+    pids = np.array(rel.patient_ids)[keep]
+    patients = np.array(sorted(set(pids.tolist())))
+    examined = {"images": len(rel.images), "labelled_images": len(keep), "patients": len(patients)}
+    if len(classes) < 2 or len(patients) < 8:
+        msg = f"{len(classes)} label classes over {len(patients)} patients with known labels"
+        return CheckResult(
+            id=check_id,
+            findings=(Finding("labelled_data", len(keep), ">= 2 classes, >= 8 patients", "inconclusive",
+                              evidence=msg,
+                              needs=f"labels for at least 2 classes and at least 8 patients (now {len(classes)}"
+                                    f" classes, {len(patients)} patients) so that a proxy can be trained"),),
+            examined=examined, summary=f"Membership risk could not be measured: {msg}.",
+            advice="Provide labels for at least two classes and eight patients so that an attacker's proxy can"
+                   " be trained.",
+        )
+    index = {int(c): i for i, c in enumerate(classes)}
+    y = torch.tensor([index[int(v)] for v in rel.labels[keep]], dtype=torch.long)
+    groups: dict[str, np.ndarray] = {}
+    first_row = {p: i for i, p in reversed(list(enumerate(pids)))}
+    for column, values in rel.subgroups.items():
+        vals = np.array(values)[keep]
+        per_patient = np.array([vals[first_row[p]] for p in patients])
+        for value in sorted(set(per_patient.tolist())):
+            groups[f"{column}={value}"] = per_patient == value
+    return Labelled(rel.images.pixels[keep], src.images.pixels[keep], y, pids, patients, len(classes), groups,
+                    examined)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Patient-level membership scores: each patient's most exposed image, released or clean."""
+
+    patient_score: np.ndarray  # over ``Labelled.patients``
+    patient_member: np.ndarray  # bool over ``Labelled.patients``
+    out_mask: np.ndarray  # reference models x images: True where the model left the image out
+
+
+Fit = Callable[[np.ndarray, int, str], nn.Module]  # (images to train on, seed, what) -> trained model
+
+
+def score_patients(data: Labelled, members: set[str], target: nn.Module, *, fit: Fit, attack: str,
+                   reference_models: int, seed: int, rng: np.random.Generator, device: str) -> Scores:
+    """Score every patient against the ``target`` model with ``reference_models`` references from ``fit``.
+
+    Each reference model is trained by ``fit`` on the images of another random half of the patients (drawn
+    from ``rng``); images are queried as released and as clean, and a patient's score is their highest.
+    """
+    y, pids, patients = data.y, data.pids, data.patients
+    is_member_img = np.array([p in members for p in pids])
+    score_fn = true_label_prob if attack == "rmia" else true_label_margin
+    views = {"release": data.x_rel, "source": data.x_src}
+    target_scores = {v: score_fn(logits(target, x, device=device), y) for v, x in views.items()}
+    refs = {v: np.zeros((reference_models, len(y))) for v in views}
+    out_mask = np.zeros((reference_models, len(y)), dtype=bool)
+    for r in range(reference_models):
+        ref_in = _halves(patients, rng)
+        in_img = np.array([p in ref_in for p in pids])
+        out_mask[r] = ~in_img
+        model = fit(in_img, seed + 1000 + r, f"reference model {r + 1}/{reference_models}")
+        for v, x in views.items():
+            refs[v][r] = score_fn(logits(model, x, device=device), y)
+        logger.info("membership: reference model %d/%d trained", r + 1, reference_models)
+    image_scores = np.full(len(y), -np.inf)
+    for v in views:
+        if attack == "rmia":
+            s = _rmia(target_scores[v], refs[v], out_mask, population=~is_member_img)
+        else:
+            s = _lira(target_scores[v], refs[v], out_mask)
+        image_scores = np.maximum(image_scores, s)
+    # Patient level: the worst (highest-scored) image of each patient.
+    order = {p: i for i, p in enumerate(patients)}
+    patient_score = np.full(len(patients), -np.inf)
+    np.maximum.at(patient_score, np.array([order[p] for p in pids]), image_scores)
+    patient_member = np.array([p in members for p in patients])
+    return Scores(patient_score, patient_member, out_mask)
+
+
 def run(
     release_dir: Path,
     *,
@@ -250,31 +350,12 @@ def run(
     sec = policy.membership
     seed = policy.release.seed
     rng = np.random.default_rng([seed, 0x3E3B])
-    rel, src = load_labelled_pair(
-        release_dir, source_dir, size=sec.image_size, cohort=cohort, subgroups=policy.cohort.subgroups
-    )
-    keep = np.flatnonzero(rel.labels >= 0)
-    classes = np.unique(rel.labels[keep])
-    pids = np.array(rel.patient_ids)[keep]
-    patients = np.array(sorted(set(pids.tolist())))
-    examined = {"images": len(rel.images), "labelled_images": len(keep), "patients": len(patients),
-                "reference_models": sec.reference_models}
-    if len(classes) < 2 or len(patients) < 8:
-        msg = f"{len(classes)} label classes over {len(patients)} patients with known labels"
-        return CheckResult(
-            id=CHECK_ID,
-            findings=(Finding("labelled_data", len(keep), ">= 2 classes, >= 8 patients", "inconclusive",
-                              evidence=msg,
-                              needs=f"labels for at least 2 classes and at least 8 patients (now {len(classes)}"
-                                    f" classes, {len(patients)} patients) so that a proxy can be trained"),),
-            examined=examined, summary=f"Membership risk could not be measured: {msg}.",
-            advice="Provide labels for at least two classes and eight patients so that an attacker's proxy can"
-                   " be trained.",
-        )
-    index = {int(c): i for i, c in enumerate(classes)}
-    y = torch.tensor([index[int(v)] for v in rel.labels[keep]], dtype=torch.long)
-    x_rel, x_src = rel.images.pixels[keep], src.images.pixels[keep]
-    n_classes = len(classes)
+    data = load_labelled(release_dir, source_dir, cohort=cohort, policy=policy, image_size=sec.image_size)
+    if isinstance(data, CheckResult):
+        data.examined["reference_models"] = sec.reference_models
+        return data
+    examined = {**data.examined, "reference_models": sec.reference_models}
+    x_rel, y, pids, patients, n_classes = data.x_rel, data.y, data.pids, data.patients, data.n_classes
 
     members = _halves(patients, rng)
     is_member_img = np.array([p in members for p in pids])
@@ -296,41 +377,16 @@ def run(
                   seed=seed + 101, device=device, evaluate=evaluate_both, what="membership: proxy")
     logger.info("membership: proxy trained on %d member images, balanced accuracy members %.3f non-members %.3f",
                 int(is_member_img.sum()), proxy.curve[-1], curve_non[-1])
-    score_fn = true_label_prob if sec.attack == "rmia" else true_label_margin
-    views = {"release": x_rel, "source": x_src}
-    target = {v: score_fn(logits(proxy.model, x, device=device), y) for v, x in views.items()}
-    refs = {v: np.zeros((sec.reference_models, len(y))) for v in views}
-    out_mask = np.zeros((sec.reference_models, len(y)), dtype=bool)
-    for r in range(sec.reference_models):
-        ref_in = _halves(patients, rng)
-        in_img = np.array([p in ref_in for p in pids])
-        out_mask[r] = ~in_img
-        model = train(x_rel[in_img], y[in_img], n_classes=n_classes, epochs=sec.epochs, seed=seed + 1000 + r,
-                      device=device, what=f"membership: reference model {r + 1}/{sec.reference_models}").model
-        for v, x in views.items():
-            refs[v][r] = score_fn(logits(model, x, device=device), y)
-        logger.info("membership: reference model %d/%d trained", r + 1, sec.reference_models)
-    no_out = int((~out_mask.any(axis=0)).sum())
-    image_scores = np.full(len(y), -np.inf)
-    for v in views:
-        if sec.attack == "rmia":
-            s = _rmia(target[v], refs[v], out_mask, population=~is_member_img)
-        else:
-            s = _lira(target[v], refs[v], out_mask)
-        image_scores = np.maximum(image_scores, s)
 
-    # Patient level: the worst (highest-scored) image of each patient.
-    order = {p: i for i, p in enumerate(patients)}
-    patient_score = np.full(len(patients), -np.inf)
-    np.maximum.at(patient_score, np.array([order[p] for p in pids]), image_scores)
-    patient_member = np.array([p in members for p in patients])
-    patient_groups: dict[str, np.ndarray] = {}
-    first_row = {p: i for i, p in reversed(list(enumerate(pids)))}
-    for column, values in rel.subgroups.items():
-        vals = np.array(values)[keep]
-        per_patient = np.array([vals[first_row[p]] for p in patients])
-        for value in sorted(set(per_patient.tolist())):
-            patient_groups[f"{column}={value}"] = per_patient == value
+    def fit(in_img: np.ndarray, model_seed: int, what: str) -> nn.Module:
+        return train(x_rel[in_img], y[in_img], n_classes=n_classes, epochs=sec.epochs, seed=model_seed,
+                     device=device, what=f"membership: {what}").model
+
+    scored = score_patients(data, members, proxy.model, fit=fit, attack=sec.attack,
+                            reference_models=sec.reference_models, seed=seed, rng=rng, device=device)
+    out_mask, patient_score, patient_member = scored.out_mask, scored.patient_score, scored.patient_member
+    no_out = int((~out_mask.any(axis=0)).sum())
+    patient_groups = data.groups
 
     findings: list[Finding] = []
     roc: dict[str, dict[str, list[float]]] = {}

@@ -78,6 +78,8 @@ BUILTIN: tuple[Check, ...] = (
     Check("attribute", "guards.checks.attribute:check", frozenset({"images"}), title="attribute inference"),
     Check("inversion", "guards.checks.inversion:check", frozenset({"gpu", "images"}),
           title="model inversion (reconstruction)"),
+    Check("dp_audit", "guards.checks.dp_audit:check", frozenset({"gpu", "images"}),
+          title="DP-SGD audit proxy (optional)"),
 )
 
 
