@@ -199,7 +199,13 @@ def _deidentify(
     ocr_cache: OcrCache | None = None,
 ) -> Dataset:
     deid = policy.deid
-    quarantine = _pixel_step(ds, policy, ocr_cache) if deid.clean_pixel_data and "PixelData" in ds else None
+    floating = 0x7FE00008 in ds or 0x7FE00009 in ds  # Float / Double Float Pixel Data: quarantined (pixels.py)
+    has_pixels = "PixelData" in ds or floating
+    quarantine = _pixel_step(ds, policy, ocr_cache) if deid.clean_pixel_data and has_pixels else None
+    if quarantine is None and floating and policy.protect.enabled:  # protect adds noise to integer pixels only
+        from guards.deid.pixels import float_pixel_data, float_reason
+
+        quarantine = f"pixel data: {float_reason(float_pixel_data(ds) or 'Float Pixel Data')}"
     sop_class = value_text(ds, 0x00080016) if 0x00080016 in ds else ""
     profile = compile_profile(deid, sop_class)
     patient = _patient_key(ds)

@@ -254,6 +254,25 @@ def _decode(ds: Dataset) -> npt.NDArray[np.generic]:
         ) from e
 
 
+FLOAT_PIXEL_DATA = {0x7FE00008: "Float Pixel Data (7FE0,0008)", 0x7FE00009: "Double Float Pixel Data (7FE0,0009)"}
+
+
+def float_pixel_data(ds: Dataset) -> str | None:
+    """The float pixel element ``ds`` holds (PS3.3 C.7.6.24 / C.7.6.25: Float / Double Float Pixel Data), or None."""
+    return next((name for tag, name in FLOAT_PIXEL_DATA.items() if tag in ds), None)
+
+
+def float_reason(name: str) -> str:
+    """Why an instance with float pixels is quarantined (fail closed).
+
+    OCR display (VOI LUT, PS3.3 C.11.2), box filling and the protect step's noise all work on integer stored
+    values (Pixel Data, 7FE0,0010); float pixels would be published unread and unprotected while the header
+    claims Clean Pixel Data. Float images (parametric maps) are rare, so a steward reviews them instead.
+    """
+    return (f"{name}: Clean Pixel Data and the protect noise handle integer Pixel Data only, so float pixels"
+            " are not published (a steward can review the quarantined copy)")
+
+
 def clean_pixel_data(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | None = None) -> PixelOutcome:
     """Apply the Clean Pixel Data Option (PS3.15 E.3.1) to ``ds`` in place; see the module docstring.
 
@@ -261,6 +280,8 @@ def clean_pixel_data(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | No
     without OCR (:mod:`guards.deid.ocr_cache`), and a new completed decision is recorded. A cleaned instance that
     arrived compressed is encoded again losslessly (``policy.encode``, :mod:`guards.codec`).
     """
+    if (floating := float_pixel_data(ds)) is not None:
+        return PixelOutcome(action="quarantine", reason=float_reason(floating), risk=instance_risk(ds, policy=policy))
     if "PixelData" not in ds:
         return PixelOutcome(action="unchanged", reason="no Pixel Data")
     source = source_of(ds)  # before any decoding: the input's syntax and whether it was lossy
