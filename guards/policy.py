@@ -29,6 +29,7 @@ MembershipAttack = Literal["lira", "rmia"]
 Surrogate = Literal["cnn", "resnet18"]  # guards.protect.surrogate
 NoiseInit = Literal["uniform", "class_texture", "class_frequency"]  # guards.protect.salm.INITS
 Saliency = Literal["gradient", "flat"]
+VictimRecipe = Literal["plain", "augmented", "jpeg75", "jpeg10", "blur", "mlp"]  # guards.checks.victims.RECIPES
 
 Number = int | float
 _UID_ROOT_MAX = 53  # leaves room for a pseudonym within 64 characters (guards.deid.pseudonyms)
@@ -350,6 +351,14 @@ class UnlearnabilitySection(_Section):
     margin: float = _ranged(0.10, 0.0, 1.0)  # balanced accuracy must be within this of chance
     epochs: int = _ranged(15, 1, 10_000)
     image_size: int = _ranged(64, 8, 1024)
+    # The attackers (guards.checks.victims): the check's figure is the worst case over them.
+    victims: tuple[VictimRecipe, ...] = ("plain", "augmented", "jpeg75", "blur", "mlp")
+
+    def _check(self) -> None:
+        if not self.victims:
+            raise PolicyError("unlearnability.victims: empty; name at least one attacker, e.g. [\"plain\"]")
+        if len(set(self.victims)) != len(self.victims):
+            raise PolicyError(f"unlearnability.victims: {list(self.victims)} names an attacker twice")
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,8 @@ def make_corpus(
 def protect_release(
     source: Corpus, dst: Path, *, epsilon: float, mode: str = "classwise", seed: int = 0
 ) -> Path:
-    """A release tree from ``source``: ``classwise`` shortcut noise, ``random`` sign noise, or ``none``."""
+    """A release tree from ``source``: ``classwise`` shortcut noise (smooth blocks), ``classwise_fine`` (a
+    class-phased per-pixel checkerboard), ``random`` sign noise, or ``none``."""
     if mode == "none":
         shutil.copytree(source.root, dst)
         return dst
@@ -157,10 +158,16 @@ def protect_release(
                 coarse = rng.choice([-1.0, 1.0], size=(unit.shape[0] // block + 1, unit.shape[1] // block + 1))
                 patterns[label] = np.kron(coarse, np.ones((block, block)))[: unit.shape[0], : unit.shape[1]]
             noise = epsilon * patterns[label]
+        elif mode == "classwise_fine":
+            # A per-pixel checkerboard whose phase is the class: a shortcut made of the highest spatial frequency
+            # only, which JPEG's quantisation and a blur remove (image shortcut squeezing, Liu et al. 2023).
+            label = source.labels[str(ds.StudyInstanceUID)]
+            yy, xx = np.indices(unit.shape)
+            noise = epsilon * np.where((yy + xx) % 2 == label % 2, 1.0, -1.0)
         elif mode == "random":
             noise = epsilon * rng.choice([-1.0, 1.0], size=unit.shape)
         else:
-            raise ValueError(f"mode {mode!r}: use classwise, random or none")
+            raise ValueError(f"mode {mode!r}: use classwise, classwise_fine, random or none")
         out = np.clip(unit + noise, 0.0, 1.0)
         out[0, 0], out[-1, -1] = 0.0, 1.0
         rel = path.relative_to(source.root)

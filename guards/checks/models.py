@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ def build_model(*, n_classes: int, seed: int, width: int = 8) -> SmallCNN:
 class Trained:
     """A trained model and, when an evaluation callback was given, its value after each epoch."""
 
-    model: SmallCNN
+    model: nn.Module  # a SmallCNN unless train() was given another ``build``
     curve: list[float] = field(default_factory=list)
 
 
@@ -86,14 +87,19 @@ def train(
     batch_size: int = 32,
     lr: float = 2e-3,
     weight_decay: float = 0.0,
-    evaluate: Callable[[SmallCNN], float] | None = None,
+    evaluate: Callable[[Any], float] | None = None,
     min_steps: int = 0,
     what: str = "train",
+    build: Callable[[int, int], nn.Module] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> Trained:
     """Train a fresh :class:`SmallCNN` on ``x`` (N x 1 x H x W in [0, 1]) and labels ``y`` with Adam.
 
     ``evaluate`` (if given) is called after every epoch with the model in eval mode; its values form the
     learning curve of the report. Progress is logged as ``what`` (e.g. "membership: reference model 3/8").
+    ``build(n_classes, seed)`` makes another architecture than the :class:`SmallCNN` (a victim family of
+    :mod:`guards.checks.victims`); ``augment(batch, generator)`` transforms every training batch (an attacker's
+    augmentations), seeded by the training generator.
     The returned model is on ``device`` and in eval mode. On the CPU, training
     runs on ``CPU_THREADS`` thread(s): for a model this small a second thread costs more in synchronisation than
     it gives, and several times more on a shared, busy machine (see benchmarks/checks_suite/RESULTS.md).
@@ -111,7 +117,7 @@ def train(
     with cpu_threads(CPU_THREADS if device == "cpu" else None):
         return _train(x, y, n_classes=n_classes, epochs=epochs, seed=seed, device=device, batch_size=batch_size,
                       lr=lr, weight_decay=weight_decay, evaluate=evaluate,
-                      steps=Steps(epochs, what=what, unit="epochs", logger=logger))
+                      steps=Steps(epochs, what=what, unit="epochs", logger=logger), build=build, augment=augment)
 
 
 def _train(
@@ -125,11 +131,13 @@ def _train(
     batch_size: int,
     lr: float,
     weight_decay: float,
-    evaluate: Callable[[SmallCNN], float] | None,
+    evaluate: Callable[[Any], float] | None,
     steps: Steps,
+    build: Callable[[int, int], nn.Module] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> Trained:
     gen = torch.Generator().manual_seed(seed)
-    model = build_model(n_classes=n_classes, seed=seed).to(device)
+    model = (build(n_classes, seed) if build is not None else build_model(n_classes=n_classes, seed=seed)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     xd, yd = x.to(device), y.to(device)
@@ -140,7 +148,8 @@ def _train(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xd[idx]), yd[idx])
+            batch = xd[idx] if augment is None else augment(xd[idx], gen)
+            loss = loss_fn(model(batch), yd[idx])
             loss.backward()
             opt.step()
         model.eval()

@@ -28,7 +28,8 @@ TEST_EPSILON = 48 / 255
 def policy() -> ReleasePolicy:
     return policy_from_dict(
         {
-            "unlearnability": {"image_size": 32, "epochs": EPOCHS},
+            # The non-adaptive victim alone: these tests are about the verdict rules; the attackers are below.
+            "unlearnability": {"image_size": 32, "epochs": EPOCHS, "victims": ["plain"]},
             "protect": {"epsilon": TEST_EPSILON},
             "release": {"seed": 7},
         }
@@ -97,7 +98,8 @@ def unlearnable_task(policy: ReleasePolicy, tmp_path_factory: pytest.TempPathFac
     """Images that carry no label signal (signal 0): even the clean victim stays at chance. 2 minority patients."""
     src = corpus_module().make_corpus(tmp_path_factory.mktemp("unl0") / "src", patients=40, size=16, seed=2,
                                       signal=0.0, minority_share=0.05)
-    small = policy_from_dict({"unlearnability": {"image_size": 16, "epochs": 2}, "release": {"seed": 7}})
+    small = policy_from_dict({"unlearnability": {"image_size": 16, "epochs": 2, "victims": ["plain"]},
+                              "release": {"seed": 7}})
     return unlearnability.run(src.root, source_dir=src.root, cohort=src.cohort, policy=small)
 
 
@@ -130,7 +132,7 @@ def test_per_subgroup_findings_and_curves(protected_result: CheckResult) -> None
     subgroups = {f.subgroup for f in protected_result.findings if f.metric == "balanced_accuracy_protected"}
     assert {"all", "sex=F", "sex=M", "ethnic_group=majority", "ethnic_group=minority"} <= subgroups
     curves = protected_result.details["curves"]
-    assert set(curves) == {"protected", "clean", "random_noise"}
+    assert set(curves) == {"protected_plain", "clean", "random_noise"}
     # one value per epoch; small releases train for more than policy epochs (VICTIM_MIN_STEPS optimiser steps)
     lengths = {len(c) for c in curves.values()}
     assert len(lengths) == 1 and min(lengths) >= EPOCHS
@@ -193,3 +195,41 @@ def test_pass_band(value: float, passes: bool) -> None:
 )
 def test_verdict_rule(low: float, high: float, learnable: bool, expected: str) -> None:
     assert unlearnability._verdict(low, high, 0.5, 0.1, learnable=learnable) == expected
+
+
+# Adaptive attackers (issue 15): the check's figure is the worst case over the attackers of the policy.
+ADAPTIVE = policy_from_dict({"unlearnability": {"image_size": 32, "epochs": EPOCHS, "victims": ["plain", "jpeg75"]},
+                             "release": {"seed": 7}})
+
+
+def test_a_protection_that_jpeg_removes_fails_on_its_jpeg_attacker(source, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A class-phased per-pixel checkerboard of 4/255 lives in the highest spatial frequency only: the plain
+    victim learns part of the shortcut (measured 0.76); JPEG quality 75 garbles it (test_victims), so the JPEG
+    attacker learns the task as from clean data (measured 0.94 vs 0.95). The non-adaptive check would have
+    reported the plain victim; the worst case is the JPEG attacker, and it fails."""
+    release = corpus_module().protect_release(source, tmp_path / "r", epsilon=4 / 255, mode="classwise_fine")
+    r = unlearnability.run(release, source_dir=source.root, cohort=source.cohort, policy=ADAPTIVE)
+    worst = _finding(r, "balanced_accuracy_protected")
+    jpeg = _finding(r, "balanced_accuracy_protected_jpeg75")
+    plain = _finding(r, "balanced_accuracy_protected_plain")
+    assert worst.status == jpeg.status == "fail" and worst.value == jpeg.value
+    assert "worst case over 2 attacker(s), jpeg75" in worst.evidence
+    clean_jpeg = _finding(r, "balanced_accuracy_clean_jpeg75")
+    assert float(jpeg.value) >= float(clean_jpeg.value) - 0.05  # JPEG gave the attacker the clean task back
+    assert float(jpeg.value) > float(plain.value)
+    assert r.status == "fail" and "jpeg75" in r.summary
+    assert set(r.details["attackers"]) == {"plain", "jpeg75"}
+    assert all({"peak", "last", "epoch_of_peak"} <= set(v) for v in r.details["attackers"].values())
+
+
+def test_a_protection_that_survives_jpeg_passes_against_it(source, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Class-wise smooth blocks (48/255) are low-frequency: JPEG quality 75 keeps them, and neither attacker
+    learns the task (measured 0.51 and 0.49, chance 0.50) while JPEG on clean images keeps it learnable (0.95)."""
+    release = corpus_module().protect_release(source, tmp_path / "r", epsilon=TEST_EPSILON, mode="classwise", seed=5)
+    r = unlearnability.run(release, source_dir=source.root, cohort=source.cohort, policy=ADAPTIVE)
+    for metric in ("balanced_accuracy_protected", "balanced_accuracy_protected_plain",
+                   "balanced_accuracy_protected_jpeg75"):
+        assert _finding(r, metric).status == "pass", _finding(r, metric)
+    assert float(_finding(r, "balanced_accuracy_clean_jpeg75").value) > 0.8
+    assert "the noise costs this attacker" in _finding(r, "balanced_accuracy_protected_jpeg75").evidence
+    assert not [f for f in r.findings if f.status == "fail"]
