@@ -32,7 +32,9 @@ import re
 import shutil
 import stat
 import struct
+import sys
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,7 +50,7 @@ from pydicom.uid import UID
 
 from guards.atomic import replacing
 from guards.errors import InputError
-from guards.manifest import HEADER_KEYWORDS, empty_row, to_table, write_table
+from guards.manifest import HEADER_KEYWORDS, empty_row, path_text, to_table, write_table
 from guards.policy import IngestSection
 from guards.progress import progress
 
@@ -68,7 +70,7 @@ _NATIVE_TS = {
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
 }
 _PARSE_ERRORS = (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError,
-                 struct.error, OverflowError, EOFError, IndexError, UnicodeDecodeError)
+                 struct.error, OverflowError, EOFError, IndexError, UnicodeDecodeError, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -95,15 +97,43 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocol or "local" in protocol
 
 
-def _walk(fs: fsspec.AbstractFileSystem, root: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every entry under root (files and symlinks), relative POSIX path and fsspec info, sorted."""
+def _walk(fs: fsspec.AbstractFileSystem, root: str) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]:
+    """Every entry under root (files and symlinks), relative POSIX path and fsspec info, sorted; and the folders
+    that could not be listed, relative path and error (their files cannot be seen, so each is accounted as a row).
+
+    Not ``fs.walk``: it drops a folder it cannot list without a word (its ``on_error`` reaches only the root).
+    Links are entries, never descended into (ingest decides what a link is, ``_link_reason``).
+    """
     entries: list[tuple[str, dict[str, Any]]] = []
-    for dirpath, _dirs, files in fs.walk(root, detail=True):
-        for name, info in sorted(files.items()):
-            full = posixpath.join(dirpath, name) if not name.startswith(dirpath) else name
-            rel = posixpath.relpath(full, root)
-            entries.append((rel, info))
-    return sorted(entries, key=lambda e: e[0])
+    unreadable: list[tuple[str, str]] = []
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            listing = fs.ls(folder, detail=True)
+        except OSError as e:  # PermissionError, or a folder removed while the source is walked
+            error = f"{type(e).__name__}: {e.strerror or e}"
+            if folder == root:
+                raise InputError(f"source {root!r} cannot be listed: {error}") from e
+            unreadable.append((posixpath.relpath(folder, root), error))
+            continue
+        for info in listing:
+            name = str(info["name"]).rstrip("/")
+            if name == folder.rstrip("/"):
+                continue
+            if info.get("type") == "directory" and not info.get("islink"):
+                pending.append(name)
+            else:
+                entries.append((posixpath.relpath(name, root), info))
+    return sorted(entries, key=lambda e: e[0]), sorted(unreadable)
+
+
+def _unreadable_row(rel: str, error: str) -> dict[str, Any]:
+    """The row of a folder that cannot be listed: its files are unseen, so the folder itself is accounted."""
+    row = empty_row(path_text(rel.rstrip("/") + "/"))
+    row.update(status="quarantined", reason=f"folder cannot be read ({error}): the files under it are not "
+               "ingested nor counted; make it readable by the user running the guard"[:500])
+    return row
 
 
 def _expected_pixel_bytes(ds: Dataset) -> int | str:
@@ -186,14 +216,29 @@ def _pixel_problem(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
         length = element[1]
         if length == 0xFFFFFFFF:
             return f"unreadable pixel data: undefined-length (encapsulated) Pixel Data under native syntax {ts}"
-        # Values have even length (PS3.5 7.1.1): one padding byte is allowed.
-        if length not in (expected, expected + (expected % 2)):
+        # Values have even length (PS3.5 7.1.1); trailing padding after the pixels is read as pydicom reads
+        # it (the excess is ignored, see _padding_note); fewer bytes than the pixels need cannot be used.
+        if length < expected:
             return (f"unreadable pixel data: Pixel Data value length {length} does not match Rows x Columns x "
-                    f"SamplesPerPixel x BitsAllocated/8 x NumberOfFrames = {expected}")
+                    f"SamplesPerPixel x BitsAllocated/8 x NumberOfFrames = {expected} (too short)")
     # The bytes after the header must hold the value (a file that ends inside Pixel Data is truncated).
     if remaining < expected:
         return f"unreadable pixel data: {remaining} bytes left for Pixel Data, {expected} expected (truncated)"
     return None
+
+
+def _padding_note(fp: BinaryIO, ds: Dataset) -> str | None:
+    """A note when native Pixel Data holds bytes after its pixels (trailing padding), else None.
+
+    pydicom decodes such data and ignores the excess (with a warning); the file is usable and indexed.
+    """
+    if _is_deflated(ds) or str(ds.file_meta.get("TransferSyntaxUID", "")) not in _NATIVE_TS:
+        return None
+    expected, element = _expected_pixel_bytes(ds), _pixel_element_header(fp, ds)
+    if isinstance(expected, str) or element is None or element[0] != PIXEL_DATA_TAG:
+        return None
+    excess = element[1] - expected - (expected % 2)
+    return f"Pixel Data has {excess} bytes of trailing padding after its pixels (ignored)" if excess > 0 else None
 
 
 class _TruncatedError(Exception):
@@ -331,6 +376,14 @@ def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: Inges
     except _TruncatedError as e:
         row.update(status="quarantined", reason=f"truncated: {e}"[:500])
         return row
+    except RecursionError:
+        # pydicom reads nested sequences recursively (PS3.5 7.5): a few hundred levels exhaust Python's stack.
+        row.update(status="quarantined", reason="sequences nested too deep to read: RecursionError in the "
+                   f"sequence reader (Python recursion limit {sys.getrecursionlimit()})")
+        return row
+    except zlib.error as e:
+        row.update(status="quarantined", reason=f"corrupt deflated data set (PS3.5 A.5): zlib: {e}"[:500])
+        return row
     except _PARSE_ERRORS as e:
         if has_prefix or "Value Representation" in str(e):
             detail = f"{type(e).__name__}: {str(e).splitlines()[0]}"
@@ -362,6 +415,9 @@ def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: Inges
         if problem:
             row.update(status="quarantined", reason=problem)
             return row
+        padding = _padding_note(fp, ds)
+        if padding:
+            notes.append(padding)
     elif row["TransferSyntaxUID"] != DEFLATED:  # a deflated file's pixels are checked with its Rows above
         announced = _announced_pixels(ds)
         if announced:
@@ -385,7 +441,7 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
     for stale in (quarantine, out_dir / FETCHED):
         if stale.exists():
             shutil.rmtree(stale)  # re-running the step replaces its outputs
-    entries = _walk(fs, root)
+    entries, unreadable = _walk(fs, root)
     # pydicom logs each warning as well, quoting values that may be PHI: silenced for the scan, the
     # warnings themselves are counted in the rows' reasons (values masked).
     pydicom_logger = logging.getLogger("pydicom")
@@ -395,11 +451,15 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
         rows = _scan(fs, root, entries, policy, quarantine, local_root)
     finally:
         pydicom_logger.setLevel(saved_level)
-    if [r["path"] for r in rows] != [rel for rel, _ in entries]:
+    if [r["path"] for r in rows] != [path_text(rel) for rel, _ in entries]:
         raise InputError("ingest lost track of files: rows do not match the files seen one to one; "
                          "please report this as a bug")
+    _exclude_duplicate_instances(rows)
+    rows.extend(_unreadable_row(rel, error) for rel, error in unreadable)
+    if unreadable:
+        logger.warning("ingest: %d folder(s) cannot be read; each is a quarantined row", len(unreadable))
     table = to_table(rows)
-    counts = {"seen": len(entries), "indexed": 0, "quarantined": 0, "excluded": 0}
+    counts = {"seen": len(entries) + len(unreadable), "indexed": 0, "quarantined": 0, "excluded": 0}
     for status in table.column("status").to_pylist():
         counts[status] += 1
     if counts["seen"] != counts["indexed"] + counts["quarantined"] + counts["excluded"]:
@@ -408,6 +468,25 @@ def ingest(source: str | Path, *, out_dir: Path, policy: IngestSection) -> Inges
     write_table(table, index_path)
     logger.info("ingest: %s", counts)
     return IngestResult(table=table, counts=counts, root=local_root, index_path=index_path)
+
+
+def _exclude_duplicate_instances(rows: list[dict[str, Any]]) -> None:
+    """One indexed file per SOPInstanceUID (PS3.3 C.12.1.1.1: it identifies the instance), across the whole source.
+
+    Later files (in path order) with the UID of an indexed file are excluded, also when they name another study:
+    deid checks this within a shard, and shards group patients, so two such files would both be published.
+    """
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        uid = row.get("SOPInstanceUID")
+        if row["status"] != "indexed" or not uid:
+            continue
+        kept = first.setdefault(uid, row)
+        if kept is row:
+            continue
+        other = " in another study" if kept.get("StudyInstanceUID") != row.get("StudyInstanceUID") else ""
+        row.update(status="excluded", reason=f"duplicate SOPInstanceUID: the same instance UID as {kept['path']!r}"
+                   f"{other}, which is indexed (PS3.3 C.12.1.1.1: one instance, one UID)"[:500])
 
 
 def _special_file(info: dict[str, Any]) -> str | None:
@@ -425,53 +504,83 @@ def _special_file(info: dict[str, Any]) -> str | None:
 
 def _scan(fs: fsspec.AbstractFileSystem, root: str, entries: list[tuple[str, dict[str, Any]]],
           policy: IngestSection, quarantine: Path, local_root: Path) -> list[dict[str, Any]]:
-    """One row per entry; quarantine copies, and local copies of a remote source's indexed files."""
+    """One row per entry; quarantine copies, and local copies of a remote source's indexed files.
+
+    One bad file never stops the run: whatever fails while one file is read quarantines that file with the error.
+    """
     rows: list[dict[str, Any]] = []
     for rel, info in progress(entries, total=len(entries), what="ingest", logger=logger):
         full = posixpath.join(root, rel)
-        if posixpath.basename(rel) in policy.sidecars:
-            row = empty_row(rel)
-            row.update(status="excluded", reason="sidecar table (ingest.sidecars), not an instance",
-                       size=int(info.get("size") or 0))
-            rows.append(row)
-            continue
-        link_reason = _link_reason(fs, full, policy) if info.get("islink") else None
-        if link_reason:
-            row = empty_row(rel)
-            row.update(status="excluded", reason=link_reason)
-            rows.append(row)
-            continue
-        special = _special_file(info)
-        if special:
-            row = empty_row(rel)
-            row.update(status="excluded", reason=f"not a regular file ({special}): not read (a FIFO would block"
-                       " the run, a device has no end)")
-            rows.append(row)
-            continue
-        size = int(info.get("size") or 0)
+        text = path_text(rel)
         try:
-            with fs.open(full, "rb") as f, warnings.catch_warnings(record=True) as caught:
-                # pydicom warns on odd values (PS3.5 6.2 VR rules): a usable file is indexed with a note
-                # counting them in its reason instead of flooding the log.
-                warnings.simplefilter("always")
-                head = f.read(132)
-                row = _classify(head, f, size, rel, policy)
-                if row["status"] == "indexed" and caught:
-                    row["reason"] = _warning_note(row["reason"], [str(w.message) for w in caught])
-                # One open per file: the copy (quarantine, or the local copy of a remote source) and the
-                # checksum of indexed files are made from the same handle.
-                if row["status"] == "quarantined":
-                    f.seek(0)
-                    _copy_atomic(f, quarantine / rel)
-                elif row["status"] == "indexed":
-                    f.seek(0)
-                    target = None if _is_local(fs) else local_root / rel
-                    row["sha256"] = _hash_and_copy(f, target)
-        except OSError as e:
+            row = _scan_one(fs, full, rel, info, policy, quarantine / text, local_root)
+        except Exception as e:  # noqa: BLE001 - any error of one file is that file's reason
+            logger.warning("ingest: %s could not be read: %s", text, type(e).__name__)
             row = empty_row(rel)
-            row.update(status="quarantined", reason=f"cannot be read: {type(e).__name__}: {e}"[:500], size=size)
+            row.update(status="quarantined", reason=f"cannot be read: {type(e).__name__}: {e}"[:500],
+                       size=int(info.get("size") or 0))
+        if text != rel:
+            # A name that is not UTF-8 (PEP 383 surrogates) cannot be written to the index, nor found by later
+            # steps under its escaped name: the file is quarantined (its copy under the escaped name).
+            row["path"] = row["source_path"] = text
+            if row["status"] in ("indexed", "quarantined"):
+                what = "the instance reads" if row["status"] == "indexed" else row["reason"]
+                if row["status"] == "indexed":
+                    try:
+                        with fs.open(full, "rb") as f:
+                            _copy_atomic(f, quarantine / text)
+                    except OSError as e:
+                        what = f"{what}; not copied: {type(e).__name__}"
+                row.update(status="quarantined", sha256=None,
+                           reason=f"file name is not valid UTF-8 ({what}): rename it to include it"[:500])
         rows.append(row)
     return rows
+
+
+def _scan_one(fs: fsspec.AbstractFileSystem, full: str, rel: str, info: dict[str, Any], policy: IngestSection,
+              quarantine_copy: Path, local_root: Path) -> dict[str, Any]:
+    """The index row of one walked entry; its copy to ``quarantine_copy``, or a remote file's local copy."""
+    if posixpath.basename(rel) in policy.sidecars:
+        row = empty_row(rel)
+        row.update(status="excluded", reason="sidecar table (ingest.sidecars), not an instance",
+                   size=int(info.get("size") or 0))
+        return row
+    link_reason = _link_reason(fs, full, policy) if info.get("islink") else None
+    if link_reason:
+        row = empty_row(rel)
+        row.update(status="excluded", reason=link_reason)
+        return row
+    special = _special_file(info)
+    if special:
+        row = empty_row(rel)
+        row.update(status="excluded", reason=f"not a regular file ({special}): not read (a FIFO would block"
+                   " the run, a device has no end)")
+        return row
+    size = int(info.get("size") or 0)
+    try:
+        with fs.open(full, "rb") as f, warnings.catch_warnings(record=True) as caught:
+            # pydicom warns on odd values (PS3.5 6.2 VR rules): a usable file is indexed with a note
+            # counting them in its reason instead of flooding the log.
+            warnings.simplefilter("always")
+            head = f.read(132)
+            row = _classify(head, f, size, rel, policy)
+            if row["status"] == "indexed" and caught:
+                row["reason"] = _warning_note(row["reason"], [str(w.message) for w in caught])
+            # One open per file: the copy (quarantine, or the local copy of a remote source) and the
+            # checksum of indexed files are made from the same handle.
+            if row["status"] == "quarantined" and size > policy.max_file_bytes:
+                row["reason"] = f"{row['reason']} ({policy.max_file_bytes}): not copied into quarantine"
+            elif row["status"] == "quarantined":
+                f.seek(0)
+                _copy_atomic(f, quarantine_copy)
+            elif row["status"] == "indexed":
+                f.seek(0)
+                target = None if _is_local(fs) else local_root / rel
+                row["sha256"] = _hash_and_copy(f, target)
+    except OSError as e:
+        row = empty_row(rel)
+        row.update(status="quarantined", reason=f"cannot be read: {type(e).__name__}: {e}"[:500], size=size)
+    return row
 
 
 def _warning_note(reason: str | None, messages: list[str]) -> str:

@@ -77,6 +77,20 @@ CROSSWALK_SCHEMA = pa.schema(
 )
 
 
+def path_text(path: str) -> str:
+    """``path`` as text that UTF-8 (and so Parquet) can hold.
+
+    A file name that is not valid UTF-8 reaches Python with its undecodable bytes as lone surrogates (PEP 383,
+    ``os.fsdecode``); they cannot be written to Parquet. Such bytes are written ``\\xNN`` (``backslashreplace``),
+    so the row names the file readably; a valid name is returned unchanged.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
+
+
 def empty_row(path: str) -> dict[str, Any]:
     """A manifest row with every column present and ``None`` values (status to be set by the caller)."""
     row: dict[str, Any] = {name: None for name in MANIFEST_SCHEMA.names}
@@ -93,6 +107,11 @@ def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema = MANIFEST_SCH
         extra = set(row) - names
         if extra:
             raise ValueError(f"manifest row has columns not in the schema: {sorted(extra)}")
+        for name in ("path", "source_path"):
+            value = row.get(name)
+            if isinstance(value, str) and path_text(value) != value:
+                raise ValueError(f"manifest row {path_text(value)!r}: {name} is not valid UTF-8 (pass it through "
+                                 "guards.manifest.path_text)")
         status = row.get("status")
         if schema is MANIFEST_SCHEMA and status not in STATUSES:
             raise ValueError(f"manifest row {row.get('path')!r} has status {status!r}; allowed: {STATUSES}")

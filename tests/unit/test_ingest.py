@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
+import struct
 import tracemalloc
 import warnings
 from io import BytesIO
@@ -69,16 +71,28 @@ def test_dicomdir_is_recognised_and_excluded(tmp_path: Path) -> None:
 HUGE_PRIVATE_BYTES = 3_000_000
 
 
+CT_UID = b"1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+
+
+def _ct_copy(n: int) -> bytes:
+    """CT_small's bytes with its own SOPInstanceUID (same length): whole copies of one instance are duplicates."""
+    data = CT.read_bytes()
+    assert data.count(CT_UID) == 2  # Media Storage SOP Instance UID and SOP Instance UID
+    return data.replace(CT_UID, CT_UID[:-2] + b"%02d" % n)
+
+
 def _write_bad_corpus(root: Path) -> None:
-    """The bad-input corpus of the acceptance list (plus the other cases the contract names), built from CT_small."""
+    """The bad-input corpus of the acceptance list (plus the other cases the contract names), built from CT_small.
+
+    Each usable copy has its own SOPInstanceUID: ingest indexes one file per instance UID."""
     root.mkdir()
     data = CT.read_bytes()
     (root / "truncated.dcm").write_bytes(data[: len(data) // 2])
     (root / "truncated_header.dcm").write_bytes(data[:300])
     (root / "zero.dcm").write_bytes(b"")
     (root / "random.dcm").write_bytes(np.random.default_rng(7).bytes(4096))
-    (root / "nopreamble.dcm").write_bytes(_without_preamble(data))
-    ds = dcmread(CT)
+    (root / "nopreamble.dcm").write_bytes(_without_preamble(_ct_copy(1)))
+    ds = dcmread(BytesIO(_ct_copy(2)))
     ds.add_new(0x00191010, "LO", "ACME")  # private creator
     ds.add_new(0x00191001, "OB", b"\0" * HUGE_PRIVATE_BYTES)  # a huge private element
     ds.save_as(root / "huge_private.dcm")
@@ -87,13 +101,13 @@ def _write_bad_corpus(root: Path) -> None:
     bad_vr[pos + 4 : pos + 6] = b"ZZ"  # an invalid VR
     (root / "bad_vr.dcm").write_bytes(bytes(bad_vr))
     (root / "scan.jpg").write_bytes(data)  # a valid instance under a wrong extension
-    long_sh = dcmread(CT)
+    long_sh = dcmread(BytesIO(_ct_copy(3)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns on writing it too
         long_sh.StationName = "STATION" * 6  # SH allows 16 characters (PS3.5 6.2): invalid but readable
         long_sh.FrameOfReferenceUID = "1.2.SECRET"  # UI allows digits and dots: pydicom quotes the value
         long_sh.save_as(root / "invalid_value.dcm")
-    (root / ".hidden.dcm").write_bytes(data)
+    (root / ".hidden.dcm").write_bytes(_ct_copy(4))
     (root / "link.dcm").symlink_to(root / "scan.jpg")
     short = dcmread(CT)
     short.Rows = int(short.Rows) + 10  # header promises more pixels than Pixel Data holds
@@ -239,7 +253,9 @@ def test_symlinks_followed_when_asked(tmp_path: Path) -> None:
     assert rows["link.dcm"]["status"] == "indexed"
     assert (rows["linkdir"]["status"], rows["broken.dcm"]["status"]) == ("excluded", "excluded")
     assert "folder" in rows["linkdir"]["reason"] and "broken" in rows["broken.dcm"]["reason"]
-    assert result.counts == {"seen": 4, "indexed": 2, "quarantined": 0, "excluded": 2}
+    # The followed link and its target are one instance (one SOPInstanceUID): the first in path order is indexed.
+    assert rows["sub/a.dcm"]["status"] == "excluded" and "duplicate SOPInstanceUID" in rows["sub/a.dcm"]["reason"]
+    assert result.counts == {"seen": 4, "indexed": 1, "quarantined": 0, "excluded": 3}
 
 
 def test_size_limit_quarantines_with_reason(tmp_path: Path) -> None:
@@ -301,3 +317,100 @@ def test_a_fifo_is_excluded_unread_and_the_run_goes_on(tmp_path: Path) -> None:
     assert set(rows) == {"a.dcm", "pipe.dcm"}
     assert rows["pipe.dcm"]["status"] == "excluded" and "not a regular file (FIFO)" in rows["pipe.dcm"]["reason"]
     assert rows["a.dcm"]["status"] in ("indexed", "quarantined")
+
+
+# Issue 16: per-file failures that stopped the whole ingest, and files that vanished without a row.
+def _deep_sequence_copy(levels: int) -> bytes:
+    """CT_small with ContentSequence items nested ``levels`` deep (undefined lengths, PS3.5 7.5.2) before Pixel Data."""
+    with CT.open("rb") as f:
+        dcmread(f, stop_before_pixels=True)
+        pixels_at = f.tell()
+    data = _ct_copy(50)
+    opening = (struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + b"\xff" * 4
+               + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)) * levels
+    closing = (struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)) * levels
+    return data[:pixels_at] + opening + closing + data[pixels_at:]
+
+
+def test_per_file_failures_are_quarantined_and_the_ingest_goes_on(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(CT, src / "good.dcm")
+    deflated = (testdata.pydicom_test_dir() / "image_dfl.dcm").read_bytes()
+    start = 132 + 12 + int(dcmread(BytesIO(deflated), stop_before_pixels=True).file_meta.FileMetaInformationGroupLength)
+    corrupt = bytearray(deflated)  # the data set after the file meta is one deflate stream (PS3.5 A.5)
+    corrupt[start + 200 : start + 260] = bytes(b ^ 0xFF for b in corrupt[start + 200 : start + 260])
+    (src / "deflated_corrupt.dcm").write_bytes(bytes(corrupt))
+    (src / "deep.dcm").write_bytes(_deep_sequence_copy(320))  # pydicom's reader recurses per level
+    shutil.copyfile(CT, os.path.join(os.fsencode(src), b"name_\xff\xfe.dcm"))  # not valid UTF-8
+    result = ingest(src, out_dir=tmp_path / "out", policy=POLICY)
+    rows = {r["path"]: r for r in result.table.to_pylist()}
+    assert rows["good.dcm"]["status"] == "indexed"
+    assert rows["deflated_corrupt.dcm"]["status"] == "quarantined"
+    assert "corrupt deflated data set" in rows["deflated_corrupt.dcm"]["reason"]
+    assert rows["deep.dcm"]["status"] == "quarantined" and "nested too deep" in rows["deep.dcm"]["reason"]
+    name = r"name_\xff\xfe.dcm"  # the undecodable bytes written \xNN in the index
+    assert rows[name]["status"] == "quarantined" and "not valid UTF-8" in rows[name]["reason"]
+    assert (tmp_path / "out" / "quarantine" / name).read_bytes() == CT.read_bytes()
+    assert result.counts == {"seen": 4, "indexed": 1, "quarantined": 3, "excluded": 0}
+
+
+def test_trailing_pixel_padding_is_indexed_with_a_note(tmp_path: Path) -> None:
+    """MR_small_padded: Pixel Data 128 bytes longer than its pixels; pydicom decodes it (the excess is ignored)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(testdata.pydicom_test_dir() / "MR_small_padded.dcm", src / "padded.dcm")
+    (row,) = ingest(src, out_dir=tmp_path / "out", policy=POLICY).table.to_pylist()
+    assert row["status"] == "indexed", row["reason"]
+    assert "128 bytes of trailing padding" in row["reason"]
+
+
+def test_one_sop_instance_uid_in_two_studies_is_indexed_once(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "study_a").mkdir(parents=True)
+    (src / "study_b").mkdir()
+    shutil.copyfile(CT, src / "study_a" / "1.dcm")
+    other = dcmread(CT)
+    other.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.16"
+    other.save_as(src / "study_b" / "1.dcm")
+    result = ingest(src, out_dir=tmp_path / "out", policy=POLICY)
+    rows = {r["path"]: r for r in result.table.to_pylist()}
+    assert rows["study_a/1.dcm"]["status"] == "indexed"
+    assert rows["study_b/1.dcm"]["status"] == "excluded"
+    assert "duplicate SOPInstanceUID" in rows["study_b/1.dcm"]["reason"]
+    assert "another study" in rows["study_b/1.dcm"]["reason"]
+
+
+def test_an_unreadable_folder_is_a_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsspec's walk drops a folder it cannot list; the folder is a quarantined row, and the run goes on.
+
+    Listing is refused by a patched os.scandir (chmod 0 does not stop root, and the tests may run as root)."""
+    src = tmp_path / "src"
+    (src / "locked").mkdir(parents=True)
+    shutil.copyfile(CT, src / "a.dcm")
+    (src / "locked" / "b.dcm").write_bytes(_ct_copy(5))
+    locked = str(src / "locked")
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if os.fspath(path).rstrip("/") == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = ingest(src, out_dir=tmp_path / "out", policy=POLICY)
+    rows = {r["path"]: r for r in result.table.to_pylist()}
+    assert set(rows) == {"a.dcm", "locked/"}
+    assert rows["locked/"]["status"] == "quarantined"
+    assert "folder cannot be read" in rows["locked/"]["reason"] and "PermissionError" in rows["locked/"]["reason"]
+    assert result.counts == {"seen": 2, "indexed": 1, "quarantined": 1, "excluded": 0}
+
+
+def test_a_file_over_the_size_limit_is_not_copied_into_quarantine(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(CT.read_bytes())
+    out = tmp_path / "out"
+    (row,) = ingest(src, out_dir=out, policy=IngestSection(max_file_bytes=1000)).table.to_pylist()
+    assert row["status"] == "quarantined" and "not copied into quarantine" in row["reason"]
+    assert not (out / "quarantine" / "a.dcm").exists()
