@@ -339,7 +339,9 @@ def _clean(ds: Dataset, *, policy: PixelsSection, cache: OcrCache | None) -> Pix
     says_yes = burned_in == "YES"
     if not boxes:
         if says_yes and policy.mode != "keep":
-            return outcome("quarantine", "BurnedInAnnotation is YES but OCR found no text to hide; review it by eye")
+            read = f" ({examined} word(s) read, none PHI-shaped or outside the image area)" if examined else ""
+            return outcome("quarantine", f"BurnedInAnnotation is YES but OCR found no text to hide{read}; "
+                                         "review it by eye")
         return outcome("unchanged", f"no text to hide in {len(images)} frame(s)")
     found = f"{len(boxes)} word(s) to hide ({scan.matching} matching header PHI) in {len(images)} frame(s)"
     if policy.mode == "keep":
