@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,7 +99,55 @@ class PublishOutcome(TypedDict):
 
 
 def new_run_id() -> str:
-    return "run-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    """``run-20261204T010203.123456Z-1a2b3c``: UTC to the microsecond, then 24 random bits.
+
+    Ids sort by start time (fixed width) and cannot collide: two runs started in the same second shared one
+    folder with the one-second ids of before. Valid under guards.run's run id rule (letters, digits, ``.-_``).
+    """
+    return f"run-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(3)}"
+
+
+STALE_TMP_S = 6 * 3600  # a temporary file is renamed within seconds of being written: this old, it is a crash's
+
+
+def clean_stale_runs(out: Path, *, keep: str | None = None) -> list[str]:
+    """Remove what killed runs left under ``out``: their ``staging/`` and old temporary files; what was removed.
+
+    Called by :func:`run_pipeline` once it holds OUT's lock. A run's ``staging/`` is removed only under that
+    run's own lock (taken by :func:`step_publish` around staging and publishing, so a run publishing now is
+    skipped), never for ``keep``; a published release is never touched (``releases/`` is not looked at, and
+    publishing renames staging away). Temporary files (``.name.tmp``, guards.atomic) older than
+    :data:`STALE_TMP_S` are removed under ``runs/`` and ``private/runs/``.
+    """
+    import time
+
+    removed: list[str] = []
+    runs_root = out / "runs"
+    for run_dir in sorted(p for p in runs_root.glob("*") if p.is_dir() and p.name != keep):
+        staging = run_dir / "staging"
+        if not staging.is_dir():
+            continue
+        try:
+            with exclusive(run_dir, what=f"clean-up of the stale run {run_dir.name}"):
+                shutil.rmtree(staging)
+        except InputError:
+            logger.info("run %s is publishing now: its staging is left alone", run_dir.name)
+            continue
+        removed.append(str(staging.relative_to(out)))
+    cutoff = time.time() - STALE_TMP_S
+    for root in (runs_root, out / "private" / "runs"):
+        for tmp in root.glob("*/**/.*.tmp") if root.is_dir() else ():
+            if tmp.parts[len(root.parts)] == keep or not tmp.is_file():
+                continue
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed.append(str(tmp.relative_to(out)))
+            except FileNotFoundError:  # renamed meanwhile: it was not stale
+                continue
+    if removed:
+        logger.info("removed what %d stale run item(s) left behind: %s", len(removed), ", ".join(removed[:10]))
+    return removed
 
 
 def policy_for_run(policy_file: str | Path | None, params: dict[str, Any]) -> ReleasePolicy:
@@ -714,11 +763,12 @@ def step_publish(run: Run, *, key: PseudonymKey) -> PublishOutcome:
     cohort = run.cohort()
     labels = dict(zip(cohort.column("StudyInstanceUID").to_pylist(), cohort.column("label").to_pylist(),
                       strict=True))
-    stage_release(tree=tree, manifest=tree / "manifest.parquet", report_dir=paths.report, staging=paths.staging,
-                  datasheet=datasheet(run, key=key), labels=labels)
-    write_text(paths.staging / PROVENANCE, json.dumps({"run_id": run.run_id, "attempt": run.attempt,
-                                                       "inputs": run.input_fingerprint()}, indent=2))
-    target = publish(paths.staging, paths.releases, name=policy.release.name)
+    with exclusive(paths.run, what=f"publish of run {run.run_id}"):  # clean_stale_runs leaves this staging alone
+        stage_release(tree=tree, manifest=tree / "manifest.parquet", report_dir=paths.report, staging=paths.staging,
+                      datasheet=datasheet(run, key=key), labels=labels)
+        write_text(paths.staging / PROVENANCE, json.dumps({"run_id": run.run_id, "attempt": run.attempt,
+                                                           "inputs": run.input_fingerprint()}, indent=2))
+        target = publish(paths.staging, paths.releases, name=policy.release.name)
     return PublishOutcome(published=True, release=str(target), already=False, report=report, version=target.name,
                           approval=signed.sentence())
 
@@ -756,7 +806,9 @@ def run_pipeline(
     skipped, and a run that is already published is not published again. One run at a time per OUT: a second
     ``guard run`` on the same OUT is refused while the first holds its lock (guards.atomic.exclusive).
     """
-    with exclusive(Path(out), what=f"guard run {run_id or '(new run)'}"):
+    run_id = run_id or new_run_id()
+    with exclusive(Path(out), what=f"guard run {run_id}"):
+        clean_stale_runs(Path(out), keep=run_id)
         return _run_pipeline(source, Path(out), policy=policy, key=key, device=device, run_id=run_id, shards=shards)
 
 

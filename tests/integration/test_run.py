@@ -225,3 +225,59 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(
         holder.wait()
     result = pipeline.run_pipeline(source, out, policy=LIGHT, key=key, run_id="second")  # free again
     assert result.release is not None
+
+
+LIGHT_TOML = """
+[pixels]
+ocr_all = false
+[protect]
+enabled = false
+[reid]
+remediate = false
+k = 1
+max_risk = 1.0
+[gate]
+blocking = ["reid", "phi"]
+advisory = []
+off = ["representation", "membership", "unlearnability", "attribute", "inversion"]
+"""
+
+
+@pytest.mark.timeout(300)
+def test_two_guard_runs_started_at_once_on_one_out_never_publish_a_release_unlike_its_manifest(
+    source: Path, tmp_path: Path, key_hex: str
+) -> None:
+    """Two real ``guard run`` processes on one OUT, started together without run ids (issue 16): the one that
+    does not get OUT's lock refuses with a clear message (exit 2) or, if the first is already done, runs after
+    it; every release's manifest lists exactly its files, each with its SHA-256."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(LIGHT_TOML, encoding="utf-8")
+    env = {**os.environ, "GUARD_KEY": key_hex}
+    command = [sys.executable, "-m", "guards.cli", "run", str(source), str(out), "--policy", str(policy)]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errors = [p.communicate(timeout=240)[1] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) in ([0, 0], [0, 2]), errors
+    for code, err in zip(codes, errors, strict=True):
+        if code == 2:
+            assert "is in use by guard run run-" in err and "wait for it to finish, or use another OUT" in err
+    runs_made = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(runs_made) == codes.count(0)  # the refused run wrote no run folder
+    versions = _versions(out)
+    assert len(versions) == codes.count(0)
+    for version in versions:
+        release = out / "releases" / LIGHT.release.name / version
+        rows = pq.read_table(release / "manifest.parquet").to_pylist()
+        files = {str(p.relative_to(release / "data")) for p in (release / "data").rglob("*") if p.is_file()}
+        assert files == {r["path"] for r in rows}
+        for r in rows:
+            assert hashlib.sha256((release / "data" / r["path"]).read_bytes()).hexdigest() == r["sha256"], r["path"]
