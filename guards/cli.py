@@ -66,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("src")
     s.add_argument("out", type=Path)
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    s.add_argument("--run-id", help="name of the run folder (default: a UTC timestamp); an existing run's id "
-                   "resumes it: steps done on unchanged inputs are skipped, a published run is not published again")
+    s.add_argument("--run-id", help="name of the run folder (default: run-<UTC time, microseconds>-<random>); an "
+                   "existing run's id resumes it: steps done on unchanged inputs are skipped, a published run is not "
+                   "published again")
     s.add_argument("--shards", type=int, default=1, help="groups of patients de-identified one after another")
     s.add_argument("--labels", type=Path, help="a local labels table (StudyInstanceUID or AccessionNumber, label) "
                    "instead of ingest.labels inside SRC; a PACS source has no folder to hold one")
