@@ -109,6 +109,8 @@ class Context:
     crosswalk: dict[tuple[str, str], str] | None
     raw_implicit: bool | None = None  # the dataset's encoding when read little endian: new values written raw
     dates: frozenset[str] = frozenset()
+    #: id of a sequence element the vocabulary decoded -> its raw original (put back when nothing in it changed)
+    raw_sequences: dict[int, tuple[DataElement, RawDataElement]] = field(default_factory=dict)
     changes: int = field(default=0, init=False)  # elements removed or replaced so far in this pass
     dummy_text: int = field(default=0, init=False)  # > 0 inside a Content Sequence whose values go (E.3.3 off)
     _lowered: tuple[bytes, ...] | None = field(default=None, init=False)
@@ -228,7 +230,17 @@ def _values_text(ds: Dataset, tag: int) -> str:
     return text_of(ds[tag].value).strip(" \x00")
 
 
-def _gather(ds: Dataset, tokens: dict[str, None], dates: set[str], depth: int) -> None:
+@dataclass
+class Vocabulary:
+    """The patient vocabulary of one dataset (:func:`patient_vocabulary`)."""
+
+    tokens: list[bytes]  # identifiers, UTF-8
+    dates: frozenset[str]  # written forms of the patient's dates, upper case
+    raw_sequences: dict[int, tuple[DataElement, RawDataElement]]  # decoded to read: id -> (element, raw)
+
+
+def _gather(ds: Dataset, tokens: dict[str, None], dates: set[str], depth: int,
+            raws: dict[int, tuple[DataElement, RawDataElement]]) -> None:
     for tag in list(ds.keys()):
         number = int(tag)
         kind = _KINDS.get(number)
@@ -236,8 +248,12 @@ def _gather(ds: Dataset, tokens: dict[str, None], dates: set[str], depth: int) -
             continue
         if kind == "sq":
             if depth < MAX_VOCABULARY_DEPTH:
-                for item in ds[tag].value or ():
-                    _gather(item, tokens, dates, depth + 1)
+                original = ds.get_item(tag)
+                elem = ds[tag]
+                if isinstance(original, RawDataElement):
+                    raws[id(elem)] = (elem, original)
+                for item in elem.value or ():
+                    _gather(item, tokens, dates, depth + 1, raws)
             continue
         text = _values_text(ds, number)
         if not text:
@@ -257,7 +273,7 @@ def _gather(ds: Dataset, tokens: dict[str, None], dates: set[str], depth: int) -
             tokens[piece] = None
 
 
-def patient_vocabulary(ds: Dataset) -> tuple[list[bytes], frozenset[str]]:
+def patient_vocabulary(ds: Dataset) -> Vocabulary:
     """The whole patient vocabulary of ``ds``, read before anything changes: identifiers as UTF-8 tokens and the
     written forms of the patient's dates (:mod:`guards.deid.vocabulary`).
 
@@ -271,17 +287,18 @@ def patient_vocabulary(ds: Dataset) -> tuple[list[bytes], frozenset[str]]:
     """
     tokens: dict[str, None] = {}
     values: set[str] = set()
-    _gather(ds, tokens, values, 0)
+    raws: dict[int, tuple[DataElement, RawDataElement]] = {}
+    _gather(ds, tokens, values, 0, raws)
     forms: set[str] = set()
     for value in values:
         forms.update(date_forms(value))
-    return [t.encode("utf-8") for t in tokens], frozenset(forms)
+    return Vocabulary([t.encode("utf-8") for t in tokens], frozenset(forms), raws)
 
 
 def identifier_tokens(ds: Dataset) -> list[bytes]:
     """The instance's identifiers as UTF-8 tokens (:func:`patient_vocabulary`) and the birth date in every written
     form (the other dates are matched by shape, :func:`patient_dates`)."""
-    tokens, _ = patient_vocabulary(ds)
+    tokens = patient_vocabulary(ds).tokens
     if _BIRTH_DATE in ds:
         birth = _values_text(ds, _BIRTH_DATE)
         tokens.extend(f.encode("ascii") for f in sorted(date_forms(birth)))
@@ -290,7 +307,7 @@ def identifier_tokens(ds: Dataset) -> list[bytes]:
 
 def patient_dates(ds: Dataset) -> frozenset[str]:
     """The written forms of every date in ``ds`` (:func:`patient_vocabulary`)."""
-    return patient_vocabulary(ds)[1]
+    return patient_vocabulary(ds).dates
 
 
 def _vr(ds: Dataset, tag: int, elem: DataElement | RawDataElement) -> str:
@@ -347,7 +364,11 @@ def _multi(values: list[str]) -> str | list[str]:
 
 def _items(ds: Dataset, tag: int, ctx: Context) -> None:
     """Clean a sequence's items; if nothing in them changed, the undecoded original is put back (for speed)."""
-    original = ds.get_item(tag)
+    original: DataElement | RawDataElement = ds.get_item(tag)
+    if not isinstance(original, RawDataElement):
+        decoded_by = ctx.raw_sequences.get(id(original))
+        if decoded_by is not None and decoded_by[0] is original:
+            original = decoded_by[1]
     before = ctx.changes
     for item in ds[tag].value or ():
         clean_dataset(item, ctx)

@@ -215,10 +215,11 @@ def _deidentify(
         crosswalk[("date_offset_days", patient)] = str(offset)
     implicit, little = ds.original_encoding
     raw_implicit = implicit if little is True and implicit is not None else None
-    tokens, dates = patient_vocabulary(ds)
+    vocabulary = patient_vocabulary(ds)
     ctx = Context(
-        key=key, profile=profile, uid_root=deid.uid_root, offset_days=offset, tokens=tokens,
-        crosswalk=crosswalk, raw_implicit=raw_implicit, dates=dates,
+        key=key, profile=profile, uid_root=deid.uid_root, offset_days=offset, tokens=vocabulary.tokens,
+        crosswalk=crosswalk, raw_implicit=raw_implicit, dates=vocabulary.dates,
+        raw_sequences=vocabulary.raw_sequences,
     )
     clean_dataset(ds, ctx)
     _clean_file_meta(ds, ctx)
