@@ -227,6 +227,47 @@ def _pixel_problem(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
     return None
 
 
+def _elements_after_pixels_problem(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
+    """Where the file ends inside Pixel Data or an element after it (e.g. Data Set Trailing Padding, FFFC,FFFC).
+
+    Only element headers are read (PS3.5 7.1.2/7.1.3), from where ``stop_before_pixels`` stopped; None when every
+    element ends within the file, or when one has undefined length (encapsulated: its items are not walked).
+    """
+    start = fp.tell()
+    little = getattr(ds, "original_encoding", (None, True))[1] is not False
+    implicit = getattr(ds, "original_encoding", (False, None))[0] is True
+    order = "<" if little else ">"
+    pos = start
+    try:
+        while pos < size:
+            fp.seek(pos)
+            head = fp.read(12)
+            if len(head) < 8:
+                return f"file ends inside the header of an element at {pos} (after Pixel Data starts)"
+            group, elem = struct.unpack(order + "HH", head[:4])
+            if implicit:
+                (length,), header = struct.unpack(order + "L", head[4:8]), 8
+            elif head[4:6] in _LONG_VRS:
+                if len(head) < 12:
+                    return f"file ends inside the header of an element at {pos} (after Pixel Data starts)"
+                (length,), header = struct.unpack(order + "L", head[8:12]), 12
+            else:
+                (length,), header = struct.unpack(order + "H", head[6:8]), 8
+            if length == 0xFFFFFFFF:
+                return None
+            end = pos + header + length
+            if end > size:
+                return (f"file ends inside element ({group:04X},{elem:04X}) at {pos}: {length} bytes declared, "
+                        f"{size - pos - header} present")
+            pos = end
+    finally:
+        fp.seek(start)
+    return None
+
+
+_LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR")
+
+
 def _padding_note(fp: BinaryIO, ds: Dataset) -> str | None:
     """A note when native Pixel Data holds bytes after its pixels (trailing padding), else None.
 
@@ -415,6 +456,11 @@ def _classify(data_head: bytes, fp: BinaryIO, size: int, rel: str, policy: Inges
         if problem:
             row.update(status="quarantined", reason=problem)
             return row
+        if row["TransferSyntaxUID"] != DEFLATED:
+            cut = _elements_after_pixels_problem(fp, ds, size)
+            if cut:
+                row.update(status="quarantined", reason=f"truncated: {cut}"[:500])
+                return row
         padding = _padding_note(fp, ds)
         if padding:
             notes.append(padding)

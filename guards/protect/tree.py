@@ -57,7 +57,7 @@ from guards.protect.codec import PixelBlock, UnsupportedPixelsError, apply_delta
 from guards.protect.labels import pseudo_labels
 from guards.protect.mask import native_mask
 from guards.protect.reuse import CachedFile, NoiseCache, fingerprint
-from guards.protect.salm import NoiseConfig, error_minimizing_noise
+from guards.protect.salm import NoiseConfig, NoiseResult, error_minimizing_noise
 from guards.protect.surrogate import auto_batch_size, select_device
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,9 @@ def protect_tree(
         except UnsupportedPixelsError as e:
             quarantined[rel] = f"protect cannot decode the pixels: {e}"
             continue
+        except Exception as e:  # noqa: BLE001 - a decoder's error in one file never stops the run
+            quarantined[rel] = f"protect cannot decode the pixels: {type(e).__name__}: {e}"[:500]
+            continue
         unit = _resize(to_unit(block), section.image_size)
         cached = cache.lookup(rel, parent_sha[i]) if cache is not None else None
         if cached is not None and (carry := _carry(cached, block, section)) is not None:
@@ -268,36 +271,20 @@ def protect_tree(
             copy_file(cached_path, out)
         else:
             assert result_noise is not None  # every protectable row contributed images
-            ds = pydicom.dcmread(src / rel)
-            source = source_of(ds)  # before decoding: the input's syntax and whether it was lossy
-            block = decode(ds)
-            native_unit = to_unit(block)
-            ks = per_row[i]
-            delta_model = result_noise.delta[ks, 0]
-            sal_model = result_noise.saliency[ks, 0]
-            h, w = native_unit.shape[1:]
-            up = F.interpolate(delta_model[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-            masks = torch.stack(
-                [native_mask(sal_model[j], torch.from_numpy(native_unit[j]), rho=section.rho) for j in range(len(ks))]
-            )
-            delta_native = (up * masks).numpy()
-            stored = apply_delta(block, delta_native, epsilon=section.epsilon)
-            diff = np.abs(stored.astype(np.int64) - block.stored.astype(np.int64))
-            max_abs[rel] = int(diff.max())
-            budgets[rel] = block.budget(section.epsilon)
-            if np.array_equal(stored, block.stored) and is_lossless_syntax(source.transfer_syntax):
-                ds = pydicom.dcmread(src / rel)  # no pixel changed: header-only edit, original Pixel Data bytes
-            else:
-                encode(ds, block, stored)
-                store_pixels(ds, source, encoding=policy.pixels.encode, what=rel)
-            if not is_lossless_syntax(ds.file_meta.TransferSyntaxUID):  # never lossy in a protected release
-                raise GuardError(f"protect: {rel} would be written as {ds.file_meta.TransferSyntaxUID.name}, a "
-                                 "lossy transfer syntax; a protected release is lossless (guards.codec)")
-            _record_protection(ds, section, seed)
-            data = save_dataset(ds, out)
-            row["sha256"] = hashlib.sha256(data).hexdigest()
-            row["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
-            row["PhotometricInterpretation"] = str(ds.PhotometricInterpretation)
+            try:
+                _write_protected(src, rel, out, row, per_row[i], result_noise, section=section, policy=policy,
+                                 seed=seed, max_abs=max_abs, budgets=budgets)
+            except GuardError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one file that cannot be written never stops the run
+                logger.warning("protect: %s cannot be written: %s", rel, type(e).__name__)
+                quarantined[rel] = f"protect cannot write the file: {type(e).__name__}: {e}"[:500]
+                max_abs.pop(rel, None)
+                budgets.pop(rel, None)
+                out.unlink(missing_ok=True)
+                copy_file(src / rel, dst / "quarantine" / rel)
+                row.update(status="quarantined", reason=quarantined[rel], sha256=None)
+                continue
         row["size"] = out.stat().st_size
         if cache is not None and rel in max_abs and parent_sha[i]:
             cache.keep(rel, parent_sha256=parent_sha[i], protected=out, sha256=row["sha256"],
@@ -331,6 +318,54 @@ def protect_tree(
         surrogate_accuracy=result_noise.surrogate_accuracy if result_noise else 0.0,
         rounds=result_noise.rounds if result_noise else 0,
     )
+
+
+def _as_little_endian(ds: Dataset) -> None:
+    """Read every element of a big-endian data set (PS3.5 A.3, retired) so that it is written little endian.
+
+    pydicom refuses to write a data set read big endian as little endian while raw (unread) elements remain;
+    once every value is read, the data set has no byte order of its own and its original encoding is reset.
+    """
+    for _ in ds.iterall():
+        pass
+    ds.set_original_encoding(False, True, ds.original_character_set)
+
+
+def _write_protected(src: Path, rel: str, out: Path, row: dict[str, object], ks: list[int],
+                     result_noise: NoiseResult, *, section: ProtectSection, policy: ReleasePolicy, seed: int,
+                     max_abs: dict[str, int], budgets: dict[str, int]) -> None:
+    """Add the noise of images ``ks`` to the file ``rel`` and write it to ``out``; ``row`` gets what was written."""
+    ds = pydicom.dcmread(src / rel)
+    if ds.original_encoding[1] is False:  # new pixels are written little endian (guards.protect.codec.encode)
+        _as_little_endian(ds)
+    source = source_of(ds)  # before decoding: the input's syntax and whether it was lossy
+    block = decode(ds)
+    native_unit = to_unit(block)
+    delta_model = result_noise.delta[ks, 0]
+    sal_model = result_noise.saliency[ks, 0]
+    h, w = native_unit.shape[1:]
+    up = F.interpolate(delta_model[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    masks = torch.stack(
+        [native_mask(sal_model[j], torch.from_numpy(native_unit[j]), rho=section.rho) for j in range(len(ks))]
+    )
+    delta_native = (up * masks).numpy()
+    stored = apply_delta(block, delta_native, epsilon=section.epsilon)
+    diff = np.abs(stored.astype(np.int64) - block.stored.astype(np.int64))
+    max_abs[rel] = int(diff.max())
+    budgets[rel] = block.budget(section.epsilon)
+    if np.array_equal(stored, block.stored) and is_lossless_syntax(source.transfer_syntax):
+        ds = pydicom.dcmread(src / rel)  # no pixel changed: header-only edit, original Pixel Data bytes
+    else:
+        encode(ds, block, stored)
+        store_pixels(ds, source, encoding=policy.pixels.encode, what=rel)
+    if not is_lossless_syntax(ds.file_meta.TransferSyntaxUID):  # never lossy in a protected release
+        raise GuardError(f"protect: {rel} would be written as {ds.file_meta.TransferSyntaxUID.name}, a "
+                         "lossy transfer syntax; a protected release is lossless (guards.codec)")
+    _record_protection(ds, section, seed)
+    data = save_dataset(ds, out)
+    row["sha256"] = hashlib.sha256(data).hexdigest()
+    row["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
+    row["PhotometricInterpretation"] = str(ds.PhotometricInterpretation)
 
 
 def _labels_for(

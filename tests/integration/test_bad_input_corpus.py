@@ -1,0 +1,104 @@
+"""`guard run` on generated studies with the bad-input corpus mixed in (issue 16): the run ends, every file once.
+
+Before: a corrupt deflate stream, sequences nested 300+ deep or a name that is not UTF-8 crashed the whole run
+(exit 3), an unreadable folder's files vanished, and a SOPInstanceUID in two studies was published twice.
+
+A light policy: OCR of the risky modalities only, the reid and phi checks (k=1), model checks off, and protect
+on with a handful of noise steps so that the big-endian and padded inputs are written by protect too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import pytest
+from bad_inputs import LOCKED, Case, write_bad_inputs  # tests/bad_inputs.py
+
+from guards import pipeline
+from guards.keys import PseudonymKey
+from guards.manifest import read_table
+from guards.policy import ReleasePolicy
+from guards.samples import generate_corpus
+
+LIGHT = ReleasePolicy().with_overrides({
+    "pixels.ocr_all": False, "reid.remediate": False, "reid.k": 1, "reid.max_risk": 1.0,
+    "protect.steps": 1, "protect.max_rounds": 1, "protect.train_steps": 1, "protect.warmup_epochs": 0,
+    "protect.warmup_min_steps": 0, "protect.reuse": False,
+    "gate.blocking": ["reid", "phi"], "gate.advisory": [],
+    "gate.off": ["representation", "membership", "unlearnability", "attribute", "inversion"],
+})
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory, key_hex: str) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("badrun")
+    src, out = base / "src", base / "out"
+    corpus = generate_corpus(src, studies=6, seed=16, image_size=64)
+    cases = write_bad_inputs(src, sorted(corpus.files))
+    locked = src / LOCKED
+    os.chmod(locked, 0)  # enough for a user other than root ...
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:  # ... and for root, whom chmod does not stop: listing refused here
+        if not isinstance(path, int) and os.fspath(path).rstrip("/") == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_scandir(path)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(os, "scandir", scandir)
+    try:
+        result = pipeline.run_pipeline(src, out, policy=LIGHT, key=PseudonymKey(bytes.fromhex(key_hex)),
+                                       run_id="bad")
+    finally:
+        mp.undo()
+        os.chmod(locked, 0o755)
+    manifest = read_table(result.paths.release_tree(LIGHT) / "manifest.parquet").to_pylist()
+    inputs = sorted(p.relative_to(src).as_posix() for p in corpus.files) + [c.path for c in cases]
+    return {"result": result, "manifest": manifest, "cases": cases, "inputs": inputs, "corpus": corpus}
+
+
+@pytest.mark.slow(reason="guard run (ingest, deid, a few protect steps, two checks) on 6 studies and 160+ cases")
+@pytest.mark.timeout(300)
+def test_the_run_ends_and_every_file_is_accounted_for_exactly_once(outcome: dict[str, Any]) -> None:
+    manifest: list[dict[str, Any]] = outcome["manifest"]
+    cases: list[Case] = outcome["cases"]
+    assert len(cases) >= 130
+    rows = Counter(r["source_path"] for r in manifest)
+    assert sorted(rows) == sorted([*outcome["inputs"], "labels.csv", f"{LOCKED}/"])  # the folder is its own row
+    assert all(n == 1 for n in rows.values()), [p for p, n in rows.items() if n > 1]
+    for row in manifest:
+        assert row["status"] in ("published", "quarantined", "excluded"), row
+        if row["status"] != "published":
+            assert row["reason"], row["source_path"]
+    assert not any(p.startswith(LOCKED + "/") and p != f"{LOCKED}/" for p in rows)  # its file was never seen
+
+
+@pytest.mark.slow(reason="reads the run of the module fixture (guard run on 6 studies and 160+ cases)")
+@pytest.mark.timeout(300)
+def test_no_bad_case_is_published_and_the_valid_ones_are_accounted(outcome: dict[str, Any]) -> None:
+    by_source = {r["source_path"]: r for r in outcome["manifest"]}
+    for case in outcome["cases"]:
+        row = by_source[case.path]
+        if case.bad:
+            assert row["status"] != "published", (case, row["reason"])
+    assert "nested too deep" in by_source["bad/deep/nested_300.dcm"]["reason"]
+    corrupt = [c.path for c in outcome["cases"] if c.kind == "deflated-corrupt"]
+    assert corrupt and all("corrupt deflated" in by_source[p]["reason"] for p in corrupt)
+    assert "not valid UTF-8" in by_source[r"bad/name_\xff\xfe.dcm"]["reason"]
+    assert "folder cannot be read" in by_source[f"{LOCKED}/"]["reason"]
+    for name in ("MR_small_bigendian.dcm", "MR_small_padded.dcm"):
+        assert by_source[f"bad/pydicom/{name}"]["status"] == "published", by_source[f"bad/pydicom/{name}"]
+    # one SOPInstanceUID in two studies: exactly one of the two files is published
+    published_uids = Counter(r["SOPInstanceUID"] for r in outcome["manifest"] if r["status"] == "published")
+    assert all(n == 1 for n in published_uids.values())
+    assert by_source["bad/duplicate_uid.dcm"]["status"] == "excluded"
+
+
+@pytest.mark.slow(reason="reads the run of the module fixture (guard run on 6 studies and 160+ cases)")
+@pytest.mark.timeout(300)
+def test_the_gate_gave_a_verdict(outcome: dict[str, Any]) -> None:
+    result = outcome["result"]
+    assert result.passed in (True, False)  # the run reached the gate (exit 0 or 1), it did not crash
+    assert (result.paths.report / "gate.json").is_file()
