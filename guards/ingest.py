@@ -561,7 +561,7 @@ def _scan(fs: fsspec.AbstractFileSystem, root: str, entries: list[tuple[str, dic
         try:
             row = _scan_one(fs, full, rel, info, policy, quarantine / text, local_root)
         except Exception as e:  # noqa: BLE001 - any error of one file is that file's reason
-            logger.warning("ingest: %s could not be read: %s", text, type(e).__name__)
+            logger.warning("ingest: a file could not be read (%s); quarantined", type(e).__name__)  # paths may be PHI
             row = empty_row(rel)
             row.update(status="quarantined", reason=f"cannot be read: {type(e).__name__}: {e}"[:500],
                        size=int(info.get("size") or 0))

@@ -53,7 +53,7 @@ from guards.atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, private_folder, s
 from guards.deid.engine import InstanceQuarantined, _deidentify
 from guards.deid.ocr_cache import OcrCache
 from guards.deid.writer import encode_part10
-from guards.errors import InputError
+from guards.errors import GuardError, InputError
 from guards.keys import PseudonymKey
 from guards.manifest import (
     CROSSWALK_SCHEMA,
@@ -300,8 +300,18 @@ def deidentify_index(
     quarantine = Path(quarantine) if quarantine is not None else dst / QUARANTINE
     for r in progress(indexed, total=len(indexed), what="deid", logger=log):
         source_path = r.get("source_path") or r["path"]
-        rows.append(_one(root / r["path"], source_path, dst, policy=policy, key=key, pairs=pairs, written=written,
-                         ocr_cache=cache, quarantine=quarantine, sha256=r.get("sha256")))
+        try:
+            row = _one(root / r["path"], source_path, dst, policy=policy, key=key, pairs=pairs, written=written,
+                       ocr_cache=cache, quarantine=quarantine, sha256=r.get("sha256"))
+        except GuardError:
+            raise  # the run's own errors (policy, key, a missing engine) are not one file's
+        except Exception as e:  # noqa: BLE001 - one bad file never stops the run (RecursionError, a decoder's ...)
+            log.warning("deid: a file could not be de-identified (%s); quarantined", type(e).__name__)  # no path: PHI
+            first = str(e).splitlines()[0] if str(e) else ""
+            row = {name: None for name in MANIFEST_SCHEMA.names}
+            row.update(path=source_path, source_path=source_path, status="quarantined",
+                       reason=f"cannot be de-identified: {type(e).__name__}: {first}"[:500])
+        rows.append(row)
     if cache is not None:
         log.info("deid: OCR decisions replayed from earlier runs: %d; read now: %d", cache.hits, cache.misses)
     table = to_table(rows)
