@@ -18,6 +18,12 @@ Invalid values that still parse (e.g. a value longer than its VR allows, PS3.5 6
 is indexed and its reason counts pydicom's warnings and quotes the first. An unknown VR, or a value the
 header cannot be read past, quarantines it.
 
+One bad file never stops the ingest (issue 16): any error while a file is read quarantines that file with the
+error (a corrupt deflate stream, sequences nested too deep for pydicom's recursive reader, ...). A file name that
+is not valid UTF-8 is quarantined under its ``\\xNN``-escaped name (``guards.manifest.path_text``). A folder that
+cannot be listed is one quarantined row (``<folder>/``), since its files cannot be seen. One file per
+SOPInstanceUID is indexed (PS3.3 C.12.1.1.1); later copies, in any study, are excluded as duplicates.
+
 Invariant, checked before the index is written: files seen = indexed + quarantined + excluded.
 Sources are local paths or fsspec URLs (``file://``, ``memory://``, or any protocol whose fsspec
 implementation is installed); remote files are read through fsspec and quarantine copies are local.

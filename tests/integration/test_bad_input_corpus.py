@@ -90,6 +90,12 @@ def test_no_bad_case_is_published_and_the_valid_ones_are_accounted(outcome: dict
     assert "folder cannot be read" in by_source[f"{LOCKED}/"]["reason"]
     for name in ("MR_small_bigendian.dcm", "MR_small_padded.dcm"):
         assert by_source[f"bad/pydicom/{name}"]["status"] == "published", by_source[f"bad/pydicom/{name}"]
+    # 12-bit JPEG Extended (PS3.5 A.4.1): JPGExtended.dcm decodes with the pinned pylibjpeg-libjpeg and is published
+    # (re-encoded losslessly); JPEG-lossy.dcm, its original, has invalid SOS parameters for a sequential JPEG
+    # (pydicom's README; libjpeg: "scan start must be zero and scan stop must be 63") and no decoder reads it.
+    assert by_source["bad/pydicom/JPGExtended.dcm"]["status"] == "published"
+    lossy = by_source["bad/pydicom/JPEG-lossy.dcm"]
+    assert lossy["status"] == "quarantined" and "cannot be decoded" in lossy["reason"]
     # one SOPInstanceUID in two studies: exactly one of the two files is published
     published_uids = Counter(r["SOPInstanceUID"] for r in outcome["manifest"] if r["status"] == "published")
     assert all(n == 1 for n in published_uids.values())
