@@ -414,3 +414,19 @@ def test_a_file_over_the_size_limit_is_not_copied_into_quarantine(tmp_path: Path
     (row,) = ingest(src, out_dir=out, policy=IngestSection(max_file_bytes=1000)).table.to_pylist()
     assert row["status"] == "quarantined" and "not copied into quarantine" in row["reason"]
     assert not (out / "quarantine" / "a.dcm").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="chmod 0 does not stop root from listing a folder; the patched "
+                    "listing in test_an_unreadable_folder_is_a_row covers it there")
+def test_a_folder_without_permissions_is_a_row(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "locked").mkdir(parents=True)
+    shutil.copyfile(CT, src / "a.dcm")
+    (src / "locked" / "b.dcm").write_bytes(_ct_copy(6))
+    os.chmod(src / "locked", 0)
+    try:
+        result = ingest(src, out_dir=tmp_path / "out", policy=POLICY)
+    finally:
+        os.chmod(src / "locked", 0o755)
+    rows = {r["path"]: r for r in result.table.to_pylist()}
+    assert rows["locked/"]["status"] == "quarantined" and "PermissionError" in rows["locked/"]["reason"]
