@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import UID
 
 from guards import testdata
 from guards.deid import engine
@@ -56,7 +57,7 @@ def _deid_like_tree(root: Path, names: dict[str, str]) -> Path:
     rows = []
     for n, (rel, name) in enumerate(names.items()):
         ds = dcmread(T / name)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.1616{n}"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(f"2.25.1616{n}")
         ds.StudyInstanceUID = f"2.25.1617{n}"
         ds.save_as(root / rel)  # written as read: big endian stays big endian (a header-only deid edit)
         row = empty_row(rel)
