@@ -22,7 +22,7 @@ from pydicom.sequence import Sequence
 
 from guards.checks import phi
 from guards.deid import deidentify_dataset
-from guards.deid.actions import SCRUB
+from guards.deid.actions import SCRUB, SCRUB_FALLBACK
 from guards.deid.vocabulary import native_parts
 from guards.deid.writer import encode_part10
 from guards.keys import PseudonymKey
@@ -217,3 +217,17 @@ def test_the_audit_finds_an_sr_observer_the_cleaner_scrubs(tmp_path: Path, key: 
     src, rel = _source_and_release(tmp_path, SR, key, "verified by Riesmeier")
     result = phi.run(rel, source_dir=src, policy=E33_ON, ocr=False)
     assert any("ImageComments" in f.evidence and f.evidence for f in result.findings), result.summary
+
+
+def test_text_with_bytes_its_character_set_cannot_decode_becomes_the_fallback(key: PseudonymKey) -> None:
+    """chrX1.dcm (ISO_IR 192, UTF-8) names its patient Wang^XiaoDong=王^小東. A report text holds the name in UTF-8
+    and two bytes that are not UTF-8 (an identifier written in another encoding would look so): the name alone
+    scrubbed would leave the undecodable bytes, which no text search can read, so the whole value is replaced by
+    the fallback even though something else in it changed."""
+    ds = dcmread(CHARSETS / "chrX1.dcm")
+    item = _text_item("placeholder")
+    item["TextValue"].value = "所見: 王 ".encode() + b"\xb2\xe9" + b" 1234"
+    _plant(ds)
+    ds.ContentSequence.append(item)
+    texts = _texts(_deid(ds, key))
+    assert texts == [SCRUB_FALLBACK]
