@@ -2,7 +2,7 @@
 lowers the membership TPR at 1 % FPR of the most exposed subgroup, and what it costs in utility.
 
 ``guards.samples.generate_corpus`` (``--studies`` studies, ``--seed``; no real patient data) goes through the
-pipeline in-process as ``guard run`` would (ingest, deid, protect, cohort; a random pseudonym key), then
+pipeline in-process as ``guard run`` would (ingest, deid, protect, cohort; a pseudonym key fixed by the seed), then
 ``guards.checks.dp_audit`` runs on the run with the default policy except ``[dp_audit] enabled = true``,
 ``epsilons = --epsilons`` and the image size, epochs and reference models given here (``--size``, ``--epochs``,
 ``--references``); ``--no-protect`` audits the de-identified images without the noise. The accounting is
@@ -17,11 +17,11 @@ the epsilon spent, every subgroup's figures) and prints the summary line.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import platform
-import secrets
 import shutil
 import sys
 import tempfile
@@ -52,7 +52,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    key = PseudonymKey(secrets.token_bytes(32))
+    # A fixed key for generated data (no real patient is behind it): the same pseudonyms, so the same members.
+    key = PseudonymKey(hashlib.sha256(f"dp-audit-benchmark-{args.seed}".encode()).digest())
     policy = ReleasePolicy().with_overrides({
         "dp_audit.enabled": True, "dp_audit.epsilons": args.epsilons, "dp_audit.epochs": args.epochs,
         "membership.image_size": args.size, "membership.reference_models": args.references,
