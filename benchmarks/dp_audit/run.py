@@ -39,6 +39,18 @@ from guards.policy import ReleasePolicy  # noqa: E402
 from guards.samples import generate_corpus  # noqa: E402
 
 
+def _checks_corpus() -> Any:
+    """benchmarks/checks_suite/corpus.py, the synthetic corpora of the model-based checks' tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("checks_suite_corpus", HERE.parent / "checks_suite" / "corpus.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--studies", type=int, default=150)
@@ -49,6 +61,12 @@ def main() -> int:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0, 100.0])
     parser.add_argument("--no-protect", action="store_true",
                         help="protect.enabled = false: audit the de-identified images without the noise")
+    parser.add_argument("--memorising", type=int, default=0, metavar="PATIENTS",
+                        help="instead of the pipeline's samples: the checks' synthetic corpus of PATIENTS patients "
+                             "whose minority (25 %%) has atypical images, each study duplicated 4 times "
+                             "(benchmarks/checks_suite/corpus.py), audited as released: a release a non-DP model "
+                             "memorises, the case DP-SGD is for")
+    parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -57,18 +75,25 @@ def main() -> int:
     policy = ReleasePolicy().with_overrides({
         "dp_audit.enabled": True, "dp_audit.epsilons": args.epsilons, "dp_audit.epochs": args.epochs,
         "membership.image_size": args.size, "membership.reference_models": args.references,
-        "protect.enabled": not args.no_protect,
+        "protect.enabled": not args.no_protect, "dp_audit.delta": args.delta,
     })
     work = Path(tempfile.mkdtemp(prefix="guard-dp-audit-"))
     try:
         t0 = time.monotonic()
-        source = generate_corpus(work / "source", studies=args.studies, seed=args.seed).root
-        run = pipeline.begin(source, work / "out", "dp-audit", policy=policy, key=key)
-        pipeline.step_deid(run, key=key)
-        pipeline.step_protect(run, key=key)
-        pipeline.step_cohort(run, key=key)
-        t1 = time.monotonic()
-        result = dp_audit.check(run)
+        if args.memorising:
+            corpus = _checks_corpus().make_corpus(work / "dup", patients=args.memorising, size=args.size,
+                                                  seed=args.seed, signal=0.09, minority_share=0.25,
+                                                  minority_duplicated=True)
+            t1 = time.monotonic()
+            result = dp_audit.run(corpus.root, source_dir=corpus.root, cohort=corpus.cohort, policy=policy)
+        else:
+            source = generate_corpus(work / "source", studies=args.studies, seed=args.seed).root
+            run = pipeline.begin(source, work / "out", "dp-audit", policy=policy, key=key)
+            pipeline.step_deid(run, key=key)
+            pipeline.step_protect(run, key=key)
+            pipeline.step_cohort(run, key=key)
+            t1 = time.monotonic()
+            result = dp_audit.check(run)
         t2 = time.monotonic()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -84,7 +109,8 @@ def main() -> int:
                          "tpr_drop": d["tpr_drop"].get(name), "utility": r["utility"],
                          "utility_loss": r.get("utility_loss", 0.0)}
     out = {
-        "settings": {"studies": args.studies, "seed": args.seed, "image_size": args.size, "epochs": args.epochs,
+        "settings": {"corpus": f"memorising, {args.memorising} patients" if args.memorising else "samples",
+                     "studies": args.studies, "seed": args.seed, "image_size": args.size, "epochs": args.epochs,
                      "reference_models": args.references, "epsilons": args.epsilons,
                      "protect": not args.no_protect, "delta": d["delta"],
                      "max_grad_norm": d["max_grad_norm"], "attack": d["attack"], "accounting": d["accounting"]},
