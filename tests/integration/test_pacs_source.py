@@ -176,7 +176,11 @@ def test_a_study_the_pacs_cannot_deliver_is_retried_then_accounted_for(
     assert {r["SOPInstanceUID"] for r in received} == set(by_study[short_study]) - {lost}
     assert len(short) == n
     assert_quarantined_study(short, tmp_path / "ingest")
-    assert all(f"{n - 1} of {n} instances received" in str(r["reason"]) for r in short)
+    # Each file carries the study's reason, unless ingest found the file itself broken (the stream Orthanc cut
+    # when it met the lost file can end inside the last part): then that file's own, more specific reason.
+    reasons = [str(r["reason"]) for r in short]
+    assert all(f"{n - 1} of {n} instances received" in r or r.startswith("truncated") for r in reasons), reasons
+    assert sum(f"{n - 1} of {n} instances received" in r for r in reasons) >= 2, reasons
     assert any("1 instance(s) of the study never arrived" in str(r["reason"]) for r in short)
     assert all((snap.root / str(r["path"])).is_file() for r in received)  # kept for the steward to look at
     others = [r for r in rows if r["StudyInstanceUID"] not in (short_study, failed_study)]
