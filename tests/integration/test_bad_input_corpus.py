@@ -17,30 +17,18 @@ from typing import Any
 
 import pytest
 from bad_inputs import LOCKED, Case, write_bad_inputs  # tests/bad_inputs.py
+from light_policy import light_toml  # tests/light_policy.py
 
 from guards.cli import main
 from guards.manifest import read_table
 from guards.samples import generate_corpus
 
-LIGHT_TOML = """
-[pixels]
-ocr_all = false
-[reid]
-remediate = false
-k = 1
-max_risk = 1.0
-[protect]
-steps = 1
+LIGHT_TOML = light_toml(protect="""steps = 1
 max_rounds = 1
 train_steps = 1
 warmup_epochs = 0
 warmup_min_steps = 0
-reuse = false
-[gate]
-blocking = ["reid", "phi"]
-advisory = []
-off = ["representation", "membership", "unlearnability", "attribute", "inversion"]
-"""
+reuse = false""")
 
 
 @pytest.fixture(scope="module")

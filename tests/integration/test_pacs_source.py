@@ -18,6 +18,7 @@ from pathlib import Path
 import orthanc  # tests/integration/orthanc.py (pytest puts this folder on sys.path)
 import pyarrow.parquet as pq
 import pytest
+from light_policy import light_toml  # tests/light_policy.py
 from phi_scan import found  # tests/phi_scan.py
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -333,22 +334,7 @@ def test_the_next_snapshot_fetches_only_new_or_changed_studies(
     assert ledger[grown]["received"] == len(by_study[grown]) + 1 and ledger[grown]["run"] == "night3"
 
 
-LIGHT_TOML = f"""
-[pixels]
-ocr_all = false
-[protect]
-enabled = false
-[reid]
-remediate = false
-k = 1
-max_risk = 1.0
-[gate]
-blocking = ["reid", "phi"]
-advisory = []
-off = {json.dumps(OFF)}
-[approval]
-required = false
-"""
+LIGHT_TOML = light_toml(extra="[approval]\nrequired = false\n")
 
 
 def _published(out: Path) -> dict[str, bytes]:

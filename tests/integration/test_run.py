@@ -12,6 +12,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
+from light_policy import light_toml  # tests/light_policy.py
 
 from guards import pipeline
 from guards import run as runs
@@ -227,20 +228,7 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(
     assert result.release is not None
 
 
-LIGHT_TOML = """
-[pixels]
-ocr_all = false
-[protect]
-enabled = false
-[reid]
-remediate = false
-k = 1
-max_risk = 1.0
-[gate]
-blocking = ["reid", "phi"]
-advisory = []
-off = ["representation", "membership", "unlearnability", "attribute", "inversion"]
-"""
+LIGHT_TOML = light_toml()
 
 
 @pytest.mark.timeout(300)
