@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,9 +36,11 @@ GUARD_QUEUE_GPU = os.environ.get("GUARD_GPU_QUEUE", "")  # e.g. "gpu": protect a
 # A scheduled run needs a source: without GUARD_SOURCE the DAG is manual-only (the form asks for one), since
 # Airflow refuses a schedule on a DAG whose required params have no valid default.
 CRON = os.environ.get("GUARD_SCHEDULE", "0 2 * * *") if GUARD_SOURCE else None
-# No start_date and run_immediately=False: unpausing the DAG (the trigger form does) waits for the next nightly
-# time instead of starting the missed one at once, which then ran beside the steward's run and published first.
-SCHEDULE = CronTriggerTimetable(CRON, timezone="UTC", run_immediately=False) if CRON else None
+# No start_date and run_immediately=timedelta(0): unpausing the DAG (the trigger form does) waits for the next
+# nightly time instead of starting the missed one at once, which then ran beside the steward's run and published
+# first. run_immediately=False is not "never" in Airflow 3.3: only True is special-cased, so False falls back to
+# "within 10 % of the period" and an unpause in the 2.4 h after the nightly time started the missed run.
+SCHEDULE = CronTriggerTimetable(CRON, timezone="UTC", run_immediately=timedelta(0)) if CRON else None
 # The releases folder as an Asset, named by its URI: Airflow keeps one active asset per name, so a fixed name
 # with a GUARD_OUT that changed (a second deployment on one metadata DB, a moved OUT) made publish fail as
 # "inactive asset".

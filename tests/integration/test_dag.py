@@ -124,17 +124,23 @@ def test_task_graph_is_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dag.task_dict["approve"].defaults == ["Reject"]  # what the timeout answers
 
 
-def test_unpausing_waits_for_the_next_nightly_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The form unpauses the DAG: the scheduler must not start the nightly run it missed beside the steward's."""
+@pytest.mark.parametrize("now", ["", "2026-12-04T02:20:00Z", "2026-12-04T04:00:00Z", "2026-12-04T14:00:00Z"])
+def test_unpausing_waits_for_the_next_nightly_time(now: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The form unpauses the DAG: the scheduler must not start the nightly run it missed beside the steward's,
+    whatever the time of day (the clock as it is, and fixed just after the 02:00 run, when Airflow's default
+    buffer of 10 % of the period would start the missed run, and later)."""
+    import airflow.timetables.trigger as trigger
     import pendulum
     from airflow.serialization.decoders import decode_timetable
     from airflow.serialization.encoders import encode_timetable
     from airflow.timetables.base import TimeRestriction
 
+    if now:
+        monkeypatch.setattr(trigger, "utcnow", lambda: pendulum.parse(now))
     dag = _load_dag(monkeypatch, GUARD_SOURCE="/data/incoming", GUARD_SCHEDULE="0 2 * * *")
     assert dag.start_date is None
     timetable = decode_timetable(encode_timetable(dag.timetable))  # as the scheduler reads it
-    before = pendulum.now("UTC")
+    before = pendulum.parse(now) if now else pendulum.now("UTC")
     info = timetable.next_dagrun_info(last_automated_data_interval=None,
                                       restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
     assert info is not None and info.run_after > before and info.run_after.hour == 2
