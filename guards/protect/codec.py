@@ -4,10 +4,11 @@ Reads the Image Pixel Module (PS3.3 C.7.6.3) and the Modality / VOI LUT attribut
 
 - Bit depths: ``BitsAllocated`` 8 or 16 with any ``BitsStored`` up to it, ``PixelRepresentation`` 0
   (unsigned) or 1 (two's complement); values are clipped to the ``BitsStored`` range when written back.
-- ``PhotometricInterpretation``: MONOCHROME2; MONOCHROME1 (inverted for the model so that bright means dense,
-  and the delta's sign flipped back); RGB (the model sees the channel mean, the same delta goes to all three
-  channels, so hue is kept); YBR_FULL and YBR_FULL_422 are converted to RGB by pydicom when decoded (``as_rgb``)
-  and written back as RGB with the header updated (re-subsampling chroma would spend budget on rounding).
+- ``PhotometricInterpretation`` (PS3.3 C.7.6.3.1.2): MONOCHROME2; MONOCHROME1 (inverted for the model so that
+  bright means dense, and the delta's sign flipped back); RGB (the model sees the channel mean, the same delta goes
+  to all three channels, so hue is kept); YBR_FULL and YBR_FULL_422 are converted to RGB by pydicom when decoded
+  (``as_rgb``) and written back as RGB with the header updated (re-subsampling chroma would spend budget on
+  rounding).
   PALETTE COLOR is not protected: it stores indices into a colour table, where adding noise is meaningless;
   it raises :class:`UnsupportedPixelsError` with the reason (the tree step quarantines such files).
 - Multi-frame: every frame is an image (``NumberOfFrames``).
@@ -15,6 +16,17 @@ Reads the Image Pixel Module (PS3.3 C.7.6.3) and the Modality / VOI LUT attribut
   (``WindowWidth``, first value) the range is ``WindowWidth / |RescaleSlope|`` in stored units; without one it
   is the stored range of the instance (max - min). The delta in stored units is clipped to
   ``floor(epsilon * range)`` after rounding, so the budget holds exactly on the values written.
+- Display transform (:func:`to_unit`, also what ``guards.images`` gives every model-based check): the stored
+  value ``s`` is shown as ``u = (s - lo) / range`` clipped to [0, 1], where ``[lo, lo + range]`` is the window
+  in stored units (PS3.3 C.11.1 Modality LUT, then C.11.2 VOI LUT: the window is in modality units, so a
+  negative ``RescaleSlope`` turns it round); the display grows with the modality value, so ``u`` is inverted for
+  a negative slope, and once more for MONOCHROME1, where the lowest value is shown brightest.
+- What is written is what the display shows (:func:`apply_delta`): a change is written only where every sample
+  of the pixel lies strictly inside the window before and after it, i.e. ``0 < u < 1`` and ``0 < u + delta < 1``
+  in unclipped display units; elsewhere (CT bone above the window top, air below its bottom, a pixel the delta
+  would push out of it) nothing is written, so each written change is displayed whole. Without a window the
+  range is the instance's own [min, max], and as the extremes are never changed nor crossed, the protected file
+  decodes to the same ``lo`` and ``range``. :func:`protect_pixels` also holds a PSNR floor in the display.
 - Compressed transfer syntaxes are decoded (:func:`guards.codec.decompress`, YCbCr converted to RGB by pydicom)
   and :func:`encode` writes Explicit VR Little Endian native data with ``TransferSyntaxUID`` updated; big-endian
   native data are rewritten as little endian too. The tree step then encodes an instance that arrived
@@ -51,10 +63,18 @@ class PixelBlock:
     signed: bool
     lo: float  # low end of the displayed range, in stored units
     range: float  # displayed range in stored units (> 0)
+    negative_slope: bool = False  # RescaleSlope < 0: a higher stored value is a lower modality value
 
     @property
     def frames(self) -> int:
         return int(self.stored.shape[0])
+
+    @property
+    def inverted(self) -> bool:
+        """Whether a higher stored value is shown darker: MONOCHROME1 (PS3.3 C.7.6.3.1.2) or, for grey-scale
+        images, a negative Rescale Slope (PS3.3 C.11.1: the VOI window applies to the modality values); both
+        together cancel."""
+        return (self.photometric == "MONOCHROME1") != (self.negative_slope and self.photometric.startswith("MONO"))
 
     def budget(self, epsilon: float) -> int:
         """The largest |delta| allowed in stored units: ``floor(epsilon * range)``."""
@@ -125,38 +145,126 @@ def decode(ds: Dataset) -> PixelBlock:
         lo = float(arr.min())
         rng = float(arr.max()) - lo
     return PixelBlock(
-        stored=arr, photometric=photometric, bits_stored=bits_stored, signed=signed, lo=lo, range=max(rng, 1.0)
+        stored=arr, photometric=photometric, bits_stored=bits_stored, signed=signed, lo=lo, range=max(rng, 1.0),
+        negative_slope=slope < 0,
     )
 
 
-def to_unit(block: PixelBlock) -> np.ndarray:
-    """``frames x rows x cols`` float32 in [0, 1]: the displayed intensity the model sees (bright = dense)."""
-    a = block.stored.astype(np.float64)
-    if block.photometric == "RGB":
-        a = a.mean(-1)
-    else:
-        a = a[..., 0]
+def _unit(block: PixelBlock, stored: np.ndarray) -> np.ndarray:
+    """``stored`` (shaped like ``block.stored``) through ``block``'s display transform, as :func:`to_unit`."""
+    a = stored.astype(np.float64)
+    a = a.mean(-1) if block.photometric == "RGB" else a[..., 0]
     u = np.clip((a - block.lo) / block.range, 0.0, 1.0)
-    if block.photometric == "MONOCHROME1":
+    if block.inverted:
         u = 1.0 - u
     return u.astype(np.float32)
+
+
+def to_unit(block: PixelBlock) -> np.ndarray:
+    """``frames x rows x cols`` float32 in [0, 1]: the displayed intensity the model sees (bright = dense).
+
+    Modality LUT (rescale), then the first VOI window (PS3.3 C.11.1, C.11.2; without one, the instance's own
+    minimum and maximum), values outside it clipped; MONOCHROME1 and a negative slope inverted (see
+    :attr:`PixelBlock.inverted`); an RGB pixel is shown as the mean of its channels.
+    """
+    return _unit(block, block.stored)
+
+
+def stored_change(block: PixelBlock, delta_unit: np.ndarray, *, epsilon: float) -> tuple[np.ndarray, int]:
+    """The change to write, ``frames x rows x cols`` int64 in stored units, and how many pixels lost theirs.
+
+    ``delta_unit`` (displayed units) is rounded to stored units and clipped to ``block.budget(epsilon)``. The
+    change is then kept only at pixels whose every sample lies strictly inside the display window
+    ``(lo, lo + range)`` before and after it, and within the ``BitsStored`` range after it. For a grey-scale
+    pixel that is exactly ``0 < u < 1`` and ``0 < u + delta < 1`` in unclipped display units, in either display
+    direction (MONOCHROME1 or a negative slope only mirror the window, PS3.3 C.11.2); for RGB it keeps every
+    channel, and so their mean, inside. Elsewhere the change is 0: it would be clipped away in the display
+    (wholly at a pixel already outside the window, partly at one it would push out), so the model's view and
+    the file would differ. The count returned is of the pixels whose rounded change was non-zero but dropped.
+    """
+    if delta_unit.shape != block.stored.shape[:3]:
+        raise GuardError(f"delta shape {delta_unit.shape} does not match the pixels {block.stored.shape[:3]}")
+    sign = -1.0 if block.inverted else 1.0
+    b = block.budget(epsilon)
+    d = np.clip(np.rint(sign * delta_unit.astype(np.float64) * block.range), -b, b).astype(np.int64)
+    before = block.stored.astype(np.int64)
+    after = before + d[..., None]
+    top = block.lo + block.range
+    vmin, vmax = block.value_limits()
+    kept = (
+        ((before > block.lo) & (before < top) & (after > block.lo) & (after < top)).all(-1)
+        & ((after >= vmin) & (after <= vmax)).all(-1)
+    )
+    dropped = int(np.count_nonzero((d != 0) & ~kept))
+    return np.where(kept, d, 0), dropped
 
 
 def apply_delta(block: PixelBlock, delta_unit: np.ndarray, *, epsilon: float) -> np.ndarray:
     """Stored values with ``delta_unit`` (``frames x rows x cols``, displayed units) added, original dtype.
 
-    The delta is rounded to stored units and clipped to ``block.budget(epsilon)`` before it is added, and the
-    result is clipped to the ``BitsStored`` range, so ``|out - stored| <= floor(epsilon * range)`` exactly.
+    The change is :func:`stored_change`'s: rounded to stored units, within ``block.budget(epsilon)`` (so
+    ``|out - stored| <= floor(epsilon * range)`` exactly), and written only where the display shows all of it, so
+    ``to_unit`` of the result minus ``to_unit(block)`` is the rounded delta wherever anything changed.
     """
-    if delta_unit.shape != block.stored.shape[:3]:
-        raise GuardError(f"delta shape {delta_unit.shape} does not match the pixels {block.stored.shape[:3]}")
-    sign = -1.0 if block.photometric == "MONOCHROME1" else 1.0
-    b = block.budget(epsilon)
-    d = np.clip(np.rint(sign * delta_unit.astype(np.float64) * block.range), -b, b).astype(np.int64)
-    out = block.stored.astype(np.int64)
-    out += d[..., None]
+    d, _ = stored_change(block, delta_unit, epsilon=epsilon)
+    return _add(block, d)
+
+
+def _add(block: PixelBlock, d: np.ndarray) -> np.ndarray:
+    out: np.ndarray = block.stored.astype(np.int64) + d[..., None]
     lo, hi = block.value_limits()
-    return np.clip(out, lo, hi).astype(block.stored.dtype)
+    clipped: np.ndarray = np.clip(out, lo, hi).astype(block.stored.dtype)  # a no-op after stored_change
+    return clipped
+
+
+def psnr_db(block: PixelBlock, stored: np.ndarray) -> float:
+    """PSNR in dB of ``stored`` against ``block.stored``, both through ``block``'s display transform.
+
+    ``10 * log10(1 / MSE)`` over every pixel of every frame of the displayed images (:func:`to_unit`, data
+    range 1); ``inf`` when nothing changed.
+    """
+    before = to_unit(block).astype(np.float64)
+    mse = float(np.mean((_unit(block, stored).astype(np.float64) - before) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+
+
+@dataclass(frozen=True)
+class Protected:
+    """The stored values :func:`protect_pixels` wrote and what is recorded of them (stored units, dB)."""
+
+    stored: np.ndarray
+    max_abs_delta: int
+    budget: int
+    psnr_db: float
+    clipped: int  # pixels whose change was dropped because the display would not show it (stored_change)
+    scale: float  # factor the delta was scaled by to meet the PSNR floor (1.0: none)
+
+
+_PSNR_STEPS = 8  # scaling steps towards the PSNR floor before halving takes over
+
+
+def protect_pixels(block: PixelBlock, delta_unit: np.ndarray, *, epsilon: float, min_psnr_db: float) -> Protected:
+    """:func:`apply_delta` with a floor on the file's PSNR in its display window (:func:`psnr_db`).
+
+    When the change is below ``min_psnr_db``, the delta is scaled by ``sqrt(MSE_target / MSE)`` (a hair less) and
+    written again, a few times because rounding and the budget clip keep MSE from following the scale exactly;
+    then halved until the floor holds. A zero change (infinite PSNR) always does, so the floor is guaranteed.
+    """
+    target = 10.0 ** (-min_psnr_db / 10.0)
+    budget = block.budget(epsilon)
+    scale = 1.0
+    tries = 0
+    while True:
+        d, clipped = stored_change(block, delta_unit * scale if scale != 1.0 else delta_unit, epsilon=epsilon)
+        stored = _add(block, d)
+        psnr = psnr_db(block, stored)
+        if psnr >= min_psnr_db or not d.any():
+            max_abs = int(np.abs(d).max()) if d.size else 0
+            return Protected(stored=stored, max_abs_delta=max_abs, budget=budget, psnr_db=psnr, clipped=clipped,
+                             scale=scale)
+        mse = 10.0 ** (-psnr / 10.0)
+        tries += 1
+        scale *= math.sqrt(target / mse) * 0.999 if tries <= _PSNR_STEPS else 0.5
 
 
 def encode(ds: Dataset, block: PixelBlock, stored: np.ndarray) -> None:
