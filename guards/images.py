@@ -1,14 +1,20 @@
 """Images for the model-based checks: a DICOM tree to one float32 tensor, and images joined to the cohort.
 
-Pixel data are read as stored (PS3.3 C.7.6.3 Image Pixel Module), the first frame of a multi-frame
-instance is used, colour images are averaged to one channel, ``MONOCHROME1`` is inverted so that bright
-means dense everywhere, and each image is scaled to [0, 1] by its own minimum and maximum before being
-resized (area averaging) to ``size x size``. Rows are sorted by ``SOPInstanceUID`` so that the same tree
-always gives the same tensor.
+Every image is seen through the one display transform that protect made its noise in
+(``guards.protect.codec.decode`` then ``to_unit``), so a check measures the change a viewer or a victim's
+model sees: the Modality LUT (rescale) and the first VOI window (PS3.3 C.11.1, C.11.2) map the stored values
+to [0, 1], values outside the window clipped; without a window the instance's own minimum and maximum
+(over all its frames) are the range; ``MONOCHROME1`` (and a negative Rescale Slope) are inverted so that bright
+means dense everywhere; an RGB or YBR image is the mean of its RGB channels. The first frame of a multi-frame
+instance is used, resized (area averaging) to ``size x size``. An instance the codec cannot display
+(PALETTE COLOR, ``BitsAllocated`` other than 8 or 16, an undecodable transfer syntax) is skipped with its
+reason logged and counted in ``examined["skipped"]``; there is no fallback transform. Rows are sorted by
+``SOPInstanceUID`` so that the same tree always gives the same tensor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +30,7 @@ from pydicom.errors import InvalidDicomError
 
 from guards.errors import InputError
 from guards.progress import progress
+from guards.protect.codec import UnsupportedPixelsError, decode, to_unit
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +79,14 @@ class LabelledImages:
 
 
 def _to_unit(ds: pydicom.Dataset) -> np.ndarray:
-    """The first frame as a 2-D float64 array in [0, 1] (PS3.3 C.7.6.3.1.2 Photometric Interpretation)."""
-    arr = np.asarray(ds.pixel_array, dtype=np.float64)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        arr = arr[0]
-    if samples > 1:
-        arr = arr.mean(axis=-1)
-    if arr.ndim != 2:
-        raise ValueError(f"unexpected pixel array shape {arr.shape}")
-    lo, hi = float(arr.min()), float(arr.max())
-    unit = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        unit = 1.0 - unit
+    """The first frame as displayed, a 2-D float32 array in [0, 1]: ``guards.protect.codec``'s transform.
+
+    ``decode`` decompresses ``ds`` in place and takes the window from the whole instance; only the first frame
+    is mapped. Raises ``UnsupportedPixelsError`` for pixels the codec cannot display.
+    """
+    block = decode(ds)
+    first = dataclasses.replace(block, stored=block.stored[:1])
+    unit: np.ndarray = to_unit(first)[0]
     return unit
 
 
@@ -120,7 +121,8 @@ def load_images(tree: Path, *, size: int, manifest: pa.Table | None = None) -> I
 
     Files come from ``manifest`` (rows with status published/indexed and pixels), else from
     ``tree/manifest.parquet``, else from every file under ``tree`` outside hidden and ``quarantine`` folders.
-    Files without pixel data or that cannot be decoded are skipped and counted in ``examined["skipped"]``.
+    Files without pixel data, that cannot be decoded, or whose pixels the protect codec cannot display (PALETTE
+    COLOR, 1- or 32-bit) are skipped and counted in ``examined["skipped"]``.
     Raises :class:`InputError` when the tree does not exist or holds no usable image.
     """
     tree = Path(tree)
@@ -147,6 +149,9 @@ def load_images(tree: Path, *, size: int, manifest: pa.Table | None = None) -> I
                 continue
             img = _resize(_to_unit(ds), size)
             records.append((str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), rel, img))
+        except UnsupportedPixelsError as e:  # the one display transform cannot show it: no other is tried
+            logger.warning("load_images: skipped %s (%s)", rel, e)
+            skipped += 1
         except (InvalidDicomError, OSError, ValueError, AttributeError, NotImplementedError, RuntimeError) as e:
             logger.warning("load_images: skipped %s (%s)", rel, type(e).__name__)
             skipped += 1

@@ -15,6 +15,7 @@ import pytest
 from guards.errors import InputError
 from guards.images import align, label_images, load_images
 from guards.manifest import empty_row, to_table, write_table
+from guards.protect.codec import decode, to_unit
 
 
 def corpus_module() -> ModuleType:
@@ -144,3 +145,59 @@ def test_walk_skips_quarantine_and_hidden_folders(tmp_path: Path) -> None:
     mod.write_instance(c.root / ".ingest" / "h.dcm", ramp, patient="H", study="1.8", sop="1.8.1", series="1.8.2")
     images = load_images(c.root, size=8)
     assert len(images) == 2 and not any(p.startswith(("quarantine/", ".ingest/")) for p in images.paths)
+
+
+def _windowed_ct(path: Path, *, sop: str) -> None:
+    """A CT-like instance (HU = stored - 1024, window C40 W400) whose air and bone lie outside the window."""
+    mod = corpus_module()
+    mod.write_instance(path, np.zeros((16, 16)), patient="P", study="1.2.3", sop=sop, series="1.2.3.9")
+    ds = pydicom.dcmread(path)
+    stored = np.random.default_rng(4).integers(0, 2525, size=(16, 16)).astype(np.uint16)
+    stored[0, :4] = (0, 200, 2400, 2524)  # air and bone
+    stored[1, :3] = (864, 1064, 1264)  # the window's bottom, centre and top
+    ds.PixelData = stored.tobytes()
+    ds.Modality = "CT"
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.save_as(path)
+
+
+def test_images_are_seen_through_the_protect_display_transform(tmp_path: Path) -> None:
+    # The checks must see what protect saw (guards.protect.codec): the VOI window, not per-image min-max, so the
+    # noise is judged at its displayed strength.
+    _windowed_ct(tmp_path / "ct.dcm", sop="1.2.3.1")
+    images = load_images(tmp_path, size=16)  # native size: no resampling
+    shown = images.pixels[0, 0].numpy()
+    expected = to_unit(decode(pydicom.dcmread(tmp_path / "ct.dcm")))[0]
+    assert np.array_equal(shown, expected)
+    assert shown[0, :4].tolist() == [0.0, 0.0, 1.0, 1.0]  # clipped below and above the window
+    np.testing.assert_allclose(shown[1, :3], [0.0, 0.5, 1.0], atol=1e-6)
+    stored = pydicom.dcmread(tmp_path / "ct.dcm").pixel_array.astype(np.float64)
+    min_max = (stored - stored.min()) / (stored.max() - stored.min())
+    assert np.abs(shown - min_max).max() > 0.3  # not the old per-image scaling
+
+
+def test_multi_frame_uses_the_first_frame_in_the_instance_window(tmp_path: Path) -> None:
+    mod = corpus_module()
+    mod.write_instance(tmp_path / "mf.dcm", np.zeros((8, 8)), patient="P", study="1.2.3", sop="1.2.3.4",
+                       series="1.2.3.9")
+    ds = pydicom.dcmread(tmp_path / "mf.dcm")
+    frames = np.stack([np.full((8, 8), 100), np.full((8, 8), 300)]).astype(np.uint16)
+    frames[0, 0, 0] = 200
+    ds.NumberOfFrames = 2
+    ds.PixelData = frames.tobytes()
+    ds.save_as(tmp_path / "mf.dcm")
+    shown = load_images(tmp_path, size=8).pixels[0, 0].numpy()
+    # No window: the instance's own range (100..300, over both frames), as protect decodes it.
+    assert shown[0, 0] == pytest.approx(0.5) and shown[0, 1] == pytest.approx(0.0)
+
+
+def test_pixels_the_codec_cannot_display_are_skipped_and_counted(tmp_path: Path) -> None:
+    _windowed_ct(tmp_path / "ct.dcm", sop="1.2.3.1")
+    _windowed_ct(tmp_path / "pal.dcm", sop="1.2.3.2")
+    ds = pydicom.dcmread(tmp_path / "pal.dcm")
+    ds.PhotometricInterpretation = "PALETTE COLOR"  # indices into a colour table: no grey value to show
+    ds.save_as(tmp_path / "pal.dcm")
+    images = load_images(tmp_path, size=8)
+    assert images.paths == ("ct.dcm",)
+    assert images.examined == {"files": 2, "loaded": 1, "skipped": 1}
