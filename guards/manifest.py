@@ -6,6 +6,11 @@ Every input file gets exactly one manifest row, whatever becomes of it: ``status
 a DICOMDIR, a dropped study, with a ``reason``). Counts in reports are computed from these rows, so
 ``files seen = indexed + quarantined + excluded`` can always be checked.
 
+The ``protect_*`` columns record what ``guards.protect`` wrote into a file, in that file's display window
+(``guards.protect.codec``): its PSNR in dB (``inf`` when no pixel changed), the largest change and the budget
+``floor(epsilon * range)`` in stored units. They are null in every row protect did not write or carry, and in
+every tree before protect.
+
 The crosswalk (original value -> pseudonym) is private: it is written outside every release folder.
 """
 
@@ -64,6 +69,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("SamplesPerPixel", pa.int32()),
         pa.field("has_pixels", pa.bool_()),
         pa.field("is_dicomdir", pa.bool_()),
+        pa.field("protect_psnr_db", pa.float64()),  # PSNR of the protected file in its display window (dB)
+        pa.field("protect_max_abs_delta", pa.int32()),  # the largest change protect wrote, stored units
+        pa.field("protect_budget", pa.int32()),  # floor(epsilon * range), stored units
         *[pa.field(k, pa.string()) for k in HEADER_KEYWORDS],
     ]
 )

@@ -15,7 +15,11 @@
 4. Noise: ``salm.error_minimizing_noise`` at model resolution, seeded by ``policy.release.seed``.
 5. Back to native resolution: the delta is upsampled bilinearly, the mask is recomputed at native resolution
    from the upsampled saliency so that exactly round(rho * foreground) pixels change at most
-   (``mask.native_mask``), and the delta is added in stored units within ``floor(epsilon * range)``.
+   (``mask.native_mask``), and the delta is added in stored units within ``floor(epsilon * range)``, only where
+   the display window shows all of it (``codec.stored_change``: nothing is written at a pixel clipped in the
+   display, before or after the change), and scaled down until the file's PSNR in its display window is at
+   least ``policy.protect.min_psnr_db`` (``codec.protect_pixels``). The manifest row records the PSNR, the
+   largest change and the budget (``protect_psnr_db``, ``protect_max_abs_delta``, ``protect_budget``).
 6. The header records the protection (PS3.3 C.12.1 SOP Common, PS3.15 Annex E): "SALM unlearnable noise ..."
    is appended to Deidentification Method (0012,0063) and a Contributing Equipment Sequence (0018,A001) item
    is added with Manufacturer "Release Guard", Manufacturer's Model Name "guards.protect SALM", Purpose of
@@ -53,7 +57,15 @@ from guards.errors import GuardError, InputError
 from guards.manifest import read_table, to_table, write_table
 from guards.policy import ProtectSection, ReleasePolicy
 from guards.progress import progress
-from guards.protect.codec import PixelBlock, UnsupportedPixelsError, apply_delta, decode, encode, to_unit
+from guards.protect.codec import (
+    PixelBlock,
+    UnsupportedPixelsError,
+    decode,
+    encode,
+    protect_pixels,
+    psnr_db,
+    to_unit,
+)
 from guards.protect.labels import pseudo_labels
 from guards.protect.mask import native_mask
 from guards.protect.reuse import CachedFile, NoiseCache, fingerprint
@@ -69,7 +81,9 @@ METHOD_TEXT = "SALM unlearnable noise (arXiv 2403.10573)"
 
 @dataclass(frozen=True)
 class ProtectResult:
-    """What ``protect_tree`` did. ``max_abs_delta`` and ``budget`` are per relative path, in stored units."""
+    """What ``protect_tree`` did. ``max_abs_delta`` and ``budget`` are per relative path, in stored units;
+    ``psnr`` per path in dB (display window, ``codec.psnr_db``; ``inf`` for no change); ``clipped`` per path
+    protected in this run, the pixels whose change was dropped because the display would have clipped it."""
 
     manifest_path: Path
     counts: dict[str, int]
@@ -77,6 +91,8 @@ class ProtectResult:
     seed: int
     max_abs_delta: dict[str, int] = field(default_factory=dict)
     budget: dict[str, int] = field(default_factory=dict)
+    psnr: dict[str, float] = field(default_factory=dict)
+    clipped: dict[str, int] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)  # path -> why nothing was protected
     quarantined: dict[str, str] = field(default_factory=dict)  # path -> reason
     surrogate_accuracy: float = 0.0
@@ -120,9 +136,10 @@ def _sha256(path: Path) -> str:
 
 def _carry(
     cached: CachedFile, block: PixelBlock, section: ProtectSection
-) -> tuple[torch.Tensor, Dataset, int, int] | None:
-    """The cached protected file's images at model size, header, largest change and budget, when its pixels
-    have the de-identified pixels' shape and lie within the budget of them; else None (protect afresh)."""
+) -> tuple[torch.Tensor, Dataset, int, int, float] | None:
+    """The cached protected file's images at model size, header, largest change, budget and PSNR against the
+    de-identified pixels (in their display window), when its pixels have the de-identified pixels' shape and lie
+    within the budget and the PSNR floor of them; else None (protect afresh)."""
     name = cached.path.name
     try:
         ds = pydicom.dcmread(BytesIO(cached.data))
@@ -137,7 +154,12 @@ def _carry(
     if diff > budget:
         logger.warning("protect cache: %s differs by %d > budget %d; it is protected afresh", name, diff, budget)
         return None
-    return _resize(to_unit(old), section.image_size), ds, diff, budget
+    psnr = psnr_db(block, old.stored)
+    if psnr < section.min_psnr_db:
+        logger.warning("protect cache: %s has PSNR %.2f dB < %.2f; it is protected afresh", name, psnr,
+                       section.min_psnr_db)
+        return None
+    return _resize(to_unit(old), section.image_size), ds, diff, budget, psnr
 
 
 def _record_protection(ds: Dataset, section: ProtectSection, seed: int) -> None:
@@ -202,6 +224,8 @@ def protect_tree(
     frozen: list[bool] = []
     max_abs: dict[str, int] = {}
     budgets: dict[str, int] = {}
+    psnr: dict[str, float] = {}
+    clipped: dict[str, int] = {}
     not_applicable: dict[str, str] = {}
     quarantined: dict[str, str] = {}
     images: list[torch.Tensor] = []
@@ -228,7 +252,7 @@ def protect_tree(
         unit = _resize(to_unit(block), section.image_size)
         cached = cache.lookup(rel, parent_sha[i]) if cache is not None else None
         if cached is not None and (carry := _carry(cached, block, section)) is not None:
-            unit, cached_ds, max_abs[rel], budgets[rel] = carry  # the images as released before
+            unit, cached_ds, max_abs[rel], budgets[rel], psnr[rel] = carry  # the images as released before
             syntax, photometric = cached_ds.file_meta.TransferSyntaxUID, cached_ds.PhotometricInterpretation
             carried[rel] = (cached.path, cached.sha256, str(syntax), str(photometric))
         for f in range(block.frames):
@@ -273,22 +297,29 @@ def protect_tree(
             assert result_noise is not None  # every protectable row contributed images
             try:
                 _write_protected(src, rel, out, row, per_row[i], result_noise, section=section, policy=policy,
-                                 seed=seed, max_abs=max_abs, budgets=budgets)
+                                 seed=seed, max_abs=max_abs, budgets=budgets, psnr=psnr, clipped=clipped)
             except GuardError:
                 raise
             except Exception as e:  # noqa: BLE001 - one file that cannot be written never stops the run
                 logger.warning("protect: %s cannot be written: %s", rel, type(e).__name__)
                 quarantined[rel] = f"protect cannot write the file: {type(e).__name__}: {e}"[:500]
-                max_abs.pop(rel, None)
-                budgets.pop(rel, None)
+                for record in (max_abs, budgets, psnr, clipped):
+                    record.pop(rel, None)
                 out.unlink(missing_ok=True)
                 copy_file(src / rel, dst / "quarantine" / rel)
                 row.update(status="quarantined", reason=quarantined[rel], sha256=None)
                 continue
         row["size"] = out.stat().st_size
+        _record_row(row, rel, max_abs=max_abs, budgets=budgets, psnr=psnr)
         if cache is not None and rel in max_abs and parent_sha[i]:
             cache.keep(rel, parent_sha256=parent_sha[i], protected=out, sha256=row["sha256"],
                        copy=rel not in carried)
+    for i, row in enumerate(rows):
+        if i not in parent_sha or row["status"] != "published":  # carried rows and those quarantined here
+            _record_row(row, row["path"], max_abs={}, budgets={}, psnr={})
+    if clipped:
+        logger.info("protect: %d changed pixels were not written because the display window would clip them",
+                    sum(clipped.values()))
     manifest_path = dst / "manifest.parquet"
     write_table(to_table(rows), manifest_path)
     if cache is not None:
@@ -313,6 +344,8 @@ def protect_tree(
         seed=seed,
         max_abs_delta=max_abs,
         budget=budgets,
+        psnr=psnr,
+        clipped=clipped,
         not_applicable=not_applicable,
         quarantined=quarantined,
         surrogate_accuracy=result_noise.surrogate_accuracy if result_noise else 0.0,
@@ -331,10 +364,23 @@ def _as_little_endian(ds: Dataset) -> None:
     ds.set_original_encoding(False, True, ds.original_character_set)
 
 
+def _record_row(row: dict[str, object], rel: str, *, max_abs: dict[str, int], budgets: dict[str, int],
+                psnr: dict[str, float]) -> None:
+    """The manifest's ``protect_*`` columns of ``row``: what protect wrote into ``rel``, or null when nothing."""
+    row["protect_psnr_db"] = psnr.get(rel)
+    row["protect_max_abs_delta"] = max_abs.get(rel)
+    row["protect_budget"] = budgets.get(rel)
+
+
 def _write_protected(src: Path, rel: str, out: Path, row: dict[str, object], ks: list[int],
                      result_noise: NoiseResult, *, section: ProtectSection, policy: ReleasePolicy, seed: int,
-                     max_abs: dict[str, int], budgets: dict[str, int]) -> None:
-    """Add the noise of images ``ks`` to the file ``rel`` and write it to ``out``; ``row`` gets what was written."""
+                     max_abs: dict[str, int], budgets: dict[str, int], psnr: dict[str, float],
+                     clipped: dict[str, int]) -> None:
+    """Add the noise of images ``ks`` to the file ``rel`` and write it to ``out``; ``row`` gets what was written.
+
+    The change written is ``codec.protect_pixels``'s: within the budget, only where the display window shows it
+    whole, and scaled until the file's PSNR meets ``section.min_psnr_db``; ``max_abs``, ``budgets``, ``psnr``
+    and ``clipped`` get this file's record."""
     ds = pydicom.dcmread(src / rel)
     if ds.original_encoding[1] is False:  # new pixels are written little endian (guards.protect.codec.encode)
         _as_little_endian(ds)
@@ -349,10 +395,14 @@ def _write_protected(src: Path, rel: str, out: Path, row: dict[str, object], ks:
         [native_mask(sal_model[j], torch.from_numpy(native_unit[j]), rho=section.rho) for j in range(len(ks))]
     )
     delta_native = (up * masks).numpy()
-    stored = apply_delta(block, delta_native, epsilon=section.epsilon)
-    diff = np.abs(stored.astype(np.int64) - block.stored.astype(np.int64))
-    max_abs[rel] = int(diff.max())
-    budgets[rel] = block.budget(section.epsilon)
+    written = protect_pixels(block, delta_native, epsilon=section.epsilon, min_psnr_db=section.min_psnr_db)
+    stored = written.stored
+    max_abs[rel], budgets[rel], psnr[rel], clipped[rel] = (
+        written.max_abs_delta, written.budget, written.psnr_db, written.clipped
+    )
+    if written.scale < 1.0:
+        logger.info("protect: %s: delta scaled by %.3f to meet PSNR %.1f dB", rel, written.scale,
+                    section.min_psnr_db)
     if np.array_equal(stored, block.stored) and is_lossless_syntax(source.transfer_syntax):
         ds = pydicom.dcmread(src / rel)  # no pixel changed: header-only edit, original Pixel Data bytes
     else:

@@ -28,14 +28,13 @@ FILES = {
 }
 
 
+def _policy_protect() -> dict[str, object]:
+    return {"image_size": 16, "max_rounds": 1, "steps": 2, "train_steps": 2, "warmup_epochs": 1,
+            "warmup_min_steps": 0, "batch_size": 8, "surrogate_width": 8, "rho": 0.1}
+
+
 def _policy() -> ReleasePolicy:
-    return policy_from_dict(
-        {
-            "release": {"seed": 123},
-            "protect": {"image_size": 16, "max_rounds": 1, "steps": 2, "train_steps": 2, "warmup_epochs": 1,
-                        "warmup_min_steps": 0, "batch_size": 8, "surrogate_width": 8, "rho": 0.1},
-        }
-    )
+    return policy_from_dict({"release": {"seed": 123}, "protect": _policy_protect()})
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +129,95 @@ def test_same_seed_same_bytes(src: Path, protected, tmp_path: Path) -> None:  # 
 def test_missing_manifest_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="manifest.parquet"):
         protect_tree(tmp_path, tmp_path / "out", policy=_policy(), labels=None)
+
+
+PROTECTED = ("a/mr.dcm", "a/ct.dcm", "b/rgb2.dcm")
+
+
+def _displayed(src: Path, dst: Path, rel: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """The de-identified and the protected file's images as displayed (to_unit of each decoded file), and
+    the de-identified file's display range in stored units."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = decode(pydicom.dcmread(src / rel))
+        after = decode(pydicom.dcmread(dst / rel))
+    assert (after.lo, after.range) == (before.lo, before.range)  # the protected file is shown the same way
+    return to_unit(before).astype(np.float64), to_unit(after).astype(np.float64), before.range
+
+
+def test_manifest_records_psnr_change_and_budget_per_file(src: Path, protected) -> None:  # type: ignore[no-untyped-def]
+    dst, result = protected
+    floor = _policy().protect.min_psnr_db
+    by_path = {r["path"]: r for r in read_table(dst / "manifest.parquet").to_pylist()}
+    for rel in PROTECTED:
+        row = by_path[rel]
+        before, after, _ = _displayed(src, dst, rel)
+        mse = float(np.mean((after - before) ** 2))  # all frames, data range 1
+        recomputed = 10 * np.log10(1 / mse) if mse else float("inf")
+        assert row["protect_psnr_db"] >= floor
+        assert row["protect_psnr_db"] == pytest.approx(recomputed, abs=1e-6) == result.psnr[rel]
+        assert row["protect_max_abs_delta"] == result.max_abs_delta[rel] >= 1
+        assert row["protect_budget"] == result.budget[rel]
+    for rel in ("a/nopix.dcm", "b/palette.dcm", "README.txt"):  # not protected: nothing recorded
+        row = by_path[rel]
+        assert row["protect_psnr_db"] is None and row["protect_max_abs_delta"] is None
+        assert row["protect_budget"] is None
+
+
+def test_changes_are_written_only_where_the_display_shows_them(src: Path, protected) -> None:  # type: ignore[no-untyped-def]
+    # MR_small's window (C600 W1600) clips 5 % of its pixels at the top: none of them may carry a change, and
+    # every change written is displayed whole (|shown change| = |stored change| / range).
+    dst, result = protected
+    for rel in PROTECTED:
+        before, after, rng = _displayed(src, dst, rel)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = decode(pydicom.dcmread(src / rel)).stored.astype(np.int64)
+        diff = np.abs(decode(pydicom.dcmread(dst / rel)).stored.astype(np.int64) - raw).max(-1)
+        changed = diff > 0
+        assert changed.any()
+        assert ((before[changed] > 0) & (before[changed] < 1) & (after[changed] > 0) & (after[changed] < 1)).all()
+        np.testing.assert_allclose(np.abs(after - before)[changed], diff[changed] / rng, atol=1e-6)
+    assert result.clipped["a/mr.dcm"] >= 1  # MR pixels above the window top lost their change
+
+
+def test_a_higher_psnr_floor_writes_a_smaller_change(src: Path, protected, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dst, base = protected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mr_study = str(pydicom.dcmread(src / "a/mr.dcm", stop_before_pixels=True).StudyInstanceUID)
+    assert _policy().protect.min_psnr_db == 38.0
+    strict_policy = policy_from_dict({"release": {"seed": 123},
+                                      "protect": {**_policy_protect(), "min_psnr_db": 60.0}})
+    strict = protect_tree(src, tmp_path / "strict", policy=strict_policy, labels={mr_study: 1})
+    for rel in PROTECTED:
+        assert strict.psnr[rel] >= 60.0 > base.psnr[rel]
+        b0, a0, _ = _displayed(src, dst, rel)
+        b1, a1, _ = _displayed(src, tmp_path / "strict", rel)
+        assert np.abs(a1 - b1).sum() < np.abs(a0 - b0).sum()
+    by_path = {r["path"]: r for r in read_table(tmp_path / "strict" / "manifest.parquet").to_pylist()}
+    assert all(by_path[rel]["protect_psnr_db"] >= 60.0 for rel in PROTECTED)
+
+
+def test_files_carried_from_the_cache_keep_their_record(src: Path, tmp_path: Path) -> None:
+    # The cache keys files by the de-identified bytes (manifest sha256, as `guard deid` writes it).
+    src = Path(shutil.copytree(src, tmp_path / "deid"))
+    rows = read_table(src / "manifest.parquet").to_pylist()
+    for row in rows:
+        if (src / row["path"]).is_file():
+            row["sha256"] = hashlib.sha256((src / row["path"]).read_bytes()).hexdigest()
+    write_table(to_table(rows), src / "manifest.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mr_study = str(pydicom.dcmread(src / "a/mr.dcm", stop_before_pixels=True).StudyInstanceUID)
+    cache = tmp_path / "cache"
+    first = protect_tree(src, tmp_path / "one", policy=_policy(), labels={mr_study: 1}, reuse=cache)
+    second = protect_tree(src, tmp_path / "two", policy=_policy(), labels={mr_study: 1}, reuse=cache)
+    assert second.counts["reused"] == len(PROTECTED)
+    one = {r["path"]: r for r in read_table(tmp_path / "one" / "manifest.parquet").to_pylist()}
+    two = {r["path"]: r for r in read_table(tmp_path / "two" / "manifest.parquet").to_pylist()}
+    for rel in PROTECTED:
+        for column in ("protect_psnr_db", "protect_max_abs_delta", "protect_budget"):
+            assert two[rel][column] == pytest.approx(one[rel][column])
+        assert second.psnr[rel] == pytest.approx(first.psnr[rel])
+    assert two["a/nopix.dcm"]["protect_psnr_db"] is None
