@@ -223,6 +223,7 @@ class ProtectSection(_Section):
 
     enabled: bool = True
     epsilon: float = _ranged(8 / 255, 0.0, 1.0)  # L-infinity budget as a fraction of the displayed range
+    min_psnr_db: float = _ranged(38.0, 0.0, 200.0)  # every protected file's PSNR in its display window, at least
     rho: float = _ranged(0.1, 0.0, 1.0)  # fraction of foreground pixels the noise may touch
     step_size: float = _ranged(0.8 / 255, 0.0, 1.0)
     steps: int = _ranged(20, 0, 10_000)
