@@ -27,6 +27,22 @@ Algorithm (all randomness from one seed; ``images`` in [0, 1], ``N x C x H x W``
 6. Budget placement ("saturate"): at the end every masked pixel gets the full budget,
    ``delta = eps * sign(delta)``, so the shortcut has the largest margin the L-infinity ball allows inside the
    sparse mask.
+7. Robust options (issue 15). ``min_psnr_db``: besides the L-infinity box, each image's noise is scaled down
+   until its PSNR (data range 1, the display window) is at least this, an L2 ball (:func:`project`); the free
+   parameters then live in a box of 2 eps and the projection, applied in the forward pass, makes the budget
+   exact. ``eot``: the noise steps see :func:`guards.protect.eot.attacker_view` (a differentiable JPEG at quality
+   50-95, Gaussian blur, intensity/gamma jitter, flips and shifts), the expectation over transformations of REM
+   (Fu et al., ICLR 2022). ``classwise``: the noise of an image is a part shared by its class plus its own part
+   (class-wise noise, Huang et al. section 4.1, plus sample-wise), both optimised by the same min-min steps; the
+   class part's step is ``class_step_scale`` of ``step_size`` because its gradient sums a whole batch. With
+   either option both parts start uniform in +-eps/10 (``init`` is not used), so the first rounds' gradients,
+   not a fixed texture, decide where the budget goes.
+8. ``objective = "adversarial"``: instead of the min-min rounds, class-targeted adversarial noise (Fowl et al.,
+   "Adversarial examples make strong poisons", NeurIPS 2021). The surrogate is trained once on the clean images
+   (one-cycle schedule, weight decay 5e-4, flip + shift), then each image gets ``steps`` signed-gradient steps
+   towards the next class, ``(y + 1) mod classes``, through the attacker's view (``eot``) and inside the
+   projection (``min_psnr_db``, ``epsilon``, the mask). A victim trained on the release learns the next class's
+   features under this class's label, and on clean images those features point it the wrong way.
 
 Measurements behind the defaults (``benchmarks/unlearnable/ablation.py``, 1,200 Colin27 patches, 4 classes,
 eps 8/255, small-CNN victim trained with flip + shift, peak balanced test accuracy over 8 epochs; clean 0.87,
@@ -48,6 +64,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +73,7 @@ from torch import nn
 
 from guards.errors import GuardError
 from guards.progress import Steps, duration
+from guards.protect.eot import attacker_view, flip_shift, gaussian_blur, jpeg
 from guards.protect.mask import batch_masks, flatness, local_contrast, smooth
 from guards.protect.surrogate import build_surrogate
 from guards.threads import available_cores, cpu_threads
@@ -65,6 +83,13 @@ logger = logging.getLogger(__name__)
 
 INITS: tuple[str, ...] = ("uniform", "class_texture", "class_frequency")
 SALIENCIES: tuple[str, ...] = ("flat", "gradient")
+OBJECTIVES: tuple[str, ...] = ("min-min", "adversarial")
+# What an attacker may do to the training images once, before training (guards.checks.victims' jpeg75 and blur
+# victims): each names a surrogate of the adversarial ensemble trained on clean images so defended (step 8).
+DEFENCES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "blur": lambda v: gaussian_blur(v, 1.0),
+    "jpeg75": lambda v: jpeg(v, 75),
+}
 # (cycles per pixel down, across): high spatial frequencies, where area-downsampled MRI has the least power,
 # and distinguishable from each other under flips and 1-pixel shifts (orientation / period differ).
 FREQUENCIES: tuple[tuple[float, float], ...] = (
@@ -96,6 +121,12 @@ class NoiseConfig:
     init: str = "uniform"  # "uniform" (Huang et al.), "class_texture" or "class_frequency" (module docstring)
     saliency: str = "gradient"  # "gradient" (surrogate input gradient) or "flat" (low local contrast), mask.py
     tile: int = 4  # side of the class texture tile
+    min_psnr_db: float | None = None  # None: L-infinity only; else also each image's PSNR >= this (an L2 ball)
+    eot: bool = False  # noise steps through eot.attacker_view (JPEG, blur, jitter), not only flip + shift
+    classwise: bool = False  # one part per class plus one per image (module docstring, step 7)
+    class_step_scale: float = 0.25  # the class part's step, relative to step_size (it sums many images' gradients)
+    objective: str = "min-min"  # "min-min" (error-minimizing, Huang et al.) or "adversarial" (step 8)
+    defences: tuple[str, ...] = ()  # adversarial: extra surrogates trained on defended images (DEFENCES)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.epsilon <= 1.0:
@@ -104,10 +135,20 @@ class NoiseConfig:
             raise GuardError(f"protect.rho {self.rho!r} must be in (0, 1]")
         if self.init not in INITS:
             raise GuardError(f"protect.init {self.init!r} is unknown; use one of {list(INITS)}")
+        if self.objective not in OBJECTIVES:
+            raise GuardError(f"protect.objective {self.objective!r} is unknown; use one of {list(OBJECTIVES)}")
+        unknown = [d for d in self.defences if d not in DEFENCES]
+        if unknown:
+            raise GuardError(f"protect.defences {unknown} unknown; use any of {sorted(DEFENCES)}")
+        if self.defences and self.objective != "adversarial":
+            raise GuardError("protect.defences needs protect.objective = \"adversarial\" (the min-min rounds train one"
+                             " surrogate)")
         if self.saliency not in SALIENCIES:
             raise GuardError(f"protect.saliency {self.saliency!r} is unknown; use one of {list(SALIENCIES)}")
         if self.batch_size <= 0:
             raise GuardError(f"batch size {self.batch_size!r} must be positive")
+        if self.min_psnr_db is not None and self.min_psnr_db <= 0:
+            raise GuardError(f"protect.min_psnr_db {self.min_psnr_db!r} must be above 0 dB (e.g. 38)")
 
 
 @dataclass(frozen=True)
@@ -133,6 +174,29 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         p = F.pad(x, (2, 2, 2, 2), mode="reflect")
         x = p[..., 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w]
     return x
+
+
+def project(
+    delta: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, *, epsilon: float, min_psnr_db: float | None
+) -> torch.Tensor:
+    """``delta`` restricted to ``mask``, scaled down per image until its PSNR (data range 1) is at least
+    ``min_psnr_db``, clipped to +-``epsilon`` and so that ``x + delta`` stays in [0, 1]."""
+    d = delta * mask
+    if min_psnr_db is not None:
+        target = 10.0 ** (-min_psnr_db / 10.0)
+        mse = d.pow(2).flatten(1).mean(1).clamp_min(1e-20)
+        d = d * torch.sqrt(target / mse).clamp(max=1.0).view(-1, *([1] * (d.ndim - 1)))
+    d = d.clamp(-epsilon, epsilon)
+    return (x + d).clamp(0, 1) - x
+
+
+def _batched(
+    combined: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    rows: torch.Tensor, delta: torch.Tensor, per_class: torch.Tensor | None, batch_size: int,
+) -> torch.Tensor:
+    """The projected noise of ``rows`` (sample part + class part), computed ``batch_size`` rows at a time."""
+    return torch.cat([combined(rows[i : i + batch_size], delta[rows[i : i + batch_size]], per_class)
+                      for i in range(0, len(rows), batch_size)])
 
 
 def _class_texture(
@@ -172,6 +236,7 @@ def _train(
     gen: torch.Generator,
     augment: bool,
     steps: Steps | None = None,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
     model.train()
     n = x.shape[0]
@@ -189,6 +254,8 @@ def _train(
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
+        if schedule is not None:
+            schedule.step()
         if steps is not None:
             steps.advance()
 
@@ -218,6 +285,72 @@ def _saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size:
         cmax = contrast.flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
         out[i : i + batch_size] = grad / gmax + 0.1 * contrast / cmax
     return out
+
+
+def _targeted_poison(
+    ensemble: list[tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    m: torch.Tensor,
+    active: torch.Tensor,
+    *,
+    classes: int,
+    config: NoiseConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, float]:
+    """Step 8: class-targeted adversarial noise against the trained surrogate, each image pushed towards the next
+    class, ``(y + 1) mod classes`` (Fowl et al. 2021). ``steps`` signed-gradient steps of ``step_size`` on the
+    cross-entropy to the target through the attacker's view, inside the projection; returns the projected
+    noise and the surrogate's accuracy (true labels) on the noised images."""
+    eps, bs = config.epsilon, config.batch_size
+    target = (y + 1) % classes
+    delta = torch.zeros_like(x)
+    per_class = torch.zeros((classes, *x.shape[1:]), device=x.device) if config.classwise else None
+    model = ensemble[0][0]
+    for member, _ in ensemble:
+        member.eval()
+        for p in member.parameters():
+            p.requires_grad_(False)
+    progress = Steps(-(-len(active) // bs) * config.steps, what="protect: adversarial noise", unit="steps",
+                     logger=logger)
+    try:
+        for i in range(0, len(active), bs):
+            rows = active[i : i + bs]
+            xb, tb, mb = x[rows], target[rows], m[rows]
+            d = torch.zeros_like(xb)
+            cls = per_class
+            for _ in range(config.steps):
+                d.requires_grad_(True)
+                if cls is not None:
+                    cls = cls.detach().requires_grad_(True)
+                raw = d if cls is None else d + cls[y[rows]]
+                inp = xb + project(raw, xb, mb, epsilon=eps, min_psnr_db=config.min_psnr_db)
+                loss = torch.zeros((), device=x.device)
+                for member, defend in ensemble:
+                    if defend is not None:  # a defended-image surrogate sees the poison as that attacker would
+                        view = defend(flip_shift(inp, gen))
+                    else:
+                        view = attacker_view(inp, gen) if config.eot else _augment(inp, gen) if config.augment else inp
+                    loss = loss + F.cross_entropy(member(view), tb)
+                grads = torch.autograd.grad(loss, [d] if cls is None else [d, cls])
+                with torch.no_grad():
+                    d = (d - config.step_size * grads[0].sign()).clamp(-2 * eps, 2 * eps) * mb
+                    if cls is not None:
+                        cls = (cls - config.step_size * config.class_step_scale * grads[1].sign()).clamp(-2 * eps,
+                                                                                                       2 * eps)
+                progress.advance()
+            delta[rows] = d.detach()
+            per_class = None if cls is None else cls.detach()
+    finally:
+        for member, _ in ensemble:
+            for p in member.parameters():
+                p.requires_grad_(True)
+    progress.done()
+    with torch.no_grad():
+        raw = delta if per_class is None else delta + per_class[y] * m
+        delta = project(raw, x, m, epsilon=eps, min_psnr_db=config.min_psnr_db)
+        acc = accuracy(model, x + delta, y, batch_size=bs)
+    return delta, acc
 
 
 def error_minimizing_noise(
@@ -266,17 +399,24 @@ def _error_minimizing_noise(
     x = images.to(dev, torch.float32)
     y = labels.to(dev, torch.long)
     classes = num_classes or int(labels.max()) + 1
+    adversarial = config.objective == "adversarial"
+    if adversarial and classes < 2:  # one class: a second output to push towards, else every gradient is zero
+        logger.info("protect: all images are one class; the adversarial noise pushes them towards a second one")
+        classes = 2
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_surrogate(config.surrogate, in_channels=x.shape[1], num_classes=classes, width=config.width)
     model = model.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=5e-4 if adversarial else 0.0)
     bs = config.batch_size
     n = x.shape[0]
     tb = min(config.train_batch, bs)
     warmup = max(config.warmup_epochs * max(1, -(-n // tb)), config.warmup_min_steps)
+    # The adversarial objective needs a surrogate that has learnt the task well (step 8): a one-cycle schedule.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=warmup) if adversarial else None
     steps = Steps(warmup, what="protect: surrogate warm-up", unit="batches", logger=logger)
-    _train(model, opt, x, y, batches=warmup, batch_size=tb, gen=gen, augment=config.augment, steps=steps)
+    _train(model, opt, x, y, batches=warmup, batch_size=tb, gen=gen, augment=config.augment, steps=steps,
+           schedule=schedule)
     steps.done()
 
     saliency = _saliency(model, x, y, batch_size=bs, mode=config.saliency)
@@ -291,21 +431,54 @@ def _error_minimizing_noise(
         active = active[~frozen.to(dev)]
     m = mask.to(x.dtype)
     eps = config.epsilon
-    if config.init == "class_frequency":
+    if adversarial:
+        ensemble: list[tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]] = [(model, None)]
+        for k, name in enumerate(config.defences):
+            defend = DEFENCES[name]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1 + k)
+                extra = build_surrogate(config.surrogate, in_channels=x.shape[1], num_classes=classes,
+                                        width=config.width).to(dev)
+            extra_opt = torch.optim.Adam(extra.parameters(), lr=config.lr, weight_decay=5e-4)
+            extra_schedule = torch.optim.lr_scheduler.OneCycleLR(extra_opt, max_lr=config.lr, total_steps=warmup)
+            defended = torch.cat([defend(x[i : i + bs]) for i in range(0, n, bs)]).detach()
+            steps = Steps(warmup, what=f"protect: surrogate on {name} images", unit="batches", logger=logger)
+            _train(extra, extra_opt, defended, y, batches=warmup, batch_size=tb, gen=gen, augment=config.augment,
+                   steps=steps, schedule=extra_schedule)
+            steps.done()
+            ensemble.append((extra, defend))
+        delta, acc = _targeted_poison(ensemble, x, y, m, active, classes=classes, config=config, gen=gen)
+        return NoiseResult(delta=delta.cpu(), mask=mask.cpu(), saliency=saliency.cpu(), rounds=1,
+                           surrogate_accuracy=acc, seconds=time.monotonic() - start, examined=len(active))
+    robust = config.classwise or config.min_psnr_db is not None
+    if robust:  # small start, so the first rounds' gradients decide where the budget goes (step 7)
+        delta = (torch.rand(x.shape, generator=gen) * 2 - 1).to(dev) * (eps / 10) * m
+    elif config.init == "class_frequency":
         delta = _class_frequency(y.cpu(), x.shape, classes=classes, gen=gen).to(dev) * eps * m
     elif config.init == "class_texture":
         delta = _class_texture(y.cpu(), x.shape, classes=classes, tile=config.tile, gen=gen).to(dev) * eps * m
     else:
         delta = (torch.rand(x.shape, generator=gen) * 2 - 1).to(dev) * eps * m
-    delta = (x + delta).clamp(0, 1) - x
+    if not robust:
+        delta = (x + delta).clamp(0, 1) - x
+    per_class = None
+    if config.classwise:
+        per_class = (torch.rand((classes, *x.shape[1:]), generator=gen) * 2 - 1).to(dev) * (eps / 10)
+    bound = 2 * eps if robust else eps  # the free parameters' box; the projection makes the budget exact
 
+    def combined(rows: torch.Tensor, sample: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+        d = sample if cls is None else sample + cls[y[rows]]
+        return project(d, x[rows], m[rows], epsilon=eps, min_psnr_db=config.min_psnr_db)
+
+    everyone = torch.arange(n, device=dev)
     acc = 0.0
     rounds = 0
     noise_batches = -(-len(active) // bs)
     for rounds in range(1, config.max_rounds + 1):
         steps = Steps(config.train_steps + noise_batches * config.steps, unit="steps", logger=logger,
                       what=f"protect: noise round {rounds} (at most {config.max_rounds})")
-        xn = (x + delta).clamp(0, 1)
+        with torch.no_grad():
+            xn = x + _batched(combined, everyone, delta, per_class, bs)
         _train(model, opt, xn, y, batches=config.train_steps, batch_size=tb, gen=gen, augment=config.augment,
                steps=steps)
         model.eval()
@@ -313,19 +486,29 @@ def _error_minimizing_noise(
             rows = active[i : i + bs]
             xb, yb, mb = x[rows], y[rows], m[rows]
             d = delta[rows].clone()
+            cls = per_class
             for _ in range(config.steps):
                 d.requires_grad_(True)
-                inp = (xb + d).clamp(0, 1)
-                if config.augment:
+                if cls is not None:
+                    cls = cls.detach().requires_grad_(True)
+                inp = xb + combined(rows, d, cls)
+                if config.eot:
+                    inp = attacker_view(inp, gen)
+                elif config.augment:
                     inp = _augment(inp, gen)
                 loss = F.cross_entropy(model(inp), yb)
-                (g,) = torch.autograd.grad(loss, d)
+                grads = torch.autograd.grad(loss, [d] if cls is None else [d, cls])
                 with torch.no_grad():
-                    d = (d - config.step_size * g.sign()).clamp(-eps, eps) * mb
-                    d = (xb + d).clamp(0, 1) - xb
+                    d = (d - config.step_size * grads[0].sign()).clamp(-bound, bound) * mb
+                    if not robust:
+                        d = (xb + d).clamp(0, 1) - xb
+                    if cls is not None:
+                        cls = (cls - config.step_size * config.class_step_scale * grads[1].sign()).clamp(-bound, bound)
                 steps.advance()
             delta[rows] = d.detach()
-        acc = accuracy(model, (x + delta).clamp(0, 1), y, batch_size=bs)
+            per_class = None if cls is None else cls.detach()
+        with torch.no_grad():
+            acc = accuracy(model, x + _batched(combined, everyone, delta, per_class, bs), y, batch_size=bs)
         took = steps.done()
         logger.info(
             "protect: noise round %d, surrogate accuracy on noised data %.3f (stops at %.2f after %d rounds); "
@@ -335,9 +518,10 @@ def _error_minimizing_noise(
         )
         if acc >= config.stop_accuracy and rounds >= config.min_rounds:
             break
-    if config.saturate:
-        delta = eps * torch.sign(delta) * m
-        delta = (x + delta).clamp(0, 1) - x
+    with torch.no_grad():
+        delta = _batched(combined, everyone, delta, per_class, bs)
+        if config.saturate:
+            delta = project(eps * torch.sign(delta), x, m, epsilon=eps, min_psnr_db=config.min_psnr_db)
     seconds = time.monotonic() - start
     return NoiseResult(
         delta=delta.cpu(),

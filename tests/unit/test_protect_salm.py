@@ -151,3 +151,137 @@ def test_warm_up_and_every_round_log_progress_and_protect_sets_its_thread_count(
         assert f"protect: noise round {k} (at most 2): 1/{per_round} steps" in text
         assert f"protect: noise round {k} (at most 2): done, {per_round} steps" in text
     assert r.rounds == 2 and "at most 0 more rounds" in text
+
+
+ROBUST = NoiseConfig(**{**CFG.__dict__, "rho": 1.0, "saturate": False, "classwise": True, "eot": True,
+                        "min_psnr_db": 38.0, "max_rounds": 3, "stop_accuracy": 1.01})
+
+
+def _psnr_db(delta: torch.Tensor) -> torch.Tensor:
+    return 10 * torch.log10(1 / delta.pow(2).flatten(1).mean(1))
+
+
+def test_project_meets_the_psnr_floor_the_box_and_the_range() -> None:
+    from guards.protect.salm import project
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 1, 16, 16, generator=g)
+    mask = torch.rand(6, 1, 16, 16, generator=g) < 0.7
+    d = project(torch.randn(6, 1, 16, 16, generator=g) * 0.1, x, mask.float(), epsilon=EPS, min_psnr_db=38.0)
+    assert bool((_psnr_db(d) >= 38.0 - 1e-4).all())
+    assert float(d.abs().max()) <= EPS + 1e-7 and not bool(d[~mask].any())
+    assert bool(((x + d) >= 0).all() and ((x + d) <= 1).all())
+    tiny = torch.full((1, 1, 16, 16), 1e-3)  # already above the floor: left as it is
+    assert torch.allclose(project(tiny, torch.full_like(tiny, 0.5), torch.ones_like(tiny), epsilon=EPS,
+                                  min_psnr_db=38.0), tiny)
+
+
+def test_robust_noise_keeps_both_budgets_and_stays_on_the_foreground(data) -> None:  # type: ignore[no-untyped-def]
+    x, _ = data
+    r = error_minimizing_noise(*data, config=ROBUST, seed=9)
+    assert bool((_psnr_db(r.delta) >= 38.0 - 1e-4).all())
+    assert float(r.delta.abs().max()) <= EPS + 1e-7
+    for i in range(len(x)):  # rho 1: the whole foreground, nothing else
+        assert torch.equal(r.mask[i, 0], foreground(x[i, 0]))
+    assert not bool(r.delta[~r.mask].any()) and r.rounds == 3
+    again = error_minimizing_noise(*data, config=ROBUST, seed=9)
+    assert torch.equal(again.delta, r.delta)
+
+
+def _class_agreement(delta: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cosine similarity of two images' noise: same class, other class."""
+    flat = torch.nn.functional.normalize(delta.flatten(1), dim=1)
+    cos = flat @ flat.T
+    same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool)
+    other = y[:, None] != y[None, :]
+    return float(cos[same].mean()), float(cos[other].mean())
+
+
+def test_the_class_part_gives_a_class_one_shared_pattern() -> None:
+    # Images with nothing that tells the classes apart: what the noise of a class shares comes from the class part.
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(24, 1, 16, 16, generator=g) * 0.6 + 0.2
+    y = torch.arange(24) % 3
+    with_class = error_minimizing_noise(x, y, config=ROBUST, seed=9).delta
+    without = error_minimizing_noise(x, y, config=NoiseConfig(**{**ROBUST.__dict__, "classwise": False}),
+                                     seed=9).delta
+    same, other = _class_agreement(with_class, y)
+    same0, other0 = _class_agreement(without, y)
+    # Sample-wise noise against one surrogate already leans per class (0.55 here); the class part adds to it (0.80).
+    assert same - other > 0.65
+    assert same - other > (same0 - other0) + 0.15
+
+
+ADVERSARIAL = NoiseConfig(**{**ROBUST.__dict__, "objective": "adversarial", "classwise": False, "steps": 12,
+                             "warmup_epochs": 6, "warmup_min_steps": 80, "step_size": 1 / 255})
+
+
+def test_adversarial_noise_pushes_each_image_to_the_next_class_within_both_budgets(data) -> None:  # type: ignore[no-untyped-def]
+    import guards.protect.salm as salm
+
+    x, y = data
+    frozen = torch.zeros(len(x), dtype=torch.bool)
+    frozen[:4] = True
+    r = error_minimizing_noise(x, y, config=ADVERSARIAL, seed=9, frozen=frozen)
+    assert r.rounds == 1 and r.examined == len(x) - 4
+    assert not bool(r.delta[frozen].any())
+    assert bool((_psnr_db(r.delta[~frozen]) >= 38.0 - 1e-4).all())
+    assert float(r.delta.abs().max()) <= EPS + 1e-7 and not bool(r.delta[~r.mask].any())
+    # With room to move (a looser budget than the release's), the surrogate it was optimised against now calls
+    # most images the next class.
+    loose = NoiseConfig(**{**ADVERSARIAL.__dict__, "epsilon": 0.25, "min_psnr_db": 20.0, "step_size": 0.02})
+    seen: list[torch.nn.Module] = []
+    real = salm._targeted_poison
+
+    def spy(ensemble, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(ensemble[0][0])  # the surrogate trained on clean images
+        return real(ensemble, *args, **kwargs)
+
+    salm._targeted_poison = spy
+    try:
+        wide = error_minimizing_noise(x, y, config=loose, seed=9, frozen=frozen)
+    finally:
+        salm._targeted_poison = real
+    assert torch.equal(error_minimizing_noise(x, y, config=ADVERSARIAL, seed=9, frozen=frozen).delta, r.delta)
+    model = seen[0].eval()
+    target = (y + 1) % 2
+    with torch.no_grad():
+        clean_hits = float((model(x[~frozen]).argmax(1) == target[~frozen]).float().mean())
+        noised_hits = float((model((x + wide.delta)[~frozen]).argmax(1) == target[~frozen]).float().mean())
+    assert clean_hits < 0.2 and noised_hits > 0.6
+
+
+def test_unknown_objective_is_a_clear_error() -> None:
+    with pytest.raises(GuardError, match="objective"):
+        NoiseConfig(objective="maximin")
+
+
+def test_adversarial_noise_of_a_single_class_release_is_not_zero(data) -> None:  # type: ignore[no-untyped-def]
+    # One class (a small unlabelled release whose pseudo-labels form one cluster): the cross-entropy of a
+    # one-output surrogate is 0 whatever the noise, so the noise is pushed towards a second output instead.
+    x, _ = data
+    r = error_minimizing_noise(x, torch.zeros(len(x), dtype=torch.long), config=ADVERSARIAL, seed=9)
+    assert float(r.delta.abs().max()) > 0
+
+
+def test_defence_surrogates_join_the_ensemble_and_bad_names_are_clear_errors(data) -> None:  # type: ignore[no-untyped-def]
+    import guards.protect.salm as salm
+
+    sizes: list[int] = []
+    real = salm._targeted_poison
+
+    def spy(ensemble, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(len(ensemble))
+        return real(ensemble, *args, **kwargs)
+
+    cfg = NoiseConfig(**{**ADVERSARIAL.__dict__, "defences": ("blur", "jpeg75")})
+    salm._targeted_poison = spy
+    try:
+        r = error_minimizing_noise(*data, config=cfg, seed=9)
+    finally:
+        salm._targeted_poison = real
+    assert sizes == [3] and bool((_psnr_db(r.delta) >= 38.0 - 1e-4).all())
+    with pytest.raises(GuardError, match="defences"):
+        NoiseConfig(objective="adversarial", defences=("median",))
+    with pytest.raises(GuardError, match="adversarial"):
+        NoiseConfig(objective="min-min", defences=("blur",))
