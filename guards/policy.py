@@ -29,6 +29,7 @@ MembershipAttack = Literal["lira", "rmia"]
 Surrogate = Literal["cnn", "resnet18"]  # guards.protect.surrogate
 NoiseInit = Literal["uniform", "class_texture", "class_frequency"]  # guards.protect.salm.INITS
 Saliency = Literal["gradient", "flat"]
+NoiseObjective = Literal["min-min", "adversarial"]  # guards.protect.salm.OBJECTIVES
 VictimRecipe = Literal["plain", "augmented", "jpeg75", "jpeg10", "blur", "mlp"]  # guards.checks.victims.RECIPES
 
 Number = int | float
@@ -224,26 +225,36 @@ class ProtectSection(_Section):
     enabled: bool = True
     epsilon: float = _ranged(8 / 255, 0.0, 1.0)  # L-infinity budget as a fraction of the displayed range
     min_psnr_db: float = _ranged(38.0, 0.0, 200.0)  # every protected file's PSNR in its display window, at least
-    rho: float = _ranged(0.1, 0.0, 1.0)  # fraction of foreground pixels the noise may touch
-    step_size: float = _ranged(0.8 / 255, 0.0, 1.0)
-    steps: int = _ranged(20, 0, 10_000)
+    rho: float = _ranged(1.0, 0.0, 1.0)  # fraction of foreground pixels the noise may touch
+    step_size: float = _ranged(1 / 255, 0.0, 1.0)
+    steps: int = _ranged(60, 0, 10_000)
     stop_accuracy: float = _ranged(0.99, 0.0, 1.0)  # stop when the surrogate's accuracy on the noised data reaches this
     image_size: int = _ranged(64, 8, 4096)
     batch_size: int = _ranged(0, 0, 1_000_000)  # 0: chosen from memory
     max_rounds: int = _ranged(5, 1, 10_000)  # rounds of (train surrogate, update noise) before giving up
     train_steps: int = _ranged(40, 0, 1_000_000)  # surrogate batches (of 64 images) per round
-    warmup_epochs: int = _ranged(8, 0, 10_000)  # surrogate epochs on clean images before the noise rounds
+    warmup_epochs: int = _ranged(10, 0, 10_000)  # surrogate epochs on clean images before the noise rounds
     warmup_min_steps: int = _ranged(150, 0, 1_000_000)  # ... and at least this many surrogate batches
     surrogate: Surrogate = "cnn"  # guards.protect.surrogate
     surrogate_width: int = _ranged(32, 8, 1024)
     augment: bool = True  # optimise through flip + shift, as a victim is likely to train
-    saturate: bool = True  # every masked pixel gets the full budget (eps * sign) at the end
+    saturate: bool = False  # every masked pixel gets the full budget (eps * sign) at the end
+    eot: bool = True  # optimise through what an attacker does: JPEG 50-95, blur, jitter (guards.protect.eot)
+    classwise: bool = False  # one noise part per class plus one per image (guards.protect.salm)
+    objective: NoiseObjective = "adversarial"  # "min-min" (error-minimizing) or "adversarial" (class-targeted)
+    defences: tuple[str, ...] = ("blur", "jpeg75")  # adversarial: surrogates also trained on such images
     pseudo_label_clusters: int = _ranged(4, 1, 1024)  # k-means clusters for images without a label
     init: NoiseInit = "class_frequency"  # noise start (guards.protect.salm)
     saliency: Saliency = "gradient"  # mask rule: "gradient" (surrogate input gradient) or "flat"
     reuse: bool = True  # nightly runs: keep images protected before (OUT/private/protect-cache), noise only new ones
 
     def _check(self) -> None:
+        unknown = sorted(set(self.defences) - {"blur", "jpeg75"})  # guards.protect.salm.DEFENCES
+        if unknown:
+            raise PolicyError(f"protect.defences: {unknown} unknown; use any of ['blur', 'jpeg75'] or []")
+        if self.defences and self.objective != "adversarial":
+            raise PolicyError("protect.defences needs protect.objective = \"adversarial\"; set defences = [] for"
+                              " \"min-min\"")
         if self.enabled and self.epsilon <= 0:
             raise PolicyError(f"protect.epsilon: {self.epsilon!r} gives no noise; it must be above 0 (e.g. 8/255 ="
                               " 0.0314), or set protect.enabled = false")

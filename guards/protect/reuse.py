@@ -37,7 +37,7 @@ from guards.policy import ProtectSection
 
 logger = logging.getLogger(__name__)
 
-NOISE_VERSION = 1  # bump when the noise algorithm changes: earlier caches are then not reused
+NOISE_VERSION = 2  # bump when the noise algorithm changes: earlier caches are then not reused
 INDEX_SCHEMA = pa.schema(
     [
         pa.field("path", pa.string(), nullable=False),

@@ -105,7 +105,7 @@ def noise_config(section: ProtectSection, *, batch_size: int) -> NoiseConfig:
         epsilon=section.epsilon,
         step_size=section.step_size,
         steps=section.steps,
-        rho=None if section.rho >= 1.0 else section.rho,
+        rho=section.rho,  # of the foreground (mask.py), as native_mask selects it at native resolution
         stop_accuracy=section.stop_accuracy,
         max_rounds=section.max_rounds,
         train_steps=section.train_steps,
@@ -118,6 +118,11 @@ def noise_config(section: ProtectSection, *, batch_size: int) -> NoiseConfig:
         saturate=section.saturate,
         init=section.init,
         saliency=section.saliency,
+        min_psnr_db=section.min_psnr_db,
+        eot=section.eot,
+        classwise=section.classwise,
+        objective=section.objective,
+        defences=tuple(section.defences),
     )
 
 
@@ -182,8 +187,8 @@ def _record_protection(ds: Dataset, section: ProtectSection, seed: int) -> None:
     code.CodeMeaning = "Modifying Equipment"
     item.PurposeOfReferenceCodeSequence = [code]
     item.ContributionDescription = (
-        f"Sparsity-aware unlearnable noise: epsilon={section.epsilon:.6g} of displayed range, "
-        f"rho={section.rho:.6g}, seed={seed}"
+        f"Sparsity-aware unlearnable noise ({section.objective}): epsilon={section.epsilon:.6g} of displayed range, "
+        f"PSNR >= {section.min_psnr_db:.6g} dB in the display window, rho={section.rho:.6g}, seed={seed}"
     )[:1024]
     seq = list(ds.get("ContributingEquipmentSequence", []))
     ds.ContributingEquipmentSequence = [*seq, item]
@@ -382,7 +387,8 @@ def _write_protected(src: Path, rel: str, out: Path, row: dict[str, object], ks:
     whole, and scaled until the file's PSNR meets ``section.min_psnr_db``; ``max_abs``, ``budgets``, ``psnr``
     and ``clipped`` get this file's record."""
     ds = pydicom.dcmread(src / rel)
-    if ds.original_encoding[1] is False:  # new pixels are written little endian (guards.protect.codec.encode)
+    big_endian = ds.original_encoding[1] is False
+    if big_endian:  # new pixels are written little endian (guards.protect.codec.encode)
         _as_little_endian(ds)
     source = source_of(ds)  # before decoding: the input's syntax and whether it was lossy
     block = decode(ds)
@@ -403,7 +409,7 @@ def _write_protected(src: Path, rel: str, out: Path, row: dict[str, object], ks:
     if written.scale < 1.0:
         logger.info("protect: %s: delta scaled by %.3f to meet PSNR %.1f dB", rel, written.scale,
                     section.min_psnr_db)
-    if np.array_equal(stored, block.stored) and is_lossless_syntax(source.transfer_syntax):
+    if np.array_equal(stored, block.stored) and is_lossless_syntax(source.transfer_syntax) and not big_endian:
         ds = pydicom.dcmread(src / rel)  # no pixel changed: header-only edit, original Pixel Data bytes
     else:
         encode(ds, block, stored)
