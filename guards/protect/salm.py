@@ -413,7 +413,8 @@ def _error_minimizing_noise(
     tb = min(config.train_batch, bs)
     warmup = max(config.warmup_epochs * max(1, -(-n // tb)), config.warmup_min_steps)
     # The adversarial objective needs a surrogate that has learnt the task well (step 8): a one-cycle schedule.
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=warmup) if adversarial else None
+    schedule = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=warmup)
+                if adversarial and warmup > 0 else None)
     steps = Steps(warmup, what="protect: surrogate warm-up", unit="batches", logger=logger)
     _train(model, opt, x, y, batches=warmup, batch_size=tb, gen=gen, augment=config.augment, steps=steps,
            schedule=schedule)
@@ -440,7 +441,8 @@ def _error_minimizing_noise(
                 extra = build_surrogate(config.surrogate, in_channels=x.shape[1], num_classes=classes,
                                         width=config.width).to(dev)
             extra_opt = torch.optim.Adam(extra.parameters(), lr=config.lr, weight_decay=5e-4)
-            extra_schedule = torch.optim.lr_scheduler.OneCycleLR(extra_opt, max_lr=config.lr, total_steps=warmup)
+            extra_schedule = (torch.optim.lr_scheduler.OneCycleLR(extra_opt, max_lr=config.lr, total_steps=warmup)
+                              if warmup > 0 else None)
             defended = torch.cat([defend(x[i : i + bs]) for i in range(0, n, bs)]).detach()
             steps = Steps(warmup, what=f"protect: surrogate on {name} images", unit="batches", logger=logger)
             _train(extra, extra_opt, defended, y, batches=warmup, batch_size=tb, gen=gen, augment=config.augment,

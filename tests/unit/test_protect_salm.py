@@ -285,3 +285,11 @@ def test_defence_surrogates_join_the_ensemble_and_bad_names_are_clear_errors(dat
         NoiseConfig(objective="adversarial", defences=("median",))
     with pytest.raises(GuardError, match="adversarial"):
         NoiseConfig(objective="min-min", defences=("blur",))
+
+
+def test_adversarial_noise_without_a_warm_up_still_runs(data) -> None:  # type: ignore[no-untyped-def]
+    # warmup_epochs = warmup_min_steps = 0 (the light test policies): no schedule over zero steps.
+    cfg = NoiseConfig(**{**ADVERSARIAL.__dict__, "warmup_epochs": 0, "warmup_min_steps": 0, "steps": 1,
+                         "defences": ("blur",)})
+    r = error_minimizing_noise(*data, config=cfg, seed=9)
+    assert r.rounds == 1 and float(r.delta.abs().max()) > 0
