@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import DEFAULTS, build_dataset, psnr, train_victim  # noqa: E402
+from run import DEFAULTS, _value, attacked, build_dataset, psnr, train_victim  # noqa: E402
 
 from guards.protect import salm  # noqa: E402
 from guards.protect.mask import batch_masks, flatness, local_contrast, spread  # noqa: E402
@@ -56,20 +56,14 @@ def fixed_noise(x: torch.Tensor, y: torch.Tensor, *, rule: str, rho: float, eps:
     return (x + sign * eps * mask).clamp(0, 1) - x
 
 
-def _value(text: str) -> object:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--conditions", default=CONDITIONS)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=20260101)
+    ap.add_argument("--victims", default="cnn:none",
+                    help="family:attack,... (families cnn, resnet18, vit, mlp; attacks none, jpeg75, jpeg10, blur1,"
+                         " augment); the first is the condition's victim_peak")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("ablation.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -98,8 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         info["touched"] = round(float((delta != 0).float().mean()), 4)
         info["psnr_db"] = round(psnr((xtr + delta).clamp(0, 1), xtr), 2) if bool(delta.any()) else None
         t0 = time.monotonic()
-        victim = train_victim("cnn", (xtr + delta).clamp(0, 1), ytr, xte, yte, epochs=args.epochs, seed=args.seed)
-        info.update(victim_peak=victim["peak"], curve=victim["curve"], victim_seconds=round(time.monotonic() - t0, 1))
+        released = (xtr + delta).clamp(0, 1)
+        peaks: dict[str, float] = {}
+        for spec in args.victims.split(","):
+            family, attack = spec.split(":")
+            victim = train_victim(family, attacked(released, attack), ytr, xte, yte, epochs=args.epochs,
+                                  seed=args.seed, standard=attack == "augment")
+            peaks[spec] = float(victim["peak"])  # type: ignore[arg-type]
+            if len(peaks) == 1:
+                info.update(victim_peak=victim["peak"], curve=victim["curve"])
+        info.update(victims=peaks, victim_seconds=round(time.monotonic() - t0, 1))
         print(json.dumps(info), flush=True)
         rows.append(info)
     args.out.write_text(json.dumps(rows, indent=1))
