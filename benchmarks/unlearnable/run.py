@@ -27,7 +27,7 @@ import math
 import struct
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+from guards.checks.victims import PixelMLP, same_sparsity_noise
+from guards.checks.victims import augment as standard_augment
 from guards.policy import ProtectSection
 from guards.protect.salm import error_minimizing_noise
 from guards.protect.surrogate import ResNet18, SmallCNN
@@ -129,6 +131,8 @@ RESNET_WIDTH = 8  # base width of the victim ResNet-18 (64 in the original; narr
 
 
 def make_victim(name: str) -> nn.Module:
+    if name == "mlp":
+        return PixelMLP(n_classes=NUM_CLASSES, pixels=PATCH * PATCH)
     if name == "cnn":
         return SmallCNN(in_channels=1, num_classes=NUM_CLASSES, width=32)
     if name == "resnet18":
@@ -144,8 +148,12 @@ def balanced_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train_victim(
-    name: str, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, *, epochs: int, seed: int
+    name: str, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, *, epochs: int, seed: int,
+    standard: bool = False,
 ) -> dict[str, object]:
+    """Peak and final balanced test accuracy of victim ``name`` trained on ``xtr``: flip + 2-pixel shift on every
+    batch, or with ``standard`` the standard augmentations of ``guards.checks.victims.augment`` (flips, shifts,
+    contrast / brightness / gamma jitter)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = make_victim(name)
@@ -158,10 +166,13 @@ def train_victim(
         for i in range(0, len(xtr), 64):
             idx = order[i : i + 64]
             xb = xtr[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-            dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-            xb = F.pad(xb, (2, 2, 2, 2), mode="reflect")[..., 2 + dy : 34 + dy, 2 + dx : 34 + dx]
+            if standard:
+                xb = standard_augment(xb, gen)
+            else:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+                dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+                xb = F.pad(xb, (2, 2, 2, 2), mode="reflect")[..., 2 + dy : 34 + dy, 2 + dx : 34 + dx]
             loss = F.cross_entropy(model(xb), ytr[idx])
             opt.zero_grad()
             loss.backward()
@@ -206,21 +217,38 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="reflect"))
 
 
+ATTACKS: tuple[str, ...] = ("none", "jpeg75", "blur1", "augment", "jpeg10")
+
+
+def attacked(data: torch.Tensor, attack: str) -> torch.Tensor:
+    """The training images as an attacker preprocesses them: JPEG at quality 75 or 10 (8-bit greyscale; the
+    images are single-channel, so ISS's greyscale step is the identity and its JPEG step is ``jpeg10``), Gaussian
+    blur of sigma 1, or nothing (``none``, ``augment``: the augmentation is applied per batch in training)."""
+    if attack in ("none", "augment"):
+        return data
+    if attack.startswith("jpeg"):
+        return jpeg(data, int(attack.removeprefix("jpeg")))
+    if attack == "blur1":
+        return blur(data, 1.0)
+    raise ValueError(f"unknown attack {attack!r}; use one of {ATTACKS}")
+
+
 def to_markdown(results: dict[str, object]) -> str:
-    """Tables of ``results`` (as written to the JSON file) for RESULTS.md."""
+    """Tables of ``results`` (as written to the JSON file) for RESULTS.md: the noises, then peak (final) balanced
+    accuracy per training set and attack (rows) and victim family (columns)."""
     noise = results["noise"]
     victims = results["victims"]
     assert isinstance(noise, dict) and isinstance(victims, dict)
-    lines = ["| noise | PSNR dB | SSIM | max abs delta | seconds | images/s | rounds | surrogate acc | touched |",
+    lines = ["| noise | PSNR dB (min) | SSIM | max abs delta | seconds | images/s | rounds | surrogate acc | touched |",
              "|---|---|---|---|---|---|---|---|---|"]
     for k, v in noise.items():
         lines.append(
-            f"| {k} | {v.get('psnr_db', '')} | {v.get('ssim', '')} | {v.get('max_abs_delta', '')} | "
-            f"{v.get('seconds', '-')} | {v.get('images_per_second', '-')} | {v.get('rounds', '-')} | "
-            f"{v.get('surrogate_accuracy', '-')} | {v.get('touched_fraction', '-')} |"
+            f"| {k} | {v.get('psnr_db', '')} ({v.get('psnr_db_min', '')}) | {v.get('ssim', '')} | "
+            f"{v.get('max_abs_delta', '')} | {v.get('seconds', '-')} | {v.get('images_per_second', '-')} | "
+            f"{v.get('rounds', '-')} | {v.get('surrogate_accuracy', '-')} | {v.get('touched_fraction', '-')} |"
         )
-    names = sorted({n for row in victims.values() for n in row})
-    lines += ["", "| training set | " + " | ".join(f"{n} peak (final)" for n in names) + " |",
+    names = [n for n in ("cnn", "resnet18", "vit", "mlp") if any(n in row for row in victims.values())]
+    lines += ["", "| training set / attack | " + " | ".join(f"{n} peak (final)" for n in names) + " |",
               "|---|" + "---|" * len(names)]
     for cond, row in victims.items():
         cells = [f"{row[n]['peak']:.3f} ({row[n]['final']:.3f})" if n in row else "-" for n in names]
@@ -228,25 +256,23 @@ def to_markdown(results: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _psnr_min(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(1.0 / mse)).min())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: few images, 2 epochs")
     ap.add_argument("--seed", type=int, default=20260101)
-    ap.add_argument("--rho", type=float, default=0.1)
-    ap.add_argument("--epsilon", type=float, default=8 / 255)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--per-class-train", type=int, default=300)
     ap.add_argument("--per-class-test", type=int, default=150)
-    ap.add_argument("--max-rounds", type=int, default=DEFAULTS.max_rounds)
-    ap.add_argument("--steps", type=int, default=DEFAULTS.steps)
-    ap.add_argument("--init", default=DEFAULTS.init, choices=["uniform", "class_texture", "class_frequency"])
-    ap.add_argument("--saliency", default=DEFAULTS.saliency, choices=["flat", "gradient"])
-    ap.add_argument("--skip-dense", action="store_true", help="diagnostics: SALM only, no dense EM noise")
-    ap.add_argument("--no-robust", action="store_true", help="skip the JPEG / blur / 50 % conditions")
-    ap.add_argument("--victims", default="cnn,resnet18,vit")
-    ap.add_argument("--robust-victims", default="cnn,resnet18,vit")
-    ap.add_argument("--no-augment", action="store_true", help="noise without victim-aware augmentation")
-    ap.add_argument("--no-saturate", action="store_true", help="keep the optimised delta, not eps*sign")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a NoiseConfig option of the shipped defaults, e.g. --set rho=0.1 (repeatable)")
+    ap.add_argument("--victims", default="cnn,resnet18,vit,mlp")
+    ap.add_argument("--attacks", default=",".join(ATTACKS), help=f"of {ATTACKS}, applied to clean and protected")
+    ap.add_argument("--skip-dense", action="store_true", help="no dense error-minimizing noise (the time reference)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -255,23 +281,19 @@ def main(argv: list[str] | None = None) -> int:
     per_train, per_test, epochs = sizes
     xtr, ytr, xte, yte = build_dataset(per_class_train=per_train, per_class_test=per_test, seed=args.seed)
     logger.info("train %s test %s", tuple(xtr.shape), tuple(xte.shape))
-    eps = args.epsilon
-    base = replace(
-        noise_config(DEFAULTS, batch_size=128),  # the shipped policy's [protect] options, unless overridden
-        epsilon=eps,
-        rho=args.rho,
-        max_rounds=2 if args.quick else args.max_rounds,
-        steps=args.steps,
-        augment=not args.no_augment,
-        saturate=not args.no_saturate,
-        init=args.init,
-        saliency=args.saliency,
-    )
-    results: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    overrides = {k: _value(v) for k, v in (o.split("=", 1) for o in args.set)}
+    base = replace(noise_config(DEFAULTS, batch_size=128), **overrides)  # the shipped policy's [protect] options
+    if args.quick:
+        base = replace(base, max_rounds=2)
+    results: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}, "config": asdict(base)}
     results.update(train=len(xtr), test=len(xte))
     noises: dict[str, torch.Tensor] = {}
     gen_info: dict[str, dict[str, float]] = {}
-    todo = [("salm", base), ("dense_em", replace(base, rho=None))]
+    # Dense error-minimizing noise (Huang et al. 2021, sample-wise, uniform start) with the same optimiser
+    # settings (steps, rounds, surrogate, stop rule) and none of the additions: the time reference.
+    dense = replace(base, objective="min-min", defences=(), rho=None, classwise=False, eot=False, min_psnr_db=None,
+                    saturate=False, init="uniform")
+    todo = [("salm", base), ("dense_em", dense)]
     for label, cfg in todo[:1] if args.skip_dense else todo:
         r = error_minimizing_noise(xtr, ytr, config=cfg, seed=args.seed)
         noises[label] = r.delta
@@ -283,28 +305,29 @@ def main(argv: list[str] | None = None) -> int:
             "touched_fraction": round(float((r.delta != 0).float().mean()), 4),
         }
         logger.info("%s: %s", label, gen_info[label])
-    g = torch.Generator().manual_seed(args.seed + 1)
-    noises["random"] = ((torch.randint(0, 2, xtr.shape, generator=g) * 2 - 1) * eps + xtr).clamp(0, 1) - xtr
+    # The random control: each image's own changes at random positions with random signs (same PSNR, L-inf and
+    # number of changed pixels as the release's noise, no pattern), guards.checks.victims.same_sparsity_noise.
+    noises["random"] = same_sparsity_noise(noises["salm"], torch.Generator().manual_seed(args.seed + 1))
     sets: dict[str, torch.Tensor] = {"clean": xtr}
     for k, d in noises.items():
         sets[k] = (xtr + d).clamp(0, 1)
         gen_info.setdefault(k, {})
         gen_info[k]["psnr_db"] = round(psnr(sets[k], xtr), 2)
+        gen_info[k]["psnr_db_min"] = round(_psnr_min(sets[k], xtr), 2)
         gen_info[k]["ssim"] = round(ssim(sets[k], xtr), 4)
         gen_info[k]["max_abs_delta"] = round(float((sets[k] - xtr).abs().max()), 5)
     results["noise"] = gen_info
-    half = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed + 2))[: len(xtr) // 2]
-    partial = xtr.clone()
-    partial[half] = sets["salm"][half]
-    robust = {"salm_jpeg75": jpeg(sets["salm"], 75), "salm_blur1": blur(sets["salm"], 1.0), "salm_half": partial}
     victims = args.victims.split(",")
+    runs = [(f"{name} / {attack}", name, attack) for name in ("clean", "salm") for attack in args.attacks.split(",")]
+    runs += [(f"{name} / none", name, "none") for name in ("random", "dense_em") if name in sets]
     table: dict[str, dict[str, object]] = {}
-    for cond, data in list(sets.items()) + ([] if args.no_robust else list(robust.items())):
+    for cond, name, attack in runs:
         table[cond] = {}
-        vs = victims if cond in sets else [v for v in victims if v in args.robust_victims.split(",")]
-        for v in vs:
+        data = attacked(sets[name], attack)
+        for v in victims:
             t0 = time.monotonic()
-            table[cond][v] = train_victim(v, data, ytr, xte, yte, epochs=epochs, seed=args.seed)
+            table[cond][v] = train_victim(v, data, ytr, xte, yte, epochs=epochs, seed=args.seed,
+                                          standard=attack == "augment")
             logger.info("%s / %s: %s (%.0fs)", cond, v, table[cond][v]["peak"], time.monotonic() - t0)
             args.out.with_suffix(".partial.json").write_text(json.dumps({**results, "victims": table}, indent=1))
     results["victims"] = table
@@ -313,6 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".md").write_text(to_markdown(results))
     logger.info("wrote %s", args.out)
     return 0
+
+
+def _value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 if __name__ == "__main__":
