@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import DEFAULTS, _value, attacked, build_dataset, psnr, train_victim  # noqa: E402
+from run import DEFAULTS, attacked, build_dataset, override, psnr, train_victim  # noqa: E402
 
 from guards.protect import salm  # noqa: E402
 from guards.protect.mask import batch_masks, flatness, local_contrast, spread  # noqa: E402
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         elif parts[0] == "fixed":
             delta = fixed_noise(xtr, ytr, rule=parts[1], rho=float(parts[2]), eps=eps, seed=args.seed)
         elif parts[0] == "salm":
-            overrides = {k: _value(v) for k, v in (p.split("=", 1) for p in parts[1:])}
+            overrides = {k: override(k, v) for k, v in (p.split("=", 1) for p in parts[1:])}
             unknown = set(overrides) - known
             if unknown:
                 raise SystemExit(f"{cond}: unknown NoiseConfig options {sorted(unknown)}")

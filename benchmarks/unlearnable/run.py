@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     per_train, per_test, epochs = sizes
     xtr, ytr, xte, yte = build_dataset(per_class_train=per_train, per_class_test=per_test, seed=args.seed)
     logger.info("train %s test %s", tuple(xtr.shape), tuple(xte.shape))
-    overrides = {k: _value(v) for k, v in (o.split("=", 1) for o in args.set)}
+    overrides = {k: override(k, v) for k, v in (o.split("=", 1) for o in args.set)}
     base = replace(noise_config(DEFAULTS, batch_size=128), **overrides)  # the shipped policy's [protect] options
     if args.quick:
         base = replace(base, max_rounds=2)
@@ -336,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".md").write_text(to_markdown(results))
     logger.info("wrote %s", args.out)
     return 0
+
+
+def override(key: str, text: str) -> object:
+    """A NoiseConfig option from the command line: ``defences`` is ``none`` or names joined by ``+``."""
+    if key == "defences":
+        return () if text.lower() in ("none", "") else tuple(text.split("+"))
+    return _value(text)
 
 
 def _value(text: str) -> object:
