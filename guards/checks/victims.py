@@ -33,6 +33,7 @@ from torch.nn import functional
 
 from guards.checks.models import build_model
 from guards.errors import InputError
+from guards.protect.eot import gaussian_blur
 
 #: Gaussian blur of the ``blur`` recipe, in pixels (the issue's and ISS's sigma 1).
 BLUR_SIGMA = 1.0
@@ -104,15 +105,9 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def blur(x: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
-    """``x`` convolved with a separable Gaussian of ``sigma`` pixels (radius 3 sigma, reflected edges)."""
-    radius = max(int(math.ceil(3 * sigma)), 1)
-    radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = functional.pad(x, (radius, radius, radius, radius), mode="reflect")
-    rows = functional.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return functional.conv2d(rows, kernel.view(1, 1, -1, 1))
+    """``x`` convolved with a separable Gaussian of ``sigma`` pixels (radius 3 sigma, reflected edges): the blur
+    the noise optimiser defends against (:func:`guards.protect.eot.gaussian_blur`)."""
+    return gaussian_blur(x, sigma)
 
 
 def defended(x: torch.Tensor, defence: str) -> torch.Tensor:

@@ -7,8 +7,8 @@ transformations inside the min-min loop; :func:`attacker_view` is that transform
 part of it is differentiable so the noise is optimised through it (Athalye et al., "Synthesizing robust
 adversarial examples", ICML 2018):
 
-- always: a random horizontal flip and a shift of up to 2 pixels with reflected edges (the augmentation of
-  ``salm._augment``, which a victim is likely to use);
+- always: a random horizontal flip and a shift of up to 2 pixels with reflected edges (:func:`flip_shift`, the
+  augmentation the surrogates train with and a victim is likely to use);
 - then one of, with probabilities ``JPEG_SHARE`` / ``BLUR_SHARE`` / ``JITTER_SHARE`` (the rest: nothing more):
   - a differentiable JPEG (:func:`jpeg`) at a random quality in [50, 95];
   - a Gaussian blur of random sigma in [0.5, 1.5] pixels;

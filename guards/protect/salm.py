@@ -169,16 +169,11 @@ class NoiseResult:
     examined: int  # images optimised
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to 2 pixels (reflection), one draw per batch."""
-    if bool(torch.rand((), generator=gen) < 0.5):
-        x = torch.flip(x, dims=(3,))
-    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-    if dy or dx:
-        h, w = x.shape[-2:]
-        p = F.pad(x, (2, 2, 2, 2), mode="reflect")
-        x = p[..., 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w]
-    return x
+def _noise_view(inp: torch.Tensor, config: NoiseConfig, gen: torch.Generator) -> torch.Tensor:
+    """What the noise steps optimise through: the attacker's view (``eot``), else flip + shift (``augment``)."""
+    if config.eot:
+        return attacker_view(inp, gen)
+    return flip_shift(inp, gen) if config.augment else inp
 
 
 def project(
@@ -254,7 +249,7 @@ def _train(
         pos += batch_size
         xb = x[idx.to(x.device)]
         if augment:
-            xb = _augment(xb, gen)
+            xb = flip_shift(xb, gen)
         loss = F.cross_entropy(model(xb), y[idx.to(y.device)])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -335,7 +330,7 @@ def _targeted_poison(
                     if defend is not None:  # a defended-image surrogate sees the poison as that attacker would
                         view = defend(flip_shift(inp, gen))
                     else:
-                        view = attacker_view(inp, gen) if config.eot else _augment(inp, gen) if config.augment else inp
+                        view = _noise_view(inp, config, gen)
                     loss = loss + F.cross_entropy(member(view), tb)
                 grads = torch.autograd.grad(loss, [d] if cls is None else [d, cls])
                 with torch.no_grad():
@@ -498,11 +493,7 @@ def _error_minimizing_noise(
                 d.requires_grad_(True)
                 if cls is not None:
                     cls = cls.detach().requires_grad_(True)
-                inp = xb + combined(rows, d, cls)
-                if config.eot:
-                    inp = attacker_view(inp, gen)
-                elif config.augment:
-                    inp = _augment(inp, gen)
+                inp = _noise_view(xb + combined(rows, d, cls), config, gen)
                 loss = F.cross_entropy(model(inp), yb)
                 grads = torch.autograd.grad(loss, [d] if cls is None else [d, cls])
                 with torch.no_grad():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from noise_fixtures import CFG, EPS, two_class_images  # tests/noise_fixtures.py
 
 from guards.protect.mask import foreground, mask_size
 from guards.protect.salm import NoiseConfig, error_minimizing_noise
@@ -20,18 +21,11 @@ pytestmark = pytest.mark.skipif(
     " machines only",
 )
 
-EPS = 8 / 255
-CFG = NoiseConfig(epsilon=EPS, step_size=2 / 255, steps=3, rho=0.1, max_rounds=2, train_steps=2, warmup_epochs=1,
-                  warmup_min_steps=0, batch_size=16, width=8)
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(24, 1, 16, 16, generator=g) * 0.5 + 0.2
-    y = torch.arange(24) % 2
-    x[y == 1, :, 4:12, 4:12] += 0.2
-    return x.clamp(0, 1), y
+    return two_class_images()
 
 
 def test_cuda_noise_is_within_budget_sparse_and_returned_on_the_cpu(data) -> None:  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from noise_fixtures import CFG, EPS, two_class_images  # tests/noise_fixtures.py
 
 from guards.errors import GuardError
 from guards.protect.labels import pseudo_labels
@@ -11,18 +12,10 @@ from guards.protect.mask import foreground, mask_size
 from guards.protect.salm import NoiseConfig, error_minimizing_noise
 from guards.protect.surrogate import auto_batch_size, select_device
 
-EPS = 8 / 255
-CFG = NoiseConfig(epsilon=EPS, step_size=2 / 255, steps=3, rho=0.1, max_rounds=2, train_steps=2, warmup_epochs=1,
-                  warmup_min_steps=0, batch_size=16, width=8)
-
 
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(24, 1, 16, 16, generator=g) * 0.5 + 0.2
-    y = torch.arange(24) % 2
-    x[y == 1, :, 4:12, 4:12] += 0.2  # a learnable difference between the classes
-    return x.clamp(0, 1), y
+    return two_class_images()
 
 
 @pytest.fixture(scope="module")
