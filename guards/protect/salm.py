@@ -287,6 +287,19 @@ def _saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size:
     return out
 
 
+def _signed_step(
+    d: torch.Tensor, cls: torch.Tensor | None, grads: tuple[torch.Tensor, ...], mask: torch.Tensor, *,
+    config: NoiseConfig, bound: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One signed-gradient descent step of the image part ``d`` (kept inside ``mask``) and of the class part
+    ``cls`` (a step of ``class_step_scale``), each clipped to +-``bound``."""
+    with torch.no_grad():
+        d = (d - config.step_size * grads[0].sign()).clamp(-bound, bound) * mask
+        if cls is not None:
+            cls = (cls - config.step_size * config.class_step_scale * grads[1].sign()).clamp(-bound, bound)
+    return d, cls
+
+
 def _targeted_poison(
     ensemble: list[tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]],
     x: torch.Tensor,
@@ -333,11 +346,7 @@ def _targeted_poison(
                         view = _noise_view(inp, config, gen)
                     loss = loss + F.cross_entropy(member(view), tb)
                 grads = torch.autograd.grad(loss, [d] if cls is None else [d, cls])
-                with torch.no_grad():
-                    d = (d - config.step_size * grads[0].sign()).clamp(-2 * eps, 2 * eps) * mb
-                    if cls is not None:
-                        cls = (cls - config.step_size * config.class_step_scale * grads[1].sign()).clamp(-2 * eps,
-                                                                                                       2 * eps)
+                d, cls = _signed_step(d, cls, grads, mb, config=config, bound=2 * eps)
                 progress.advance()
             delta[rows] = d.detach()
             per_class = None if cls is None else cls.detach()
@@ -347,7 +356,7 @@ def _targeted_poison(
                 p.requires_grad_(True)
     progress.done()
     with torch.no_grad():
-        raw = delta if per_class is None else delta + per_class[y] * m
+        raw = delta if per_class is None else delta + per_class[y]
         delta = project(raw, x, m, epsilon=eps, min_psnr_db=config.min_psnr_db)
         acc = accuracy(model, x + delta, y, batch_size=bs)
     return delta, acc
@@ -496,12 +505,9 @@ def _error_minimizing_noise(
                 inp = _noise_view(xb + combined(rows, d, cls), config, gen)
                 loss = F.cross_entropy(model(inp), yb)
                 grads = torch.autograd.grad(loss, [d] if cls is None else [d, cls])
-                with torch.no_grad():
-                    d = (d - config.step_size * grads[0].sign()).clamp(-bound, bound) * mb
-                    if not robust:
-                        d = (xb + d).clamp(0, 1) - xb
-                    if cls is not None:
-                        cls = (cls - config.step_size * config.class_step_scale * grads[1].sign()).clamp(-bound, bound)
+                d, cls = _signed_step(d, cls, grads, mb, config=config, bound=bound)
+                if not robust:  # the original min-min keeps x + delta in [0, 1] after every step
+                    d = (xb + d).clamp(0, 1) - xb
                 steps.advance()
             delta[rows] = d.detach()
             per_class = None if cls is None else cls.detach()
